@@ -1,0 +1,199 @@
+"""The ``ferkit`` command line. It only parses arguments and calls the stage functions.
+
+Nothing heavy is imported at module level, so ``ferkit --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ferkit import __version__
+
+logger = logging.getLogger("ferkit")
+
+
+def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="turn an image folder, fer2013.csv or FER+ into a compact training set",
+        description=(
+            "Read a facial-expression dataset (image folders with one sub-folder per class, "
+            "optionally under train/val/test folders; fer2013.csv; or Microsoft's FER+ "
+            "layout), find or crop the faces, and write one .npz per split plus a "
+            "manifest.json listing classes, counts, settings and every skipped item."
+        ),
+    )
+    parser.add_argument("source", type=Path, help="dataset folder or fer2013.csv file")
+    parser.add_argument("--out", type=Path, required=True, help="output folder to create")
+    parser.add_argument(
+        "--format", default="auto", choices=["auto", "folder", "fer2013-csv", "ferplus"]
+    )
+    parser.add_argument(
+        "--faces",
+        default="auto",
+        choices=["auto", "crop", "detect"],
+        help="auto: images up to --crop-max-side px are taken as face crops, larger ones "
+        "go through the detector; crop: never detect; detect: always detect",
+    )
+    parser.add_argument(
+        "--detector", default="mtcnn", choices=["mtcnn", "haar"], help="face detector for photos"
+    )
+    parser.add_argument("--size", type=int, default=48, help="output side in pixels (48)")
+    parser.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 gray, 3 RGB")
+    parser.add_argument("--margin", type=float, default=0.15, help="context around a detection")
+    parser.add_argument("--crop-max-side", type=int, default=128)
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="share of each class for val: used when the source has no splits (default "
+        "0.1), or to carve val out of train when the source has no val split",
+    )
+    parser.add_argument("--test-fraction", type=float, default=None, help="as --val-fraction")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    parser.add_argument(
+        "--soft-labels", action="store_true", help="keep FER+ vote distributions as soft labels"
+    )
+    parser.add_argument(
+        "--ferplus-mode",
+        default="plurality",
+        choices=["plurality", "majority"],
+        help="FER+ label rule: most votes (plurality) or more than half (majority); "
+        "ties, unknown and not-a-face are dropped either way",
+    )
+    parser.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="drop identical images: repeats within a split, and train copies of val/test faces",
+    )
+    parser.add_argument("--no-compress", action="store_true", help="write uncompressed .npz")
+    parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=_run_prepare)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from ferkit.prepare import PrepareConfig, format_summary, prepare
+
+    config = PrepareConfig(
+        format=args.format,
+        faces=args.faces,
+        detector=args.detector,
+        size=args.size,
+        channels=args.channels,
+        margin=args.margin,
+        crop_max_side=args.crop_max_side,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        soft_labels=args.soft_labels,
+        ferplus_mode=args.ferplus_mode,
+        dedupe=args.dedupe,
+        compress=not args.no_compress,
+        workers=args.workers,
+    )
+    result = prepare(
+        args.source, args.out, config, overwrite=args.overwrite, progress=not args.quiet
+    )
+    print(format_summary(result))
+    return 0
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="generate a small dataset (with some bad files) and prepare it",
+        description=(
+            "Generate a small image-folder dataset of drawn faces in several formats, "
+            "including a corrupt file, a non-image and an empty class, then run prepare on "
+            "it and print the summary. Needs no download and no data."
+        ),
+    )
+    parser.add_argument("--dir", type=Path, default=Path("results/demo"), help="work folder")
+    parser.add_argument("--per-class", type=int, default=40, help="images per class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from ferkit.prepare import PrepareConfig, format_summary, prepare
+    from ferkit.synthetic import make_image_folder
+
+    source = args.dir / "source"
+    make_image_folder(source, per_class=args.per_class, seed=args.seed, with_bad_files=True)
+    print(f"Generated a demo dataset in {source}")
+    result = prepare(
+        source, args.dir / "prepared", PrepareConfig(seed=args.seed, faces="crop"), overwrite=True
+    )
+    print(format_summary(result))
+    return 0
+
+
+def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "benchmark", help="time ferkit's stages on this machine and print the figures"
+    )
+    parser.add_argument("stage", choices=["prepare"], help="what to time")
+    parser.add_argument(
+        "source",
+        type=Path,
+        nargs="?",
+        default=None,
+        help="dataset to prepare (default: the shared FER2013, $FERKIT_SHARED/datasets/fer2013)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.set_defaults(handler=_run_benchmark)
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from ferkit.benchmark import benchmark_prepare, shared_dir
+
+    source = args.source or shared_dir() / "datasets" / "fer2013"
+    print(benchmark_prepare(source, repeats=args.repeats, workers=args.workers))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ferkit",
+        description="Facial-expression recognition: prepare datasets, train, evaluate, predict.",
+    )
+    parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_prepare(subparsers)
+    _add_demo(subparsers)
+    _add_benchmark(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ferkit`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"ferkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ferkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Image decoding that copes with what real datasets contain.
+
+Any size, colour mode (grayscale, RGB, RGBA, palette, 16-bit, CMYK) and common format
+(JPEG, PNG, BMP, TIFF, WebP, GIF) becomes a ``uint8`` array, with the EXIF orientation
+applied. Anything that cannot be decoded raises :class:`ImageReadError`, which names
+the file and says why, so batch jobs can record it and go on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
+)
+
+# Web-scraped datasets hold some huge images; refuse only absurd ones (decompression bombs).
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+class ImageReadError(ValueError):
+    """An image could not be decoded; ``reason`` says why in a few words."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    """Return whether a file name has an image extension ferkit decodes."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Bring 16-bit, 32-bit integer and float images down to 8-bit grayscale."""
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return Image.fromarray(array)
+    array = array.astype(np.float64)
+    if image.mode.startswith("I") and array.max(initial=0) > 255:
+        array = array / 257.0  # 16-bit range onto 8-bit
+    elif image.mode == "F" and array.max(initial=0) <= 1.0:
+        array = array * 255.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
+def _normalise_mode(image: Image.Image, color: bool) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        image = _to_8bit(image)
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        # Transparent pixels carry arbitrary colour: put the image on a white background.
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    target = "RGB" if color else "L"
+    if image.mode != target:
+        image = image.convert(target)
+    return image
+
+
+def decode_image(
+    data: bytes, *, color: bool = True, source: str | os.PathLike[str] = "<bytes>"
+) -> np.ndarray:
+    """Decode encoded image bytes into ``uint8`` RGB ``(H, W, 3)`` or gray ``(H, W)``.
+
+    Args:
+        data: the encoded file content.
+        color: RGB when true, 8-bit grayscale when false.
+        source: the name used in error messages.
+
+    Raises:
+        ImageReadError: empty, truncated, corrupt or non-image data.
+    """
+    if len(data) == 0:
+        raise ImageReadError(source, "empty file (0 bytes): re-download or delete it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and palette warnings are not our business
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            image = _normalise_mode(image, color)
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            source, "not an image: no known image format recognised in the file's content"
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(source, f"image too large to decode safely ({error})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageReadError(source, f"corrupt or truncated image ({error})") from None
+    array = np.asarray(image, dtype=np.uint8)
+    if array.size == 0:
+        raise ImageReadError(source, "image has no pixels")
+    return array
+
+
+def read_image(path: str | os.PathLike[str], *, color: bool = True) -> np.ndarray:
+    """Read an image file into a ``uint8`` array (see :func:`decode_image`).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ImageReadError: the file cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file; check the path")
+    return decode_image(path.read_bytes(), color=color, source=path)
+
+
+def resize_face(face: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Resize a face image to ``(size, size, channels)`` ``uint8`` without keeping aspect.
+
+    Faces are expected to be roughly square already (crops); area interpolation when
+    shrinking keeps fine detail such as wrinkles, which matter for expressions.
+    """
+    import cv2  # local import: OpenCV is heavy and most callers never resize
+
+    if face.ndim == 2:
+        face = face[:, :, None]
+    if channels == 1 and face.shape[2] == 3:
+        face = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[:, :, None]
+    elif channels == 3 and face.shape[2] == 1:
+        face = np.repeat(face, 3, axis=2)
+    if face.shape[0] != size or face.shape[1] != size:
+        shrinking = face.shape[0] > size or face.shape[1] > size
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        face = cv2.resize(face, (size, size), interpolation=interpolation)
+        if face.ndim == 2:
+            face = face[:, :, None]
+    return np.ascontiguousarray(face, dtype=np.uint8)
