@@ -24,6 +24,23 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
+_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG": "PNG",
+    b"GIF8": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """Name the image format a file's first bytes announce, if any."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _MAGIC.items() if data.startswith(magic)), None)
+
+
 class ImageReadError(ValueError):
     """An image could not be decoded; ``reason`` says why in a few words."""
 
@@ -89,6 +106,12 @@ def decode_image(
             image = ImageOps.exif_transpose(image)
             image = _normalise_mode(image, color)
     except UnidentifiedImageError:
+        announced = _sniff_format(data)
+        if announced:
+            raise ImageReadError(
+                source,
+                f"corrupt or truncated image (starts like a {announced} but cannot be decoded)",
+            ) from None
         raise ImageReadError(
             source, "not an image: no known image format recognised in the file's content"
         ) from None

@@ -1,0 +1,41 @@
+"""Shared fixtures: the real data folder and small image writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.benchmark import shared_dir
+
+SHARED = shared_dir()
+
+
+def require_shared(*parts: str) -> Path:
+    """Return a path inside the shared data folder, or skip when this machine lacks it.
+
+    CI always has it; the skip only helps someone running the suite elsewhere.
+    """
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not found; set FERKIT_SHARED to the shared data folder")
+    return path
+
+
+def write_gray(path: Path, value: int, size: int = 48, seed: int | None = None) -> Path:
+    """Write a grayscale image: flat ``value``, or noise around it when ``seed`` is given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if seed is None:
+        pixels = np.full((size, size), value, dtype=np.uint8)
+    else:
+        rng = np.random.default_rng(seed)
+        pixels = np.clip(rng.normal(value, 30, (size, size)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels, mode="L").save(path)
+    return path
+
+
+@pytest.fixture
+def shared() -> Path:
+    return require_shared()

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from ferkit.data import PreparedDataset, load_split
+from ferkit.prepare import PrepareConfig, prepare
+from ferkit.synthetic import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    source = make_image_folder(root / "src", per_class=10)
+    return prepare(source, root / "out", PrepareConfig(faces="crop"), progress=False).out_dir
+
+
+def test_numpy_split(prepared):
+    data = PreparedDataset(prepared)
+    train = data.split("train")
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (48, 48, 1)
+    assert len(train) == data.manifest["splits"]["train"]["count"]
+    assert train.one_hot().shape == (len(train), len(data.classes))
+    assert load_split(prepared, "val").labels.tolist() == data.split("val").labels.tolist()
+
+
+def test_tf_dataset_batches_every_example_once(prepared):
+    data = PreparedDataset(prepared)
+    dataset = data.tf_dataset("train", batch_size=7, shuffle=True, seed=0)
+    images, labels = [], []
+    for batch_images, batch_labels in dataset:
+        assert batch_images.dtype.name == "uint8"
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    labels = np.concatenate(labels)
+    assert sorted(labels.tolist()) == sorted(data.split("train").labels.tolist())
+    assert np.concatenate(images).shape == data.split("train").images.shape
+
+
+def test_soft_targets_need_soft_labels(prepared):
+    with pytest.raises(ValueError, match="--soft-labels"):
+        PreparedDataset(prepared).tf_dataset("train", soft=True)
+
+
+def test_unknown_split_and_folder(prepared, tmp_path):
+    with pytest.raises(KeyError, match="no split 'bogus'"):
+        PreparedDataset(prepared).split("bogus")
+    with pytest.raises(FileNotFoundError, match="ferkit prepare"):
+        PreparedDataset(tmp_path)
