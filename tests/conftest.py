@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,12 @@ SHARED = shared_dir()
 def require_shared(*parts: str) -> Path:
     """Return a path inside the shared data folder, or skip when this machine lacks it.
 
-    CI always has it; the skip only helps someone running the suite elsewhere.
+    CI always has it, so there (CI=true) a missing folder fails instead of skipping.
     """
     path = SHARED.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{path} not found in CI; the shared data must sit beside the clone")
         pytest.skip(f"{path} not found; set FERKIT_SHARED to the shared data folder")
     return path
 

@@ -159,6 +159,70 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on a prepared dataset (resumable)",
+        description=(
+            "Train a model into a run folder that describes itself (config.yaml, "
+            "labels.json, history.csv, checkpoints, calibration.json, metrics.json). "
+            "Settings come from --config (YAML) and are overridden by the flags below."
+        ),
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--config", type=Path, help="YAML settings (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--data", help="prepared dataset folder (ferkit prepare --out)")
+    parser.add_argument("--arch", help="architecture: ferkit_cnn or vgg16")
+    parser.add_argument(
+        "--weights", help="vgg16 backbone: imagenet (downloads), none, or a local weights file"
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--fine-tune-epochs", type=int, help="vgg16 phase two epochs")
+    parser.add_argument("--fine-tune-blocks", type=int, help="vgg16 blocks to unfreeze")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--label-smoothing", type=float)
+    parser.add_argument("--class-weighting", choices=["none", "balanced"])
+    parser.add_argument("--sampling", choices=["shuffle", "balanced"])
+    parser.add_argument("--mixup-alpha", type=float)
+    parser.add_argument("--soft-labels", action="store_true", default=None)
+    parser.add_argument("--early-stopping-patience", type=int)
+    parser.add_argument("--limit-train", type=int, help="train on a stratified subset")
+    parser.add_argument("--distribute", choices=["none", "mirrored"])
+    parser.add_argument("--seed", type=int)
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from ferkit.train import TrainConfig, train
+
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "data", "epochs", "fine_tune_epochs", "fine_tune_blocks", "batch_size",
+            "learning_rate", "label_smoothing", "class_weighting", "sampling", "mixup_alpha",
+            "soft_labels", "early_stopping_patience", "limit_train", "distribute", "seed",
+        )
+    }  # fmt: skip
+    config = (
+        TrainConfig.from_yaml(args.config, **overrides)
+        if args.config
+        else TrainConfig(**{key: value for key, value in overrides.items() if value is not None})
+    )
+    model = dict(config.model)
+    if args.arch:
+        model["arch"] = args.arch
+    if args.weights:
+        model["weights"] = None if args.weights.lower() == "none" else args.weights
+    config.model = model
+    result = train(config, args.out, resume=args.resume)
+    print(json.dumps(result.metrics, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferkit",
@@ -168,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prepare(subparsers)
+    _add_train(subparsers)
     _add_demo(subparsers)
     _add_benchmark(subparsers)
     return parser

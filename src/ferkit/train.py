@@ -1,0 +1,487 @@
+"""``ferkit train``: train a model on a prepared dataset into a self-describing run folder.
+
+A run folder holds everything needed to understand, resume and use the run::
+
+    config.yaml        resolved settings (rebuilds the model and the data pipeline)
+    labels.json        the class list, in output order
+    history.csv        one row per completed epoch
+    state.json         where the run is: last completed epoch, best score, patience
+    checkpoints/last.keras   model + optimizer state after the last completed epoch
+    checkpoints/best.keras   the model with the best validation score
+    calibration.json   temperature fitted on validation, ECE before and after
+    metrics.json       final validation metrics and training time
+
+Each epoch's shuffling comes from ``seed + epoch`` and the optimizer state is saved every
+epoch, so ``--resume`` continues exactly where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ferkit.data import PreparedDataset, Split
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+STATE_NAME = "state.json"
+HISTORY_NAME = "history.csv"
+LAST_CHECKPOINT = "checkpoints/last.keras"
+BEST_CHECKPOINT = "checkpoints/best.keras"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. Loaded from YAML, overridden by CLI flags, and
+    written back resolved into the run folder."""
+
+    data: str = "data/prepared/fer2013"
+    train_split: str = "train"
+    val_split: str = "val"
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
+    epochs: int = 60
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 2
+    schedule: str = "cosine"  # cosine | constant
+    label_smoothing: float = 0.1
+    class_weighting: str = "none"  # none | balanced
+    sampling: str = "shuffle"  # shuffle | balanced (equal draws per class)
+    mixup_alpha: float = 0.0  # 0 disables mixup
+    soft_labels: bool = False  # train on FER+ vote distributions
+    early_stopping_patience: int = 0  # epochs without val improvement; 0 disables
+    fine_tune_epochs: int = 0  # vgg16 phase two: epochs with the top blocks unfrozen
+    fine_tune_blocks: int = 1
+    fine_tune_learning_rate: float = 1e-5
+    limit_train: int = 0  # use a stratified subset of this many training faces; 0: all
+    limit_val: int = 0
+    distribute: str = "none"  # none | mirrored
+    temperature_scaling: bool = True
+    seed: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.epochs + self.fine_tune_epochs
+
+    def validate(self) -> None:
+        choices = {
+            "schedule": ("cosine", "constant"),
+            "class_weighting": ("none", "balanced"),
+            "sampling": ("shuffle", "balanced"),
+            "distribute": ("none", "mirrored"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras from one number."""
+    import random
+
+    import keras
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Indices of a class-stratified random subset of about ``size`` items."""
+    if not size or size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        take = max(1, round(len(members) * size / len(labels)))
+        chosen.append(rng.choice(members, min(take, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def _subset(split: Split, indices: np.ndarray) -> Split:
+    return Split(
+        name=split.name,
+        images=split.images[indices],
+        labels=split.labels[indices],
+        paths=split.paths[indices],
+        classes=split.classes,
+        soft_labels=None if split.soft_labels is None else split.soft_labels[indices],
+    )
+
+
+def _targets(split: Split, soft: bool) -> np.ndarray:
+    if soft:
+        if split.soft_labels is None:
+            raise ValueError(
+                f"split {split.name!r} has no soft labels; prepare FER+ with --soft-labels"
+            )
+        return split.soft_labels.astype(np.float32)
+    return split.one_hot()
+
+
+def make_train_dataset(split: Split, config: TrainConfig, epoch: int) -> tuple[Any, int]:
+    """The training ``tf.data`` pipeline for one epoch; shuffling is seeded by epoch.
+
+    Returns:
+        The dataset and the number of steps in the epoch.
+    """
+    import tensorflow as tf
+
+    targets = _targets(split, config.soft_labels)
+    steps = math.ceil(len(split) / config.batch_size)
+    epoch_seed = config.seed * 100_003 + epoch
+    if config.sampling == "balanced":
+        per_class = []
+        for label in range(len(split.classes)):
+            members = np.flatnonzero(split.labels == label)
+            if len(members):
+                part = tf.data.Dataset.from_tensor_slices((split.images[members], targets[members]))
+                per_class.append(part.shuffle(len(members), seed=epoch_seed + label).repeat())
+        dataset = tf.data.Dataset.sample_from_datasets(per_class, seed=epoch_seed).take(
+            steps * config.batch_size
+        )
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((split.images, targets))
+        dataset = dataset.shuffle(len(split), seed=epoch_seed, reshuffle_each_iteration=False)
+    dataset = dataset.batch(config.batch_size)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if config.mixup_alpha > 0:
+        dataset = dataset.map(_mixup(config.mixup_alpha, epoch_seed))
+    return dataset.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _mixup(alpha: float, seed: int):
+    import tensorflow as tf
+
+    def mix(images, targets):
+        batch = tf.shape(images)[0]
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([seed, tf.cast(tf.reduce_sum(targets * 1000.0), tf.int32)]), 3
+        )
+        gamma_a = tf.random.stateless_gamma([batch], seed=seeds[0], alpha=alpha)
+        gamma_b = tf.random.stateless_gamma([batch], seed=seeds[1], alpha=alpha)
+        lam = gamma_a / (gamma_a + gamma_b)
+        order = tf.argsort(tf.random.stateless_uniform([batch], seed=seeds[2]))
+        lam_images = tf.reshape(lam, [-1, 1, 1, 1])
+        lam_targets = tf.reshape(lam, [-1, 1])
+        images = lam_images * images + (1 - lam_images) * tf.gather(images, order)
+        targets = lam_targets * targets + (1 - lam_targets) * tf.gather(targets, order)
+        return images, targets
+
+    return mix
+
+
+def make_eval_dataset(split: Split, batch_size: int, soft: bool = False) -> Any:
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((split.images, _targets(split, soft)))
+    return dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """``n / (k * count_c)`` for each class: rare classes weigh more."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    counts[counts == 0] = 1
+    weights = len(labels) / (n_classes * counts)
+    return {index: float(weight) for index, weight in enumerate(weights)}
+
+
+def _learning_rate(config: TrainConfig, steps_per_epoch: int, phase: int) -> Any:
+    import keras
+
+    if phase == 2:
+        return config.fine_tune_learning_rate
+    if config.schedule == "constant":
+        return config.learning_rate
+    warmup = config.warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
+        decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+        alpha=0.01,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def compile_model(model: Any, config: TrainConfig, steps_per_epoch: int, phase: int = 1) -> None:
+    import keras
+
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=_learning_rate(config, steps_per_epoch, phase),
+        weight_decay=config.weight_decay,
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.label_smoothing
+        ),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+
+def _strategy(config: TrainConfig) -> Any:
+    import tensorflow as tf
+
+    if config.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.replace(path)  # atomic: a kill never leaves half a state file
+
+
+def _append_history(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """The run's per-epoch history as a list of rows (numbers as floats)."""
+    path = Path(run_dir) / HISTORY_NAME
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    verbose: int | None = None,
+    stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a run.
+
+    Args:
+        config: settings; ignored on resume in favour of the run's own ``config.yaml``.
+        run_dir: the run folder to create, or to continue with ``resume``.
+        resume: continue the run in ``run_dir`` from its last completed epoch.
+        verbose: Keras verbosity (default: a progress bar on a terminal, a line per
+            epoch otherwise).
+        stop_after_epochs: end this call after that many epochs, as if the process had
+            been killed (used to test resuming); the run stays resumable.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
+        FileNotFoundError: resuming a folder without a run.
+    """
+    from ferkit._tf import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    from ferkit.models import ModelConfig, build_model, set_vgg16_trainable_blocks
+
+    run_dir = Path(run_dir)
+    state: dict[str, Any]
+    if resume:
+        if not (run_dir / STATE_NAME).is_file():
+            raise FileNotFoundError(
+                f"{run_dir}: no {STATE_NAME}, so no run to resume; start one without --resume"
+            )
+        config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
+        state = json.loads((run_dir / STATE_NAME).read_text())
+        if state.get("finished"):
+            logger.warning("%s: run already finished; nothing to resume", run_dir)
+            return TrainResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+    else:
+        if (run_dir / STATE_NAME).exists() or (run_dir / CONFIG_NAME).exists():
+            raise FileExistsError(
+                f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out"
+            )
+        state = {
+            "epoch": 0,
+            "best_score": None,
+            "best_epoch": None,
+            "wait": 0,
+            "seconds": 0.0,
+            "finished": False,
+        }
+    config.validate()
+    seed_everything(config.seed)
+
+    data = PreparedDataset(config.data)
+    train_split = data.split(config.train_split)
+    val_split = data.split(config.val_split)
+    train_split = _subset(
+        train_split, stratified_subset(train_split.labels, config.limit_train, config.seed)
+    )
+    val_split = _subset(
+        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
+    )
+    image_shape = data.manifest["image_shape"]
+    model_config = ModelConfig(
+        **{
+            **config.model,
+            "n_classes": len(data.classes),
+            "image_size": image_shape[0],
+            "channels": image_shape[2],
+            "seed": config.seed,
+        }
+    )
+    config.model = _plain(asdict(model_config))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if not resume:
+        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
+        _write_json(run_dir / "labels.json", data.classes)
+        _write_json(run_dir / STATE_NAME, state)
+
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    strategy = _strategy(config)
+    with strategy.scope():
+        if resume and (run_dir / LAST_CHECKPOINT).exists():
+            model = keras.models.load_model(run_dir / LAST_CHECKPOINT)
+        else:
+            model = build_model(model_config)
+            phase = 2 if state["epoch"] >= config.epochs else 1
+            compile_model(model, config, steps_per_epoch, phase)
+    weights = (
+        class_weights(train_split.labels, len(data.classes))
+        if config.class_weighting == "balanced"
+        else None
+    )
+    val_dataset = make_eval_dataset(val_split, config.batch_size, config.soft_labels)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+
+    epochs_this_call = 0
+    while state["epoch"] < config.total_epochs:
+        epoch = state["epoch"]
+        if epoch == config.epochs and config.fine_tune_epochs and model_config.arch == "vgg16":
+            with strategy.scope():
+                set_vgg16_trainable_blocks(model, config.fine_tune_blocks)
+                compile_model(model, config, steps_per_epoch, phase=2)
+            logger.info("phase two: top %d VGG16 block(s) unfrozen", config.fine_tune_blocks)
+        train_dataset, steps = make_train_dataset(train_split, config, epoch)
+        started = time.perf_counter()
+        print(f"epoch {epoch + 1}/{config.total_epochs}", flush=True)
+        logs = model.fit(
+            train_dataset,
+            validation_data=val_dataset,
+            initial_epoch=epoch,
+            epochs=epoch + 1,
+            steps_per_epoch=steps,
+            class_weight=weights,
+            shuffle=False,  # the pipeline shuffles, seeded per epoch
+            verbose=verbose,
+        ).history
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in logs.items()}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        row["seconds"] = round(seconds, 2)
+        _append_history(run_dir / HISTORY_NAME, row)
+        score = row["val_accuracy"]
+        state["epoch"] = epoch + 1
+        state["seconds"] = state["seconds"] + seconds
+        if state["best_score"] is None or score > state["best_score"]:
+            state.update(best_score=score, best_epoch=epoch + 1, wait=0)
+            model.save(run_dir / BEST_CHECKPOINT)
+        else:
+            state["wait"] += 1
+        model.save(run_dir / LAST_CHECKPOINT)
+        _write_json(run_dir / STATE_NAME, state)
+        epochs_this_call += 1
+        patience = config.early_stopping_patience
+        if patience and state["wait"] >= patience and epoch + 1 < config.epochs:
+            logger.info("early stopping: no val improvement for %d epochs", patience)
+            state["epoch"] = max(state["epoch"], config.epochs)  # skip to fine-tuning, if any
+            _write_json(run_dir / STATE_NAME, state)
+        stopping = stop_after_epochs is not None and epochs_this_call >= stop_after_epochs
+        if stopping and state["epoch"] < config.total_epochs:
+            return TrainResult(run_dir, {"interrupted_after_epoch": state["epoch"]})
+
+    metrics = finish_run(run_dir, config, val_split, state)
+    return TrainResult(run_dir, metrics)
+
+
+def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of a Keras model on ``uint8`` images, batched."""
+    return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
+
+
+def finish_run(
+    run_dir: Path, config: TrainConfig, val_split: Split, state: dict[str, Any]
+) -> dict[str, Any]:
+    """Calibrate the best model on validation and write ``metrics.json``."""
+    import keras
+
+    from ferkit.calibration import expected_calibration_error, fit_temperature, softmax
+
+    model = keras.models.load_model(run_dir / BEST_CHECKPOINT)
+    logits = predict_logits(model, val_split.images)
+    labels = val_split.labels
+    temperature = fit_temperature(logits, labels) if config.temperature_scaling else 1.0
+    before = expected_calibration_error(softmax(logits), labels)
+    after = expected_calibration_error(softmax(logits, temperature), labels)
+    calibration = {
+        "temperature": temperature,
+        "ece_before": before,
+        "ece_after": after,
+        "split": config.val_split,
+    }
+    _write_json(run_dir / "calibration.json", calibration)
+    predictions = logits.argmax(axis=1)
+    metrics = {
+        "val_accuracy": float((predictions == labels).mean()),
+        "val_faces": len(labels),
+        "best_epoch": state["best_epoch"],
+        "epochs_trained": state["epoch"],
+        "training_seconds": round(state["seconds"], 1),
+        "calibration": calibration,
+        "parameters": int(model.count_params()),
+    }
+    _write_json(run_dir / "metrics.json", metrics)
+    state["finished"] = True
+    _write_json(run_dir / STATE_NAME, state)
+    return metrics
+
+
+def _plain(value: Any) -> Any:
+    """Make dataclass dicts YAML-friendly (tuples to lists)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
