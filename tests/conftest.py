@@ -42,3 +42,13 @@ def write_gray(path: Path, value: int, size: int = 48, seed: int | None = None) 
 @pytest.fixture
 def shared() -> Path:
     return require_shared()
+
+
+@pytest.fixture(scope="session")
+def fer2013_prepared(tmp_path_factory):
+    """The shared FER2013 prepared once per test session: (source folder, PrepareResult)."""
+    from ferkit.prepare import prepare
+
+    source = require_shared("datasets", "fer2013")
+    out = tmp_path_factory.mktemp("fer2013") / "prepared"
+    return source, prepare(source, out, progress=False)

@@ -37,10 +37,8 @@ FER2013_COUNTS = {
 
 
 @pytest.fixture(scope="module")
-def fer2013(tmp_path_factory):
-    source = require_shared("datasets", "fer2013")
-    out = tmp_path_factory.mktemp("fer2013") / "prepared"
-    return source, prepare(source, out, progress=False)
+def fer2013(fer2013_prepared):
+    return fer2013_prepared
 
 
 def test_fer2013_counts_match_the_readme(fer2013):

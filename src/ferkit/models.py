@@ -51,6 +51,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)  # ferkit_cnn: channels per stage
     blocks_per_stage: int = 2
     dropout_rate: float = 0.4
+    bn_momentum: float = 0.99  # 0.9 settles faster on short runs
     weights: str | None = None  # vgg16: "imagenet", a weights file, or None
     backbone_size: int = 48  # vgg16: side the faces are resized to before the backbone
     head_units: int = 256  # vgg16: width of the dense layer of the new head
@@ -161,12 +162,16 @@ def build_ferkit_cnn(config: ModelConfig) -> keras.Model:
             x = layers.Conv2D(
                 width, 3, padding="same", use_bias=False, name=f"s{stage}_conv{block}"
             )(x)
-            x = layers.BatchNormalization(name=f"s{stage}_bn{block}")(x)
+            x = layers.BatchNormalization(momentum=config.bn_momentum, name=f"s{stage}_bn{block}")(
+                x
+            )
             if block < config.blocks_per_stage - 1 or stage == 0:
                 x = layers.ReLU(name=f"s{stage}_relu{block}")(x)
         if stage > 0:
             shortcut = layers.Conv2D(width, 1, use_bias=False, name=f"s{stage}_proj")(shortcut)
-            shortcut = layers.BatchNormalization(name=f"s{stage}_proj_bn")(shortcut)
+            shortcut = layers.BatchNormalization(
+                momentum=config.bn_momentum, name=f"s{stage}_proj_bn"
+            )(shortcut)
             x = layers.Add(name=f"s{stage}_add")([x, shortcut])
             x = layers.ReLU(name=f"s{stage}_out")(x)
         if stage < len(config.widths) - 1:

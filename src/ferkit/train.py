@@ -39,6 +39,7 @@ CONFIG_NAME = "config.yaml"
 STATE_NAME = "state.json"
 HISTORY_NAME = "history.csv"
 LAST_CHECKPOINT = "checkpoints/last.keras"
+LAST_RNG = "checkpoints/last_rng.json"
 BEST_CHECKPOINT = "checkpoints/best.keras"
 
 
@@ -264,6 +265,29 @@ def _write_json(path: Path, value: Any) -> None:
     temporary.replace(path)  # atomic: a kill never leaves half a state file
 
 
+def _seed_variables(model: Any) -> list[Any]:
+    """The random layers' generator states, in model order. Keras does not save them in a
+    checkpoint, so resuming restores them from ``last_rng.json`` for identical
+    augmentation and dropout."""
+    return [variable for variable in model.variables if "seed_generator_state" in variable.path]
+
+
+def _save_seed_states(model: Any, path: Path) -> None:
+    _write_json(path, [np.asarray(variable).tolist() for variable in _seed_variables(model)])
+
+
+def _restore_seed_states(model: Any, path: Path) -> None:
+    if not path.exists():
+        return
+    states = json.loads(path.read_text())
+    variables = _seed_variables(model)
+    if len(states) != len(variables):
+        logger.warning("%s: random-state count differs from the model's; not restored", path)
+        return
+    for variable, state in zip(variables, states, strict=True):
+        variable.assign(np.asarray(state, dtype=variable.dtype))
+
+
 def _append_history(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as handle:
@@ -373,6 +397,7 @@ def train(
     with strategy.scope():
         if resume and (run_dir / LAST_CHECKPOINT).exists():
             model = keras.models.load_model(run_dir / LAST_CHECKPOINT)
+            _restore_seed_states(model, run_dir / LAST_RNG)
         else:
             model = build_model(model_config)
             phase = 2 if state["epoch"] >= config.epochs else 1
@@ -421,6 +446,7 @@ def train(
         else:
             state["wait"] += 1
         model.save(run_dir / LAST_CHECKPOINT)
+        _save_seed_states(model, run_dir / LAST_RNG)
         _write_json(run_dir / STATE_NAME, state)
         epochs_this_call += 1
         patience = config.early_stopping_patience

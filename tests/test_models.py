@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from ferkit.models import (
+    ARCHITECTURES,
+    AugmentConfig,
+    ModelConfig,
+    build_model,
+    set_vgg16_trainable_blocks,
+    vgg16_backbone,
+)
+
+SMALL = {"ferkit_cnn": {"widths": (8, 16, 32, 64)}, "vgg16": {"weights": None, "head_units": 32}}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_architecture_gives_finite_logits_of_the_right_shape(arch):
+    model = build_model(ModelConfig(arch=arch, n_classes=5, **SMALL[arch]))
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1)).astype("float32")
+    logits = np.asarray(model(images, training=False))
+    assert logits.shape == (3, 5)
+    assert np.isfinite(logits).all()
+    # Augmentation is active in training only: inference is deterministic.
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), logits, rtol=1e-5)
+
+
+def test_ferkit_cnn_gradients_reach_every_weight():
+    import tensorflow as tf
+
+    model = build_model(
+        ModelConfig(widths=(8, 16, 32, 64), n_classes=3, augment=AugmentConfig(erasing=0))
+    )
+    images = tf.random.uniform((4, 48, 48, 1), 0, 255)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model(images, training=True) ** 2)
+    gradients = tape.gradient(loss, model.trainable_weights)
+    assert all(g is not None and np.isfinite(np.asarray(g)).all() for g in gradients)
+
+
+def _trainable_count(model):
+    return len(model.trainable_weights)
+
+
+def test_vgg16_phases_freeze_and_unfreeze_the_intended_layers():
+    model = build_model(ModelConfig(arch="vgg16", n_classes=7, weights=None, head_units=32))
+    backbone = vgg16_backbone(model)
+    # Phase one: only the new head (dense + logits: 2 kernels, 2 biases) trains.
+    assert _trainable_count(model) == 4
+    assert not backbone.trainable
+    set_vgg16_trainable_blocks(model, 1)  # block5: three convolutions
+    assert _trainable_count(model) == 4 + 6
+    trainable_layers = {w.path.split("/")[0] for w in backbone.trainable_weights}
+    assert trainable_layers == {"block5_conv1", "block5_conv2", "block5_conv3"}
+    set_vgg16_trainable_blocks(model, 2)  # block4 and block5
+    assert _trainable_count(model) == 4 + 12
+    set_vgg16_trainable_blocks(model, 0)
+    assert _trainable_count(model) == 4
+
+
+def test_vgg16_loads_a_local_weights_file(tmp_path):
+    import keras
+
+    reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(48, 48, 3))
+    path = tmp_path / "vgg16_notop.weights.h5"
+    reference.save_weights(path)
+    model = build_model(ModelConfig(arch="vgg16", weights=str(path), head_units=16, seed=123))
+    for loaded, expected in zip(vgg16_backbone(model).weights, reference.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
+
+
+def test_vgg16_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--weights imagenet"):
+        build_model(ModelConfig(arch="vgg16", weights=str(tmp_path / "nope.h5")))
+
+
+def test_unknown_architecture():
+    with pytest.raises(ValueError, match="ferkit_cnn"):
+        build_model(ModelConfig(arch="resnet9000"))
