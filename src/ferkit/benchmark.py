@@ -49,3 +49,71 @@ def benchmark_prepare(source: str | os.PathLike[str], repeats: int = 3, workers:
             f"  median: {median:.2f} s  ({count / median:,.0f} images/s)",
         ]
     )
+
+
+def _median_rate(run, count: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _model_rates(
+    model, images, targets, batch_size: int, repeats: int
+) -> tuple[float, float, float]:
+    def fit() -> None:
+        model.fit(images, targets[: len(images)], batch_size=batch_size, epochs=1, verbose=0)
+
+    def predict_single() -> None:
+        for _ in range(50):
+            model.predict_on_batch(images[:1])
+
+    def predict_batch() -> None:
+        model.predict_on_batch(images[:256])
+
+    for warm_up in (fit, predict_single, predict_batch):  # tracing and allocation
+        warm_up()
+    return (
+        _median_rate(fit, len(images), repeats),
+        _median_rate(predict_single, 50, repeats),
+        _median_rate(predict_batch, 256, repeats),
+    )
+
+
+def benchmark_models(
+    archs: list[str] | None = None, repeats: int = 3, train_batches: int = 8, batch_size: int = 128
+) -> str:
+    """Training images/s and inference faces/s (batch 1 and 256) of each architecture,
+    medians of ``repeats`` runs on random 48x48 faces; return a printable table."""
+    import numpy as np
+
+    from ferkit.models import ARCHITECTURES, ModelConfig, build_model
+    from ferkit.train import TrainConfig, compile_model
+
+    archs = archs or sorted(ARCHITECTURES)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(256, batch_size * train_batches), 48, 48, 1)).astype(
+        "float32"
+    )
+    targets = np.eye(7, dtype="float32")[rng.integers(0, 7, len(images))]
+    presets = {
+        "ferkit_cnn": {"widths": (48, 96, 192, 384)},
+        "vgg16": {"weights": None, "backbone_size": 48},
+    }
+    lines = [
+        f"models on {os.cpu_count()} cores, 48x48 gray faces, medians of {repeats} runs",
+        f"{'arch':<12}{'params':>12}{'train img/s':>14}{'infer b=1 faces/s':>20}{'infer b=256 faces/s':>22}",
+    ]
+    for arch in archs:
+        model = build_model(ModelConfig(arch=arch, **presets.get(arch, {})))
+        compile_model(model, TrainConfig(batch_size=batch_size), steps_per_epoch=train_batches)
+        rates = _model_rates(
+            model, images[: batch_size * train_batches], targets, batch_size, repeats
+        )
+        lines.append(
+            f"{arch:<12}{model.count_params():>12,}"
+            + "".join(f"{r:>{w},.0f}" for r, w in zip(rates, (14, 20, 22), strict=True))
+        )
+    return "\n".join(lines)

@@ -138,7 +138,11 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "benchmark", help="time ferkit's stages on this machine and print the figures"
     )
-    parser.add_argument("stage", choices=["prepare"], help="what to time")
+    parser.add_argument(
+        "stage",
+        choices=["prepare", "models"],
+        help="prepare: dataset preparation; models: training and inference speed per architecture",
+    )
     parser.add_argument(
         "source",
         type=Path,
@@ -152,8 +156,11 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from ferkit.benchmark import benchmark_prepare, shared_dir
+    from ferkit.benchmark import benchmark_models, benchmark_prepare, shared_dir
 
+    if args.stage == "models":
+        print(benchmark_models(repeats=args.repeats))
+        return 0
     source = args.source or shared_dir() / "datasets" / "fer2013"
     print(benchmark_prepare(source, repeats=args.repeats, workers=args.workers))
     return 0
@@ -223,6 +230,33 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bundle",
+        help="package a finished run as the default model (with checksums and a model card)",
+    )
+    parser.add_argument("run", type=Path, help="finished run folder")
+    parser.add_argument(
+        "--dest", type=Path, default=None, help="bundle folder (default: the package's)"
+    )
+    parser.set_defaults(handler=_run_bundle)
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ferkit.bundle import DEFAULT_MODEL_DIR, bundle_run, load_model, write_model_card
+    from ferkit.data import PreparedDataset
+
+    config = yaml.safe_load((args.run / "config.yaml").read_text())
+    val = PreparedDataset(config["data"]).split(config["val_split"])
+    card = write_model_card(args.run, val, load_model(args.run))
+    dest = bundle_run(args.run, args.dest or DEFAULT_MODEL_DIR, model_card=card)
+    print(f"bundled {args.run} into {dest}")
+    print(card)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferkit",
@@ -233,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prepare(subparsers)
     _add_train(subparsers)
+    _add_bundle(subparsers)
     _add_demo(subparsers)
     _add_benchmark(subparsers)
     return parser

@@ -1,0 +1,284 @@
+"""The model that ships inside the package, and loading any model by path.
+
+``ferkit bundle RUN_DIR`` copies a run's best model into ``ferkit/assets/default/``
+(without optimizer state) with its class list, calibration, config, metrics, a model
+card and SHA-256 checksums. :func:`load_model` loads that bundled model by default and
+refuses it if a checksum does not match, so a damaged install fails loudly instead of
+predicting nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
+MODEL_FILE = "model.keras"
+CHECKSUMS = "checksums.json"
+BUNDLED_FILES = (MODEL_FILE, "labels.json", "calibration.json", "config.yaml", "metrics.json")
+MAX_BUNDLE_BYTES = 20 * 1024 * 1024
+
+
+class ChecksumError(RuntimeError):
+    """A bundled file's content does not match its recorded checksum."""
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model with what is needed to read its outputs."""
+
+    model: Any
+    classes: list[str]
+    temperature: float
+    source: Path
+    image_shape: tuple[int, int, int]
+
+    def predict_logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for ``uint8`` faces ``(N, H, W, C)``."""
+        faces = np.asarray(faces, dtype=np.float32)
+        if len(faces) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        outputs = [
+            self.model.predict_on_batch(faces[i : i + batch_size])
+            for i in range(0, len(faces), batch_size)
+        ]
+        return np.concatenate([np.asarray(o) for o in outputs])
+
+    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Calibrated class probabilities (temperature-scaled softmax)."""
+        from ferkit.calibration import softmax
+
+        return softmax(self.predict_logits(faces, batch_size), self.temperature)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(folder: Path) -> None:
+    """Check every file listed in ``checksums.json``.
+
+    Raises:
+        ChecksumError: a listed file is missing or differs.
+    """
+    listed = json.loads((folder / CHECKSUMS).read_text())
+    for name, expected in listed.items():
+        path = folder / name
+        if not path.is_file():
+            raise ChecksumError(f"{path}: missing from the bundled model; reinstall ferkit")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ChecksumError(
+                f"{path}: checksum {actual[:12]}... does not match the recorded {expected[:12]}...; "
+                "the file is damaged or was replaced: reinstall ferkit"
+            )
+
+
+def bundled_model_available(folder: Path = DEFAULT_MODEL_DIR) -> bool:
+    return (folder / MODEL_FILE).is_file() and (folder / CHECKSUMS).is_file()
+
+
+def load_model(path: str | os.PathLike[str] | None = None, *, verify: bool = True) -> LoadedModel:
+    """Load the bundled model (``path=None``), a run folder, a bundle folder or a
+    ``.keras`` file.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path`` (or no bundled model installed).
+        ChecksumError: a bundled file does not match its checksum.
+    """
+    from ferkit._tf import import_tensorflow
+
+    import_tensorflow()
+    import keras
+
+    import ferkit.models  # noqa: F401  (registers ferkit's custom layers)
+
+    folder: Path
+    if path is None:
+        folder = DEFAULT_MODEL_DIR
+        if not bundled_model_available(folder):
+            raise FileNotFoundError(
+                f"{folder}: no bundled model in this installation; pass a model path or "
+                "reinstall ferkit"
+            )
+        model_path = folder / MODEL_FILE
+    else:
+        path = Path(path)
+        if path.is_file():
+            folder, model_path = path.parent, path
+        elif (path / MODEL_FILE).is_file():
+            folder, model_path = path, path / MODEL_FILE
+        elif (path / "checkpoints" / "best.keras").is_file():
+            folder, model_path = path, path / "checkpoints" / "best.keras"
+        else:
+            raise FileNotFoundError(
+                f"{path}: no model found; give a run folder (with checkpoints/best.keras), a "
+                "bundled-model folder (with model.keras) or a .keras file"
+            )
+    if verify and (folder / CHECKSUMS).is_file():
+        verify_checksums(folder)
+    model = keras.models.load_model(model_path, compile=False)
+    classes = _read_classes(folder, model)
+    calibration_path = folder / "calibration.json"
+    temperature = (
+        json.loads(calibration_path.read_text())["temperature"]
+        if calibration_path.is_file()
+        else 1.0
+    )
+    shape = tuple(int(d) for d in model.input_shape[1:])
+    return LoadedModel(
+        model=model,
+        classes=classes,
+        temperature=float(temperature),
+        source=model_path,
+        image_shape=shape,
+    )
+
+
+def _read_classes(folder: Path, model: Any) -> list[str]:
+    labels = folder / "labels.json"
+    if labels.is_file():
+        return list(json.loads(labels.read_text()))
+    n_classes = int(model.output_shape[-1])
+    raise FileNotFoundError(
+        f"{folder}: no labels.json beside the model, so its {n_classes} outputs cannot be "
+        "named; keep the model inside its run folder"
+    )
+
+
+def bundle_run(
+    run_dir: str | os.PathLike[str],
+    dest: str | os.PathLike[str] = DEFAULT_MODEL_DIR,
+    model_card: str | None = None,
+) -> Path:
+    """Copy a finished run's best model into a bundle folder with checksums.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        FileNotFoundError: the run has no best checkpoint or no metrics (unfinished).
+        ValueError: the model file would exceed the 20 MB budget.
+    """
+    import keras
+
+    import ferkit.models  # noqa: F401
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    for needed in ("checkpoints/best.keras", "metrics.json", "labels.json", "config.yaml"):
+        if not (run_dir / needed).is_file():
+            raise FileNotFoundError(f"{run_dir / needed}: missing; bundle only a finished run")
+    staging = Path(
+        tempfile.mkdtemp(prefix=".bundle-", dir=dest.parent if dest.parent.exists() else None)
+    )
+    try:
+        model = keras.models.load_model(run_dir / "checkpoints" / "best.keras", compile=False)
+        model.save(staging / MODEL_FILE)  # no optimizer state: a third of the size
+        size = (staging / MODEL_FILE).stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise ValueError(
+                f"{run_dir}: model is {size / 2**20:.1f} MB, over the 20 MB bundle budget"
+            )
+        for name in BUNDLED_FILES[1:]:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, staging / name)
+        if (run_dir / "history.csv").is_file():
+            shutil.copy2(run_dir / "history.csv", staging / "history.csv")
+        if model_card is not None:
+            (staging / "MODEL_CARD.md").write_text(model_card)
+        checksums = {
+            path.name: sha256_file(path) for path in sorted(staging.iterdir()) if path.is_file()
+        }
+        (staging / CHECKSUMS).write_text(json.dumps(checksums, indent=2) + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: LoadedModel) -> str:
+    """A Markdown model card: data, config, per-class validation metrics, calibration,
+    training time on this machine, and limitations."""
+    import platform
+
+    import yaml
+    from sklearn.metrics import classification_report
+
+    from ferkit.calibration import expected_calibration_error
+
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    calibration = json.loads((run_dir / "calibration.json").read_text())
+    probabilities = loaded.predict_proba(val_split.images)
+    predictions = probabilities.argmax(axis=1)
+    accuracy = float((predictions == val_split.labels).mean())
+    report = classification_report(
+        val_split.labels,
+        predictions,
+        labels=list(range(len(loaded.classes))),
+        target_names=loaded.classes,
+        output_dict=True,
+        zero_division=0,
+    )
+    rows = "\n".join(
+        f"| {name} | {report[name]['precision']:.3f} | {report[name]['recall']:.3f} | "
+        f"{report[name]['f1-score']:.3f} | {int(report[name]['support'])} |"
+        for name in loaded.classes
+    )
+    hours = metrics["training_seconds"] / 3600
+    return f"""# ferkit default model: {config["model"]["arch"]}
+
+## Data
+- Trained on FER2013 `{config["train_split"]}` (28,709 faces, 48x48 grayscale), model selected
+  on FER2013 `{config["val_split"]}` (PublicTest, {len(val_split.labels):,} faces). The
+  PrivateTest split was never used.
+- Classes, in output order: {", ".join(loaded.classes)}.
+
+## Results on FER2013 val (single model, no test-time augmentation)
+- Accuracy: **{accuracy:.2%}** (best epoch {metrics["best_epoch"]} of {metrics["epochs_trained"]}).
+- Macro F1: {report["macro avg"]["f1-score"]:.3f}.
+
+| class | precision | recall | F1 | support |
+| --- | --- | --- | --- | --- |
+{rows}
+
+## Calibration
+Temperature scaling fitted on val: T = {calibration["temperature"]:.3f}. Expected calibration
+error (15 bins) {calibration["ece_before"]:.3f} before, {expected_calibration_error(probabilities, val_split.labels):.3f} after.
+(Fitted and measured on the same split: a held-out split would give a less optimistic figure.)
+
+## Training
+- `{config["model"]["arch"]}`, {metrics["parameters"]:,} parameters; {config["epochs"]} epochs, batch
+  {config["batch_size"]}, AdamW (lr {config["learning_rate"]}, weight decay {config["weight_decay"]}),
+  {config["schedule"]} schedule, label smoothing {config["label_smoothing"]}, augmentation
+  {config["model"]["augment"]}; seed {config["seed"]}.
+- Training time: {hours:.1f} h on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU.
+- Reproduce: see `config.yaml` beside this card and the README.
+
+## Limitations
+- Input is a 48x48 grayscale face crop, as in FER2013: colour and fine detail are lost,
+  and accuracy depends on the face detector and alignment in front of the model.
+- FER2013 was scraped from web searches: posed and exaggerated expressions, mostly
+  frontal faces, a skew towards young adults and lighter skin, and noisy labels (human
+  accuracy on it is about 65%). Expect lower accuracy on spontaneous expressions,
+  profile views, children, older people and under-represented groups.
+- `disgust` has only 436 training faces: its recall is the least reliable.
+- Expressions are not emotions: the model reports what a face shows, not what a person feels.
+"""

@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from ferkit.bundle import ChecksumError, bundle_run, load_model, write_model_card
+from ferkit.cli import main
+from ferkit.data import PreparedDataset
+from ferkit.prepare import PrepareConfig, prepare
+from ferkit.synthetic import make_image_folder
+from ferkit.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    source = make_image_folder(root / "src", per_class=30)
+    data = prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
+    config = TrainConfig(
+        data=str(data), model={"widths": [8, 16, 32, 64]}, epochs=1, batch_size=32, warmup_epochs=0
+    )
+    train(config, root / "run", verbose=0)
+    return root / "run", data
+
+
+def test_bundle_loads_with_checksums_and_calibrated_probabilities(finished_run, tmp_path):
+    run, data = finished_run
+    val = PreparedDataset(data).split("val")
+    card = write_model_card(run, val, load_model(run))
+    assert "## Limitations" in card and "| happy |" in card
+    dest = bundle_run(run, tmp_path / "default", model_card=card)
+    checksums = json.loads((dest / "checksums.json").read_text())
+    assert set(checksums) >= {
+        "model.keras",
+        "labels.json",
+        "calibration.json",
+        "config.yaml",
+        "MODEL_CARD.md",
+    }
+    loaded = load_model(dest)
+    assert loaded.classes == ["angry", "happy", "sad", "surprise"]
+    assert loaded.temperature == json.loads((run / "calibration.json").read_text())["temperature"]
+    probabilities = loaded.predict_proba(val.images)
+    assert probabilities.shape == (len(val), 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    # The bundle and the run agree.
+    np.testing.assert_allclose(
+        load_model(run).predict_logits(val.images), loaded.predict_logits(val.images), rtol=1e-5
+    )
+    # No optimizer state in the bundle: smaller than the training checkpoint.
+    assert (dest / "model.keras").stat().st_size < (
+        run / "checkpoints" / "best.keras"
+    ).stat().st_size
+
+
+def test_damaged_bundle_is_refused(finished_run, tmp_path):
+    run, _ = finished_run
+    dest = bundle_run(run, tmp_path / "default")
+    labels = dest / "labels.json"
+    labels.write_text(labels.read_text().replace("happy", "joyful"))
+    with pytest.raises(ChecksumError, match="reinstall"):
+        load_model(dest)
+
+
+def test_unfinished_run_cannot_be_bundled(finished_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="bundle only a finished run"):
+        bundle_run(tmp_path, tmp_path / "dest")
+    with pytest.raises(FileNotFoundError, match="no model found"):
+        load_model(tmp_path)
+
+
+def test_bundle_command(finished_run, tmp_path, capsys):
+    run, _ = finished_run
+    assert main(["bundle", str(run), "--dest", str(tmp_path / "b")]) == 0
+    assert "Accuracy" in capsys.readouterr().out
+    assert (tmp_path / "b" / "MODEL_CARD.md").is_file()
