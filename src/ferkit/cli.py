@@ -196,7 +196,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--soft-labels", action="store_true", default=None)
     parser.add_argument("--early-stopping-patience", type=int)
     parser.add_argument("--limit-train", type=int, help="train on a stratified subset")
-    parser.add_argument("--distribute", choices=["none", "mirrored"])
+    parser.add_argument(
+        "--distribute",
+        choices=["none", "mirrored", "multiworker"],
+        help="mirrored: all GPUs of this machine; multiworker: several machines (TF_CONFIG)",
+    )
     parser.add_argument("--seed", type=int)
     parser.set_defaults(handler=_run_train)
 

@@ -69,7 +69,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-5
     limit_train: int = 0  # use a stratified subset of this many training faces; 0: all
     limit_val: int = 0
-    distribute: str = "none"  # none | mirrored
+    distribute: str = "none"  # none | mirrored | multiworker
     temperature_scaling: bool = True
     seed: int = 0
 
@@ -91,7 +91,7 @@ class TrainConfig:
             "schedule": ("cosine", "constant"),
             "class_weighting": ("none", "balanced"),
             "sampling": ("shuffle", "balanced"),
-            "distribute": ("none", "mirrored"),
+            "distribute": ("none", "mirrored", "multiworker"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -256,6 +256,8 @@ def _strategy(config: TrainConfig) -> Any:
 
     if config.distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if config.distribute == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
