@@ -136,13 +136,10 @@ def test_mirrored_strategy_on_two_logical_cpus(drawn, tmp_path):
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from ferkit.train import TrainConfig, train
+from ferkit.train import TrainConfig, train, _strategy
 import json
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-assert strategy.num_replicas_in_sync == 2
 config = TrainConfig(data={str(drawn)!r}, model={TINY_MODEL!r}, epochs=1, batch_size=32, distribute="mirrored")
-import ferkit.train as t
-t._strategy = lambda config: strategy
+assert _strategy(config).num_replicas_in_sync == 2
 result = train(config, {str(tmp_path / "run")!r}, verbose=0)
 print(json.dumps(result.metrics["epochs_trained"]))
 """
