@@ -74,3 +74,5 @@ def test_bundle_command(finished_run, tmp_path, capsys):
     assert main(["bundle", str(run), "--dest", str(tmp_path / "b")]) == 0
     assert "Accuracy" in capsys.readouterr().out
     assert (tmp_path / "b" / "MODEL_CARD.md").is_file()
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["val_accuracy_floor"] == int(metrics["val_accuracy_bundled"] * 100) / 100

@@ -249,13 +249,24 @@ def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
 def _run_bundle(args: argparse.Namespace) -> int:
     import yaml
 
-    from ferkit.bundle import DEFAULT_MODEL_DIR, bundle_run, load_model, write_model_card
+    from ferkit.bundle import (
+        DEFAULT_MODEL_DIR,
+        accuracy_floor,
+        bundle_run,
+        load_model,
+        write_model_card,
+    )
     from ferkit.data import PreparedDataset
 
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     val = PreparedDataset(config["data"]).split(config["val_split"])
-    card = write_model_card(args.run, val, load_model(args.run))
-    dest = bundle_run(args.run, args.dest or DEFAULT_MODEL_DIR, model_card=card)
+    loaded = load_model(args.run)
+    accuracy = float((loaded.predict_proba(val.images).argmax(axis=1) == val.labels).mean())
+    card = write_model_card(args.run, val, loaded)
+    floor = {"val_accuracy_floor": accuracy_floor(accuracy), "val_accuracy_bundled": accuracy}
+    dest = bundle_run(
+        args.run, args.dest or DEFAULT_MODEL_DIR, model_card=card, extra_metrics=floor
+    )
     print(f"bundled {args.run} into {dest}")
     print(card)
     return 0

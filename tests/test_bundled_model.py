@@ -1,0 +1,36 @@
+"""The model that ships with ferkit: present, intact, and as accurate as its card says."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ferkit.bundle import DEFAULT_MODEL_DIR, load_model, verify_checksums
+from ferkit.data import PreparedDataset
+
+pytestmark = pytest.mark.real_data
+
+
+def _stated_floor() -> float:
+    """The accuracy floor the bundle states for FER2013 val (in its metrics.json)."""
+    return json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())["val_accuracy_floor"]
+
+
+def test_bundled_model_is_installed_and_intact():
+    assert (DEFAULT_MODEL_DIR / "model.keras").is_file(), (
+        "the default model must ship with the package"
+    )
+    verify_checksums(DEFAULT_MODEL_DIR)
+    assert (DEFAULT_MODEL_DIR / "model.keras").stat().st_size <= 20 * 1024 * 1024
+    assert (DEFAULT_MODEL_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_bundled_model_clears_its_floor_on_fer2013_val(fer2013_prepared):
+    _, prepared = fer2013_prepared
+    val = PreparedDataset(prepared.out_dir).split("val")
+    model = load_model()  # the default: no path
+    assert model.classes == PreparedDataset(prepared.out_dir).classes
+    probabilities = model.predict_proba(val.images)
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == val.labels))
+    print(f"bundled model: FER2013 val accuracy {accuracy:.4f} on {len(val)} faces")
+    assert accuracy >= _stated_floor()
