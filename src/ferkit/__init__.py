@@ -16,6 +16,9 @@ _LAZY = {
     "PreparedDataset": ("ferkit.data", "PreparedDataset"),
     "load_split": ("ferkit.data", "load_split"),
     "canonical_name": ("ferkit.classes", "canonical_name"),
+    "EmotionRecognizer": ("ferkit.recognize", "EmotionRecognizer"),
+    "results_to_dataframe": ("ferkit.recognize", "results_to_dataframe"),
+    "load_model": ("ferkit.bundle", "load_model"),
     "CANONICAL_CLASSES": ("ferkit.classes", "CANONICAL_CLASSES"),
 }
 

@@ -1,0 +1,155 @@
+"""Recognise expressions in images: detect faces, align and crop them, classify.
+
+>>> from ferkit import EmotionRecognizer                       # doctest: +SKIP
+>>> recognizer = EmotionRecognizer()                           # the bundled model
+>>> for face in recognizer.predict("photo.jpg"):               # doctest: +SKIP
+...     print(face.box, face.label, face.probabilities["happy"])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferkit.faces import Face, align_and_crop, make_detector
+from ferkit.images import read_image
+
+
+@dataclass
+class FaceResult:
+    """One face found in an image and what it expresses."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height in the image's pixels
+    detector_confidence: float
+    label: str
+    probabilities: dict[str, float]  # calibrated, one per class, summing to 1
+    landmarks: dict[str, tuple[float, float]] | None = field(default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        x, y, w, h = self.box
+        return {
+            "x": x,
+            "y": y,
+            "width": w,
+            "height": h,
+            "detector_confidence": round(self.detector_confidence, 4),
+            "label": self.label,
+            **{f"p_{name}": round(p, 4) for name, p in self.probabilities.items()},
+        }
+
+
+ImageInput = str | os.PathLike | np.ndarray | Any  # path, array or PIL image
+
+
+class EmotionRecognizer:
+    """Find faces in images and tell which expression each shows.
+
+    Args:
+        model: ``None`` for the bundled default model, or a run folder, bundle folder or
+            ``.keras`` file.
+        detector: ``mtcnn`` (default; finds turned faces, aligns by the eyes) or ``haar``.
+        margin: context kept around each detected face, as a fraction of its size.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        detector: str = "mtcnn",
+        margin: float = 0.15,
+    ) -> None:
+        from ferkit.bundle import load_model
+
+        self.model = load_model(model)
+        self.classes = self.model.classes
+        self.detector = make_detector(detector)
+        self.margin = margin
+        self.size, _, self.channels = self.model.image_shape
+
+    def _to_rgb(self, image: ImageInput, color_order: str) -> np.ndarray:
+        if isinstance(image, str | os.PathLike):
+            return read_image(Path(image), color=True)
+        if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+            return np.asarray(image.convert("RGB"))
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(
+                f"image arrays must be uint8, not {array.dtype}; scale to 0..255 first"
+            )
+        if array.ndim == 2:
+            return np.repeat(array[:, :, None], 3, axis=2)
+        if array.ndim != 3 or array.shape[2] not in (3, 4):
+            raise ValueError(f"image array must be HxW, HxWx3 or HxWx4, not {array.shape}")
+        array = array[:, :, :3]
+        if color_order.upper() == "BGR":
+            array = array[:, :, ::-1]
+        elif color_order.upper() != "RGB":
+            raise ValueError(f"color_order must be 'RGB' or 'BGR', not {color_order!r}")
+        return np.ascontiguousarray(array)
+
+    def _crops(self, rgb: np.ndarray) -> tuple[list[Face], np.ndarray]:
+        faces = self.detector.detect(rgb)
+        crops = [
+            align_and_crop(rgb, face, size=self.size, channels=self.channels, margin=self.margin)
+            for face in faces
+        ]
+        empty = np.zeros((0, self.size, self.size, self.channels), dtype=np.uint8)
+        return faces, np.stack(crops) if crops else empty
+
+    def _results(self, faces: list[Face], probabilities: np.ndarray) -> list[FaceResult]:
+        return [
+            FaceResult(
+                box=face.box,
+                detector_confidence=face.confidence,
+                label=self.classes[int(row.argmax())],
+                probabilities={name: float(p) for name, p in zip(self.classes, row, strict=True)},
+                landmarks=face.landmarks,
+            )
+            for face, row in zip(faces, probabilities, strict=True)
+        ]
+
+    def predict(self, image: ImageInput, *, color_order: str = "RGB") -> list[FaceResult]:
+        """Results for every face in one image (an empty list when there is none).
+
+        Args:
+            image: a file path, a ``uint8`` array (``color_order`` says RGB or BGR, as
+                OpenCV gives), or a PIL image.
+        """
+        return self.predict_batch([image], color_order=color_order)[0]
+
+    def predict_batch(
+        self, images: list[ImageInput], *, color_order: str = "RGB"
+    ) -> list[list[FaceResult]]:
+        """Like :meth:`predict` for several images, classifying all their faces in one batch."""
+        detections = [self._crops(self._to_rgb(image, color_order)) for image in images]
+        all_crops = [crops for _, crops in detections]
+        probabilities = (
+            self.model.predict_proba(np.concatenate(all_crops)) if all_crops else np.zeros((0,))
+        )
+        results, start = [], 0
+        for faces, crops in detections:
+            results.append(self._results(faces, probabilities[start : start + len(crops)]))
+            start += len(crops)
+        return results
+
+    def classify_faces(self, faces: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for face crops already cut out (``(N, H, W, C)`` uint8)."""
+        return self.model.predict_proba(faces)
+
+
+def results_to_dataframe(results: dict[str, list[FaceResult]] | list[FaceResult]) -> Any:
+    """One row per face: ``source`` (when given a mapping), box, label, probabilities."""
+    import pandas as pd
+
+    if isinstance(results, dict):
+        rows = [
+            {"source": str(source), "face": index, **face.as_dict()}
+            for source, faces in results.items()
+            for index, face in enumerate(faces)
+        ]
+    else:
+        rows = [{"face": index, **face.as_dict()} for index, face in enumerate(results)]
+    return pd.DataFrame(rows)
