@@ -99,6 +99,17 @@ def test_resume_continues_exactly_where_the_run_stopped(drawn, tmp_path):
         assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-6)
 
 
+def test_finish_ends_a_stopped_run_early(drawn, tmp_path):
+    from ferkit.cli import main
+
+    train(_config(drawn, epochs=3), tmp_path / "run", verbose=0, stop_after_epochs=1)
+    assert main(["train", "--out", str(tmp_path / "run"), "--finish"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["finished_early"] == "after epoch 1 of 3"
+    assert metrics["epochs_trained"] == 1 and 0 <= metrics["val_accuracy"] <= 1
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"] is True
+
+
 def test_options_balanced_sampling_class_weights_and_mixup(drawn, tmp_path):
     config = _config(
         drawn, epochs=1, sampling="balanced", class_weighting="balanced", mixup_alpha=0.2

@@ -179,6 +179,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--config", type=Path, help="YAML settings (see configs/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument(
+        "--finish",
+        action="store_true",
+        help="end the (stopped) run in --out now: calibrate its best checkpoint, write metrics",
+    )
     parser.add_argument("--data", help="prepared dataset folder (ferkit prepare --out)")
     parser.add_argument("--arch", help="architecture: ferkit_cnn or vgg16")
     parser.add_argument(
@@ -208,8 +213,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import json
 
-    from ferkit.train import TrainConfig, train
+    from ferkit.train import TrainConfig, finish_now, train
 
+    if args.finish:
+        print(json.dumps(finish_now(args.out).metrics, indent=2))
+        return 0
     overrides = {
         name: getattr(args, name)
         for name in (

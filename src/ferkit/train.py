@@ -466,6 +466,34 @@ def train(
     return TrainResult(run_dir, metrics)
 
 
+def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
+    """End a run early: calibrate its best checkpoint so far and write ``metrics.json``.
+
+    For a run that has to stop before its last epoch (a deadline, a plateau). The metrics
+    record how many of the planned epochs were trained.
+    """
+    from ferkit._tf import import_tensorflow
+
+    import_tensorflow()
+    run_dir = Path(run_dir)
+    if not (run_dir / BEST_CHECKPOINT).is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoints/best.keras yet; train at least one epoch first"
+        )
+    config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
+    state = json.loads((run_dir / STATE_NAME).read_text())
+    data = PreparedDataset(config.data)
+    val_split = data.split(config.val_split)
+    val_split = _subset(
+        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
+    )
+    metrics = finish_run(run_dir, config, val_split, state)
+    if state["epoch"] < config.total_epochs:
+        metrics["finished_early"] = f"after epoch {state['epoch']} of {config.total_epochs}"
+        _write_json(run_dir / "metrics.json", metrics)
+    return TrainResult(run_dir, metrics)
+
+
 def predict_logits(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of a Keras model on ``uint8`` images, batched."""
     return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
