@@ -121,16 +121,35 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from ferkit.bundle import bundled_model_available, load_model
+    from ferkit.data import PreparedDataset
     from ferkit.prepare import PrepareConfig, format_summary, prepare
     from ferkit.synthetic import make_image_folder
 
     source = args.dir / "source"
     make_image_folder(source, per_class=args.per_class, seed=args.seed, with_bad_files=True)
-    print(f"Generated a demo dataset in {source}")
+    print(f"Generated a demo dataset of drawn faces in {source}")
     result = prepare(
         source, args.dir / "prepared", PrepareConfig(seed=args.seed, faces="crop"), overwrite=True
     )
     print(format_summary(result))
+    if not bundled_model_available():
+        print("\n(no bundled model in this installation: skipping classification)")
+        return 0
+    model = load_model()
+    data = PreparedDataset(result.out_dir)
+    print(f"\nClassifying the prepared faces with the bundled model ({', '.join(model.classes)}):")
+    print("(drawn cartoons are not real faces: this shows the pipeline end to end, not accuracy)")
+    for split_name in data.splits:
+        split = data.split(split_name)
+        predicted = model.predict_proba(split.images).argmax(axis=1)
+        for index, name in enumerate(data.classes):
+            members = predicted[split.labels == index]
+            counts = Counter(model.classes[p] for p in members).most_common(3)
+            shares = ", ".join(f"{label} {count / len(members):.0%}" for label, count in counts)
+            print(f"  {split_name:<5} drawn {name:<9} -> {shares}")
     return 0
 
 
