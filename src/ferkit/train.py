@@ -301,6 +301,15 @@ def _append_history(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
+def _truncate_history(path: Path, epochs: int) -> None:
+    """Drop rows past the last epoch ``state.json`` records (a kill between the two writes)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if len(lines) > epochs + 1:
+        path.write_text("".join(lines[: epochs + 1]))
+
+
 def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
     """The run's per-epoch history as a list of rows (numbers as floats)."""
     path = Path(run_dir) / HISTORY_NAME
@@ -349,6 +358,7 @@ def train(
             )
         config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
         state = json.loads((run_dir / STATE_NAME).read_text())
+        _truncate_history(run_dir / HISTORY_NAME, state["epoch"])
         if state.get("finished"):
             logger.warning("%s: run already finished; nothing to resume", run_dir)
             return TrainResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
