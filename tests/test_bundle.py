@@ -29,6 +29,7 @@ def test_bundle_loads_with_checksums_and_calibrated_probabilities(finished_run, 
     card = write_model_card(run, val, load_model(run))
     assert "## Limitations" in card and "| happy |" in card
     dest = bundle_run(run, tmp_path / "default", model_card=card)
+    assert dest.stat().st_mode & 0o755 == 0o755  # readable once installed
     checksums = json.loads((dest / "checksums.json").read_text())
     assert set(checksums) >= {
         "model.keras",

@@ -214,6 +214,7 @@ def bundle_run(
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        staging.chmod(0o755)  # mkdtemp makes it private; an installed package must be readable
         staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
