@@ -86,6 +86,16 @@ def verify_checksums(folder: Path) -> None:
             )
 
 
+def write_checksums(folder: Path) -> None:
+    """Record the SHA-256 of every file in a bundle folder in its ``checksums.json``."""
+    checksums = {
+        path.name: sha256_file(path)
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.name != CHECKSUMS
+    }
+    (folder / CHECKSUMS).write_text(json.dumps(checksums, indent=2) + "\n")
+
+
 def bundled_model_available(folder: Path = DEFAULT_MODEL_DIR) -> bool:
     return (folder / MODEL_FILE).is_file() and (folder / CHECKSUMS).is_file()
 
@@ -207,10 +217,7 @@ def bundle_run(
             shutil.copy2(run_dir / "history.csv", staging / "history.csv")
         if model_card is not None:
             (staging / "MODEL_CARD.md").write_text(model_card)
-        checksums = {
-            path.name: sha256_file(path) for path in sorted(staging.iterdir()) if path.is_file()
-        }
-        (staging / CHECKSUMS).write_text(json.dumps(checksums, indent=2) + "\n")
+        write_checksums(staging)
         if dest.exists():
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)

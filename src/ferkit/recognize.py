@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ferkit.faces import Face, align_and_crop, make_detector
+from ferkit.faces import DEFAULT_DETECTOR, Face, align_and_crop, make_detector
 from ferkit.images import read_image
 
 
@@ -28,18 +29,32 @@ class FaceResult:
     label: str
     probabilities: dict[str, float]  # calibrated, one per class, summing to 1
     landmarks: dict[str, tuple[float, float]] | None = field(default=None)
+    # Video only: the face's track across frames, and the unsmoothed values (``label``
+    # and ``probabilities`` are then smoothed over time).
+    track_id: int | None = None
+    raw_label: str | None = None
+    raw_probabilities: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         x, y, w, h = self.box
-        return {
-            "x": x,
-            "y": y,
-            "width": w,
-            "height": h,
-            "detector_confidence": round(self.detector_confidence, 4),
-            "label": self.label,
-            **{f"p_{name}": round(p, 4) for name, p in self.probabilities.items()},
-        }
+        record: dict[str, Any] = {}
+        if self.track_id is not None:
+            record["track_id"] = self.track_id
+        record.update(
+            {
+                "x": x,
+                "y": y,
+                "width": w,
+                "height": h,
+                "detector_confidence": round(self.detector_confidence, 4),
+                "label": self.label,
+                **{f"p_{name}": round(p, 4) for name, p in self.probabilities.items()},
+            }
+        )
+        if self.raw_probabilities is not None:
+            record["raw_label"] = self.raw_label
+            record.update({f"raw_p_{k}": round(p, 4) for k, p in self.raw_probabilities.items()})
+        return record
 
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # path, array or PIL image
@@ -49,21 +64,27 @@ class EmotionRecognizer:
     """Find faces in images and tell which expression each shows.
 
     Args:
-        model: ``None`` for the bundled default model, or a run folder, bundle folder or
-            ``.keras`` file.
-        detector: ``mtcnn`` (default; finds turned faces, aligns by the eyes) or ``haar``.
+        model: ``None`` for the bundled default model, or a run folder, bundle folder,
+            export folder, or ``.keras``/``.onnx``/``.tflite`` file.
+        detector: ``blazeface-full`` (default: fast, finds small and turned faces, aligns
+            by the eyes), ``blazeface`` (short range, fastest), ``mtcnn`` or ``haar``; see
+            :mod:`ferkit.faces` for the measurements behind the default.
         margin: context kept around each detected face, as a fraction of its size.
+        backend: classifier runtime (``auto``, ``keras``, ``onnx``, ``onnx-int8``,
+            ``tflite``); ``auto`` uses ONNX Runtime when the model has an ONNX file, so
+            the bundled model predicts without importing TensorFlow.
     """
 
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,
-        detector: str = "mtcnn",
+        detector: str = DEFAULT_DETECTOR,
         margin: float = 0.15,
+        backend: str = "auto",
     ) -> None:
-        from ferkit.bundle import load_model
+        from ferkit.runtime import load_classifier
 
-        self.model = load_model(model)
+        self.model = load_classifier(model, backend)
         self.classes = self.model.classes
         self.detector = make_detector(detector)
         self.margin = margin
@@ -90,8 +111,12 @@ class EmotionRecognizer:
             raise ValueError(f"color_order must be 'RGB' or 'BGR', not {color_order!r}")
         return np.ascontiguousarray(array)
 
-    def _crops(self, rgb: np.ndarray) -> tuple[list[Face], np.ndarray]:
-        faces = self.detector.detect(rgb)
+    def _crops(
+        self, rgb: np.ndarray, faces: list[Face] | None = None
+    ) -> tuple[list[Face], np.ndarray]:
+        """Detect (unless ``faces`` are given) and cut out every face."""
+        if faces is None:
+            faces = self.detector.detect(rgb)
         crops = [
             align_and_crop(rgb, face, size=self.size, channels=self.channels, margin=self.margin)
             for face in faces
@@ -138,6 +163,46 @@ class EmotionRecognizer:
     def classify_faces(self, faces: np.ndarray) -> np.ndarray:
         """Calibrated probabilities for face crops already cut out (``(N, H, W, C)`` uint8)."""
         return self.model.predict_proba(faces)
+
+    def predict_video(
+        self,
+        source: str | os.PathLike[str] | int,
+        *,
+        every: int = 1,
+        detect_every: int = 1,
+        smoothing_s: float = 0.5,
+        max_frames: int | None = None,
+    ) -> Iterator[Any]:
+        """Stream per-frame results of a video file or a camera (an ``int`` index).
+
+        Frames are read, classified and yielded one at a time, so memory stays flat
+        however long the video. Faces are tracked across frames (``track_id``) and their
+        probabilities smoothed over ``smoothing_s`` seconds; the raw values stay in
+        ``raw_probabilities``.
+
+        Args:
+            every: process every N-th frame (the others are read and skipped).
+            detect_every: run the detector on every N-th processed frame and reuse the
+                tracked boxes in between (faster; faces still re-classified each frame).
+            max_frames: stop after this many frames read (a camera runs until then).
+
+        Yields:
+            :class:`ferkit.video.FrameResult` for each processed frame.
+
+        Raises:
+            FileNotFoundError / ValueError: the file is missing or not a readable video,
+                or the camera cannot be opened.
+        """
+        from ferkit.video import iter_video_results
+
+        return iter_video_results(
+            self,
+            source,
+            every=every,
+            detect_every=detect_every,
+            smoothing_s=smoothing_s,
+            max_frames=max_frames,
+        )
 
 
 def results_to_dataframe(results: dict[str, list[FaceResult]] | list[FaceResult]) -> Any:
