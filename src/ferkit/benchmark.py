@@ -117,3 +117,88 @@ def benchmark_models(
             + "".join(f"{r:>{w},.0f}" for r, w in zip(rates, (14, 20, 22), strict=True))
         )
     return "\n".join(lines)
+
+
+def benchmark_classifier(repeats: int = 3, n_faces: int = 2048) -> str:
+    """Faces/s of the bundled classifier on each runtime at batch sizes 1 and 256.
+
+    Medians of ``repeats`` timed passes over random 48x48 faces (the model's cost does
+    not depend on the pixel values); returns a printable table.
+    """
+    import numpy as np
+
+    from ferkit.export import export_tflite
+    from ferkit.runtime import TFLiteModel, load_classifier
+
+    models = {name: load_classifier(None, name) for name in ("keras", "onnx", "onnx-int8")}
+    with tempfile.TemporaryDirectory() as scratch:
+        keras_model = models["keras"]
+        path = export_tflite(keras_model.model, Path(scratch) / "model.tflite")
+        models["tflite"] = TFLiteModel(path, keras_model.classes, keras_model.temperature)
+        shape = keras_model.image_shape
+        faces = np.random.default_rng(0).integers(0, 256, (n_faces, *shape)).astype(np.uint8)
+        lines = [
+            f"bundled classifier on {os.cpu_count()} cores, {shape[0]}x{shape[1]} faces, "
+            f"medians of {repeats} runs",
+            f"{'runtime':<12}{'b=1 faces/s':>14}{'b=256 faces/s':>16}",
+        ]
+        for name, model in models.items():
+            model.predict_logits(faces[:256], batch_size=256)  # warm up
+            single = _median_rate(lambda m=model: m.predict_logits(faces[:200], 1), 200, repeats)
+            batched = _median_rate(lambda m=model: m.predict_logits(faces, 256), n_faces, repeats)
+            lines.append(f"{name:<12}{single:>14,.0f}{batched:>16,.0f}")
+    return "\n".join(lines)
+
+
+VIDEO_PIPELINES = (
+    # (label, detector, backend, detect_every, max_frames)
+    ("blazeface-full + onnx (default)", "blazeface-full", "onnx", 1, None),
+    ("blazeface + onnx", "blazeface", "onnx", 1, None),
+    ("blazeface-full + onnx, detect every 3rd", "blazeface-full", "onnx", 3, None),
+    ("haar + keras (fer-style baseline)", "haar", "keras", 1, None),
+    ("mtcnn + keras", "mtcnn", "keras", 1, 60),
+)
+
+
+def benchmark_video(video: str | os.PathLike[str] | None = None, repeats: int = 3) -> str:
+    """Frames/s of the full pipeline (decode, detect, crop, classify, track, smooth).
+
+    Each pipeline reads the whole video (MTCNN only its first 60 frames: it runs at a
+    few frames/s) ``repeats`` times; medians are shown with the ratio to the Haar +
+    Keras baseline measured in the same run.
+    """
+    from ferkit.recognize import EmotionRecognizer
+
+    video = Path(video) if video else shared_dir() / "samples" / "woman2.mp4"
+    if not video.is_file():
+        raise FileNotFoundError(f"{video}: no such video; pass one with --video")
+    rates = {}
+    found = {}
+    for label, detector, backend, detect_every, max_frames in VIDEO_PIPELINES:
+        recognizer = EmotionRecognizer(detector=detector, backend=backend)
+        counts: list[int] = []
+
+        def run(
+            recognizer=recognizer, detect_every=detect_every, max_frames=max_frames, counts=counts
+        ):
+            counts.clear()
+            for frame in recognizer.predict_video(
+                video, detect_every=detect_every, max_frames=max_frames
+            ):
+                counts.append(len(frame.faces))
+
+        run()  # warm up
+        frames = len(counts)
+        rates[label] = _median_rate(run, frames, repeats)
+        found[label] = (sum(c >= 1 for c in counts), frames)
+    baseline = rates[VIDEO_PIPELINES[3][0]]
+    lines = [
+        f"full pipeline on {video.name}, {os.cpu_count()} cores, medians of {repeats} runs",
+        f"{'pipeline':<42}{'frames/s':>10}{'x baseline':>12}{'frames with a face':>20}",
+    ]
+    for label, rate in rates.items():
+        with_face, frames = found[label]
+        lines.append(
+            f"{label:<42}{rate:>10,.1f}{rate / baseline:>12.2f}{f'{with_face}/{frames}':>20}"
+        )
+    return "\n".join(lines)

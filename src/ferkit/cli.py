@@ -159,8 +159,10 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "stage",
-        choices=["prepare", "models"],
-        help="prepare: dataset preparation; models: training and inference speed per architecture",
+        choices=["prepare", "models", "classifier", "video"],
+        help="prepare: dataset preparation; models: training and inference speed per "
+        "architecture; classifier: the bundled model's faces/s per runtime; video: frames/s "
+        "of the full prediction pipeline",
     )
     parser.add_argument(
         "source",
@@ -171,12 +173,27 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
+    )
     parser.set_defaults(handler=_run_benchmark)
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from ferkit.benchmark import benchmark_models, benchmark_prepare, shared_dir
+    from ferkit.benchmark import (
+        benchmark_classifier,
+        benchmark_models,
+        benchmark_prepare,
+        benchmark_video,
+        shared_dir,
+    )
 
+    if args.stage == "classifier":
+        print(benchmark_classifier(repeats=args.repeats))
+        return 0
+    if args.stage == "video":
+        print(benchmark_video(args.video, repeats=args.repeats))
+        return 0
     if args.stage == "models":
         print(benchmark_models(repeats=args.repeats))
         return 0
@@ -299,6 +316,128 @@ def _run_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
+    from ferkit.predict import OUTPUT_FORMATS
+    from ferkit.runtime import BACKENDS
+
+    parser = subparsers.add_parser(
+        "predict",
+        help="recognise expressions in images, folders, globs, videos or a webcam",
+        description=(
+            "Find the faces in each input and classify their expressions. Writes one record "
+            "per face (source, frame and time for video, track id, box, label, "
+            "probabilities) to OUT/predictions.<format>, every input's status (ok, no_face, "
+            "error with its reason) to the same file and to OUT/summary.json, and prints a "
+            "summary. Bad inputs are reported and skipped; the rest completes."
+        ),
+    )
+    parser.add_argument("inputs", nargs="*", help="image/video files, folders, globs")
+    parser.add_argument("--out", type=Path, default=Path("results/predictions"))
+    parser.add_argument("--format", default="csv", choices=OUTPUT_FORMATS)
+    parser.add_argument(
+        "--annotate",
+        action="store_true",
+        help="also write images/videos with boxes, labels and probability bars, and an "
+        "emotion-over-time plot per video, to OUT/annotated/",
+    )
+    parser.add_argument("--camera", type=int, default=None, help="read this webcam (0 = first)")
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTOR_NAMES)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
+    parser.add_argument("--every", type=int, default=1, help="video: process every N-th frame")
+    parser.add_argument(
+        "--detect-every",
+        type=int,
+        default=1,
+        help="video: detect on every N-th processed frame, track in between",
+    )
+    parser.add_argument(
+        "--smoothing", type=float, default=0.5, help="video: smoothing time constant (s)"
+    )
+    parser.add_argument("--max-frames", type=int, default=None, help="video/webcam frame limit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from ferkit.predict import predict
+
+    if not args.inputs and args.camera is None:
+        raise ValueError("give image/video files, folders or globs, or --camera N")
+    summary = predict(
+        args.inputs,
+        args.out,
+        fmt=args.format,
+        annotate=args.annotate,
+        camera=args.camera,
+        model=args.model,
+        detector=args.detector,
+        backend=args.backend,
+        every=args.every,
+        detect_every=args.detect_every,
+        smoothing_s=args.smoothing,
+        max_frames=args.max_frames,
+        progress=not args.quiet,
+        echo=print,
+    )
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts().items()))
+    print(
+        f"{len(summary.sources)} inputs ({counts}); {summary.faces} faces"
+        + (f" over {summary.frames} video frames" if summary.frames else "")
+        + f" in {summary.seconds:.1f} s -> {args.out / ('predictions.' + args.format)}"
+    )
+    return 0 if any(s["status"] != "error" for s in summary.sources) else 1
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.export import EXPORT_FORMATS
+
+    parser = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX (float32 or int8) or TensorFlow Lite",
+        description=(
+            "Write the bundled model (or --model) for deployment, with labels.json, "
+            "calibration.json and export.json (which records how far the exported logits "
+            "are from Keras's). The folder loads with EmotionRecognizer(model=OUT) or "
+            "'ferkit predict --model OUT' without TensorFlow."
+        ),
+    )
+    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--quantize", choices=["int8"], default=None, help="ONNX only")
+    parser.add_argument(
+        "--calibration-data",
+        type=Path,
+        default=None,
+        help="prepared dataset whose train faces calibrate int8 (from 'ferkit prepare')",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import json
+
+    from ferkit.export import export_model
+
+    out = export_model(
+        args.model,
+        args.format,
+        args.out,
+        quantize=args.quantize,
+        calibration_data=args.calibration_data,
+        seed=args.seed,
+    )
+    details = json.loads((out / "export.json").read_text())
+    print(
+        f"wrote {out / details['file']} (max |logit - Keras logit| on check faces: "
+        f"{details['max_abs_logit_difference']:.2e})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferkit",
@@ -310,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(subparsers)
     _add_train(subparsers)
     _add_bundle(subparsers)
+    _add_predict(subparsers)
+    _add_export(subparsers)
     _add_demo(subparsers)
     _add_benchmark(subparsers)
     return parser

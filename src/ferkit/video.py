@@ -31,6 +31,7 @@ class FrameResult:
     time_s: float  # timestamp from the frame rate (camera: seconds since start)
     faces: list[Any]  # FaceResult, with track_id and raw values set
     image: np.ndarray | None = field(default=None, repr=False)  # the RGB frame
+    processed: bool = True  # False for frames skipped by ``every`` (faces is empty)
 
 
 @dataclass
@@ -197,8 +198,13 @@ def iter_video_results(
     smoothing_s: float = 0.5,
     max_frames: int | None = None,
     keep_frames: bool = False,
+    include_skipped: bool = False,
 ) -> Iterator[FrameResult]:
-    """The generator behind :meth:`ferkit.EmotionRecognizer.predict_video`."""
+    """The generator behind :meth:`ferkit.EmotionRecognizer.predict_video`.
+
+    ``keep_frames`` attaches each RGB frame; ``include_skipped`` also yields the frames
+    that ``every`` skips (``processed=False``), for writers that need every frame.
+    """
     from ferkit.recognize import FaceResult
 
     if every < 1 or detect_every < 1:
@@ -209,6 +215,8 @@ def iter_video_results(
     processed = 0
     for index, time_s, rgb in iter_frames(source, max_frames):
         if index % every:
+            if include_skipped:
+                yield FrameResult(index, time_s, [], rgb if keep_frames else None, False)
             continue
         reuse = processed % detect_every != 0
         faces, crops = recognizer._crops(rgb, tracker.current_faces() if reuse else None)
