@@ -21,7 +21,11 @@ def test_bundled_model_is_installed_and_intact():
         "the default model must ship with the package"
     )
     verify_checksums(DEFAULT_MODEL_DIR)
-    assert (DEFAULT_MODEL_DIR / "model.keras").stat().st_size <= 20 * 1024 * 1024
+    total = sum(path.stat().st_size for path in DEFAULT_MODEL_DIR.iterdir())
+    assert total <= 20 * 1024 * 1024  # model.keras and its two ONNX runtimes together
+    assert {"model.onnx", "model.int8.onnx"} <= set(
+        json.loads((DEFAULT_MODEL_DIR / "checksums.json").read_text())
+    )
     assert (DEFAULT_MODEL_DIR / "MODEL_CARD.md").is_file()
 
 
@@ -34,3 +38,17 @@ def test_bundled_model_clears_its_floor_on_fer2013_val(fer2013_prepared):
     accuracy = float(np.mean(probabilities.argmax(axis=1) == val.labels))
     print(f"bundled model: FER2013 val accuracy {accuracy:.4f} on {len(val)} faces")
     assert accuracy >= _stated_floor()
+
+
+def test_bundled_runtimes_match_their_stated_accuracy(fer2013_prepared):
+    """What predict uses by default (ONNX) and the int8 file score what metrics.json says."""
+    from ferkit.runtime import load_classifier
+
+    _, prepared = fer2013_prepared
+    val = PreparedDataset(prepared.out_dir).split("val")
+    stated = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())["runtimes"]
+    for backend, name in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
+        predicted = load_classifier(None, backend).predict_proba(val.images).argmax(axis=1)
+        accuracy = float(np.mean(predicted == val.labels))
+        assert accuracy == pytest.approx(stated[name]["val_accuracy"], abs=2e-3)
+    assert stated["model.onnx"]["val_accuracy"] >= _stated_floor()

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def recognizer():
-    return EmotionRecognizer()  # bundled model, MTCNN
+    return EmotionRecognizer()  # bundled model (ONNX Runtime), BlazeFace full-range
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +20,32 @@ def samples():
     return require_shared("samples")
 
 
-def test_one_smiling_face(recognizer, samples):
+@pytest.fixture(scope="module", params=["blazeface-full", "blazeface", "mtcnn", "haar"])
+def any_detector(request):
+    return EmotionRecognizer(detector=request.param)
+
+
+def test_default_uses_onnx_without_tensorflow(recognizer):
+    from ferkit.runtime import OnnxModel
+
+    assert isinstance(recognizer.model, OnnxModel)
+    assert recognizer.detector.name == "blazeface-full"
+
+
+def test_one_smiling_face(any_detector, samples):
+    recognizer = any_detector
     (face,) = recognizer.predict(samples / "justin.jpg")
     assert face.label == "happy"
     assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert set(face.probabilities) == set(recognizer.classes)
-    assert face.landmarks and "left_eye" in face.landmarks
+    if recognizer.detector.name != "haar":  # the cascade gives no landmarks
+        assert face.landmarks["left_eye"][0] < face.landmarks["right_eye"][0]
     _, _, width, height = face.box
     assert width > 100 and height > 100
 
 
-def test_two_faces_and_none(recognizer, samples):
+def test_two_faces_and_none(any_detector, samples):
+    recognizer = any_detector
     assert len(recognizer.predict(samples / "couple.jpg")) == 2
     assert recognizer.predict(samples / "no-faces.jpg") == []
 
@@ -61,3 +76,22 @@ def test_batch_matches_single_and_dataframe(recognizer, samples):
 def test_bad_array_is_a_clear_error(recognizer):
     with pytest.raises(ValueError, match="uint8"):
         recognizer.predict(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+def test_detectors_frame_faces_alike(samples):
+    """BlazeFace boxes are rescaled to MTCNN's framing, so crops (and labels) agree."""
+    blaze = EmotionRecognizer(detector="blazeface-full").predict(samples / "couple.jpg")
+    mtcnn = EmotionRecognizer(detector="mtcnn").predict(samples / "couple.jpg")
+    pairs = zip(
+        sorted(blaze, key=lambda f: f.box[0]), sorted(mtcnn, key=lambda f: f.box[0]), strict=True
+    )
+    for a, b in pairs:
+        side_a, side_b = max(a.box[2:]), max(b.box[2:])
+        assert side_a == pytest.approx(side_b, rel=0.15)
+        center_a = np.array([a.box[0] + a.box[2] / 2, a.box[1] + a.box[3] / 2])
+        center_b = np.array([b.box[0] + b.box[2] / 2, b.box[1] + b.box[3] / 2])
+        assert np.abs(center_a - center_b).max() < 0.12 * side_b
+        # Only clear expressions must agree: the man's face is ambiguous (sad against
+        # neutral swings with a few pixels of framing), the woman's smile is not.
+        if max(b.probabilities.values()) > 0.8:
+            assert a.label == b.label

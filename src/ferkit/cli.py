@@ -40,7 +40,10 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         "go through the detector; crop: never detect; detect: always detect",
     )
     parser.add_argument(
-        "--detector", default="mtcnn", choices=["mtcnn", "haar"], help="face detector for photos"
+        "--detector",
+        default="mtcnn",
+        choices=["mtcnn", "haar", "blazeface", "blazeface-full"],
+        help="face detector for photos (mtcnn: slowest, most thorough)",
     )
     parser.add_argument("--size", type=int, default=48, help="output side in pixels (48)")
     parser.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 gray, 3 RGB")
@@ -301,6 +304,7 @@ def _run_bundle(args: argparse.Namespace) -> int:
         write_model_card,
     )
     from ferkit.data import PreparedDataset
+    from ferkit.export import add_runtimes_to_bundle
 
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     val = PreparedDataset(config["data"]).split(config["val_split"])
@@ -311,6 +315,9 @@ def _run_bundle(args: argparse.Namespace) -> int:
     dest = bundle_run(
         args.run, args.dest or DEFAULT_MODEL_DIR, model_card=card, extra_metrics=floor
     )
+    # ONNX float32 and int8 copies, so prediction runs without TensorFlow; int8 is
+    # calibrated on the run's own training faces.
+    add_runtimes_to_bundle(dest, config["data"], val)
     print(f"bundled {args.run} into {dest}")
     print(card)
     return 0

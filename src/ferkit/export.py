@@ -205,13 +205,35 @@ def export_model(
     return out
 
 
-def add_runtimes_to_bundle(bundle_dir: str | os.PathLike[str], calibration_data: str) -> dict:
+def _runtimes_section(runtimes: dict[str, dict[str, float]]) -> str:
+    rows = "\n".join(
+        f"| `{name}` | {values['val_accuracy']:.4f} | {values['max_abs_logit_difference']:.1e} |"
+        for name, values in runtimes.items()
+    )
+    return (
+        "## Runtimes\n"
+        "Prediction uses ONNX Runtime by default (`model.onnx`, same outputs as Keras); "
+        "`model.int8.onnx` is statically quantized (per-channel int8 weights, uint8 "
+        "activations calibrated on 1,024 training faces) for about three times the batched "
+        "throughput (`ferkit benchmark classifier`).\n\n"
+        "| file | val accuracy | max abs logit difference from Keras |\n|---|---|---|\n"
+        f"{rows}\n"
+    )
+
+
+def add_runtimes_to_bundle(
+    bundle_dir: str | os.PathLike[str], calibration_data: str, val_split: Any = None
+) -> dict:
     """Put float32 and int8 ONNX copies of a bundled model beside it, with checksums.
+
+    With ``val_split`` (a :class:`ferkit.data.Split`), each file's accuracy on it goes
+    into the bundle's ``metrics.json`` under ``runtimes``.
 
     Returns:
         ``export.json`` of each file, keyed by file name.
     """
     from ferkit.bundle import write_checksums
+    from ferkit.runtime import OnnxModel
 
     bundle_dir = Path(bundle_dir)
     records = {}
@@ -224,5 +246,22 @@ def add_runtimes_to_bundle(bundle_dir: str | os.PathLike[str], calibration_data:
             details = json.loads((folder / "export.json").read_text())
             shutil.copy2(folder / details["file"], bundle_dir / details["file"])
             records[details["file"]] = details
+    if val_split is not None:
+        metrics_path = bundle_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text())
+        runtimes = {}
+        for name, details in records.items():
+            model = OnnxModel(bundle_dir / name, details["classes"])
+            predicted = model.predict_logits(val_split.images).argmax(axis=1)
+            runtimes[name] = {
+                "val_accuracy": float((predicted == val_split.labels).mean()),
+                "max_abs_logit_difference": details["max_abs_logit_difference"],
+            }
+        metrics["runtimes"] = runtimes
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+        card = bundle_dir / "MODEL_CARD.md"
+        if card.is_file():
+            text = card.read_text().split("\n## Runtimes\n")[0].rstrip("\n")
+            card.write_text(text + "\n\n" + _runtimes_section(runtimes))
     write_checksums(bundle_dir)
     return records

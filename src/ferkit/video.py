@@ -205,11 +205,27 @@ def iter_video_results(
     ``keep_frames`` attaches each RGB frame; ``include_skipped`` also yields the frames
     that ``every`` skips (``processed=False``), for writers that need every frame.
     """
-    from ferkit.recognize import FaceResult
-
     if every < 1 or detect_every < 1:
         raise ValueError("every and detect_every must be at least 1")
     open_video(source)[0].release()  # fail now, not at the first next(), on a bad source
+    return _generate_results(
+        recognizer, source, every, detect_every, smoothing_s, max_frames, keep_frames,
+        include_skipped,
+    )  # fmt: skip
+
+
+def _generate_results(
+    recognizer: Any,
+    source: str | os.PathLike[str] | int,
+    every: int,
+    detect_every: int,
+    smoothing_s: float,
+    max_frames: int | None,
+    keep_frames: bool,
+    include_skipped: bool,
+) -> Iterator[FrameResult]:
+    from ferkit.recognize import FaceResult
+
     tracker = IoUTracker(smoothing_s=smoothing_s)
     classes = recognizer.classes
     processed = 0

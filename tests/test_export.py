@@ -1,0 +1,92 @@
+"""Export to ONNX/TFLite, the bundled ONNX runtimes, and runtime selection."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ferkit.bundle import DEFAULT_MODEL_DIR, ChecksumError, load_model
+from ferkit.cli import main
+from ferkit.runtime import OnnxModel, TFLiteModel, load_classifier
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keras_model():
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return np.random.default_rng(1).integers(0, 256, (64, 48, 48, 1)).astype(np.uint8)
+
+
+def test_bundled_onnx_equals_keras(keras_model, faces):
+    onnx = load_classifier(None, "onnx")
+    assert isinstance(onnx, OnnxModel) and onnx.classes == keras_model.classes
+    assert np.abs(onnx.predict_logits(faces) - keras_model.predict_logits(faces)).max() < 1e-4
+    assert np.allclose(onnx.predict_proba(faces), keras_model.predict_proba(faces), atol=1e-5)
+
+
+def test_auto_backend(tmp_path):
+    assert isinstance(load_classifier(), OnnxModel)
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_classifier(None, "torch")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_cli_export_agrees_with_keras_and_loads(fmt, keras_model, faces, tmp_path):
+    out = tmp_path / fmt
+    assert main(["export", "--format", fmt, "--out", str(out)]) == 0
+    details = json.loads((out / "export.json").read_text())
+    assert details["format"] == fmt and details["max_abs_logit_difference"] < 1e-4
+    exported = load_classifier(out)
+    assert isinstance(exported, OnnxModel if fmt == "onnx" else TFLiteModel)
+    difference = exported.predict_logits(faces) - keras_model.predict_logits(faces)
+    assert np.abs(difference).max() < 1e-4
+    assert exported.temperature == keras_model.temperature
+
+
+def test_int8_needs_calibration_and_onnx(tmp_path):
+    assert main(["export", "--format", "onnx", "--quantize", "int8", "--out", str(tmp_path)]) == 2
+    with pytest.raises(ValueError, match="ONNX"):
+        from ferkit.export import export_model
+
+        export_model(None, "tflite", tmp_path, quantize="int8", calibration_data=tmp_path)
+
+
+@pytest.mark.real_data
+def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, tmp_path):
+    """int8 from a fresh calibration, and the bundled int8 file, track float32 on val."""
+    from ferkit.data import load_split
+
+    _, result = fer2013_prepared
+    out = tmp_path / "int8"
+    argv = ["export", "--format", "onnx", "--quantize", "int8", "--out", str(out)]
+    assert main([*argv, "--calibration-data", str(result.out_dir)]) == 0
+    val = load_split(result.out_dir, "val")
+    images, labels = val.images[:1500], val.labels[:1500]
+    reference = load_classifier(None, "onnx").predict_proba(images).argmax(axis=1)
+    for model in (load_classifier(out), load_classifier(None, "onnx-int8")):
+        predicted = model.predict_proba(images).argmax(axis=1)
+        assert (predicted == reference).mean() > 0.93
+        assert abs((predicted == labels).mean() - (reference == labels).mean()) < 0.015
+
+
+def test_tampered_onnx_is_refused(tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    with open(copy / "model.onnx", "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ChecksumError, match=r"model\.onnx"):
+        load_classifier(copy, "onnx")
+
+
+def test_missing_runtime_file_names_the_fix(tmp_path):
+    shutil.copy(DEFAULT_MODEL_DIR / "model.keras", tmp_path / "model.keras")
+    shutil.copy(DEFAULT_MODEL_DIR / "labels.json", tmp_path / "labels.json")
+    with pytest.raises(FileNotFoundError, match="ferkit export"):
+        load_classifier(tmp_path, "onnx-int8")

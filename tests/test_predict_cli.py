@@ -1,0 +1,180 @@
+"""``ferkit predict`` on the real samples plus bad inputs: records, statuses, annotation."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import require_shared
+from PIL import Image
+
+from ferkit.cli import main
+from ferkit.predict import expand_inputs
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The sample photos and woman2.mp4 (by path, not copied), plus a folder of bad files."""
+    samples = require_shared("samples")
+    bad = tmp_path_factory.mktemp("bad")
+    (bad / "notes.txt").write_text("not a picture")
+    (bad / "truncated.jpg").write_bytes((samples / "justin.jpg").read_bytes()[:2000])
+    (bad / "garbage.mp4").write_bytes(b"\x00" * 4096)
+    (bad / ".hidden.jpg").write_bytes(b"ignored")
+    return samples, bad
+
+
+@pytest.fixture(scope="module")
+def run_csv(inputs, tmp_path_factory):
+    samples, bad = inputs
+    out = tmp_path_factory.mktemp("pred")
+    argv = [
+        "predict",
+        str(samples / "*.jpg"),
+        str(samples / "woman2.mp4"),
+        str(bad),
+        str(samples / "missing.png"),
+        "--out",
+        str(out),
+        "--annotate",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return out, rows, json.loads((out / "summary.json").read_text())
+
+
+def _rows(rows, name):
+    return [row for row in rows if row["source"].endswith(name)]
+
+
+def test_photos(run_csv):
+    _, rows, _ = run_csv
+    (justin,) = _rows(rows, "justin.jpg")
+    assert justin["status"] == "ok" and justin["label"] == "happy"
+    assert len(_rows(rows, "couple.jpg")) == 2
+    (none,) = _rows(rows, "no-faces.jpg")
+    assert none["status"] == "no_face" and none["label"] == ""
+
+
+def test_bad_inputs_recorded_with_reasons(run_csv):
+    _, rows, summary = run_csv
+    reasons = {
+        row["source"].rsplit("/", 1)[-1]: row["reason"] for row in rows if row["status"] == "error"
+    }
+    assert set(reasons) == {"notes.txt", "truncated.jpg", "garbage.mp4", "missing.png"}
+    assert "not an image or video" in reasons["notes.txt"]
+    assert "truncated" in reasons["truncated.jpg"]
+    assert "not a readable video" in reasons["garbage.mp4"]
+    assert "no such file" in reasons["missing.png"]
+    assert summary["counts"] == {"ok": 3, "no_face": 1, "error": 4}
+    assert not any("hidden" in source["source"] for source in summary["sources"])
+
+
+def test_video_records(run_csv):
+    _, rows, summary = run_csv
+    video = _rows(rows, "woman2.mp4")
+    assert len(video) >= 0.95 * 464
+    assert {row["track_id"] for row in video} == {"0"}
+    frames = [int(row["frame"]) for row in video]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    assert float(video[30]["time_s"]) == pytest.approx(int(video[30]["frame"]) / 29.97, abs=1e-3)
+    for row in video[:5]:
+        smoothed = sum(float(v) for k, v in row.items() if k.startswith("p_"))
+        raw = sum(float(v) for k, v in row.items() if k.startswith("raw_p_"))
+        assert smoothed == pytest.approx(1, abs=1e-3) and raw == pytest.approx(1, abs=1e-3)
+    (entry,) = [s for s in summary["sources"] if s["source"].endswith("woman2.mp4")]
+    assert entry["frames"] == 464 and entry["tracks"] == 1
+    assert sum(entry["share_of_time"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_annotated_outputs_match_inputs(run_csv, inputs):
+    import cv2
+
+    out, _, _ = run_csv
+    samples, _ = inputs
+    for name in ("justin.jpg", "couple.jpg", "no-faces.jpg"):
+        with Image.open(out / "annotated" / name) as drawn, Image.open(samples / name) as source:
+            assert drawn.size == source.size
+    capture = cv2.VideoCapture(str(out / "annotated" / "woman2.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (
+        596,
+        336,
+    )
+    assert frames == 464
+    with Image.open(out / "annotated" / "woman2_emotions.png") as plot:
+        assert plot.size[0] > 400
+    # The box is drawn: the annotated photo differs from the source inside the image.
+    drawn = np.asarray(Image.open(out / "annotated" / "justin.jpg"), dtype=np.int16)
+    original = np.asarray(Image.open(samples / "justin.jpg").convert("RGB"), dtype=np.int16)
+    assert np.abs(drawn - original).max() > 100
+
+
+def test_api_and_cli_agree(run_csv, inputs):
+    from ferkit import EmotionRecognizer
+
+    _, rows, _ = run_csv
+    samples, _ = inputs
+    recognizer = EmotionRecognizer()
+    for name in ("justin.jpg", "couple.jpg"):
+        api = recognizer.predict(samples / name)
+        cli = _rows(rows, name)
+        assert [face.label for face in api] == [row["label"] for row in cli]
+        for face, row in zip(api, cli, strict=True):
+            assert [int(row[k]) for k in ("x", "y", "width", "height")] == list(face.box)
+            assert float(row["p_happy"]) == pytest.approx(face.probabilities["happy"], abs=1e-4)
+    api_video = [
+        f for f in recognizer.predict_video(samples / "woman2.mp4", max_frames=50) if f.faces
+    ]
+    cli_video = _rows(rows, "woman2.mp4")[: len(api_video)]
+    assert [f.faces[0].label for f in api_video] == [row["label"] for row in cli_video]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_json_formats_parse_back(fmt, inputs, tmp_path):
+    samples, _ = inputs
+    out = tmp_path / fmt
+    argv = ["predict", str(samples / "justin.jpg"), str(samples / "no-faces.jpg")]
+    assert main([*argv, "--out", str(out), "--format", fmt, "--quiet"]) == 0
+    text = (out / f"predictions.{fmt}").read_text()
+    records = (
+        json.loads(text) if fmt == "json" else [json.loads(line) for line in text.splitlines()]
+    )
+    assert [r["status"] for r in records] == ["ok", "no_face"]
+    assert records[0]["label"] == "happy" and records[0]["p_happy"] > 0.5
+
+
+def test_missing_camera_is_a_clear_error(tmp_path, capsys):
+    assert main(["predict", "--camera", "9", "--out", str(tmp_path / "cam")]) == 2
+    assert "camera 9 could not be opened" in capsys.readouterr().err
+
+
+def test_only_bad_inputs_exit_1(tmp_path, capsys):
+    assert (
+        main(["predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    )
+    assert "no such file or folder" in capsys.readouterr().out
+
+
+def test_expand_inputs_folders_and_globs(tmp_path, inputs):
+    samples, _ = inputs
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(samples / "justin.jpg", nested / "x.JPG")
+    (tmp_path / "a" / "clip.MOV").write_bytes(b"")
+    found = expand_inputs(
+        [str(tmp_path / "a"), str(tmp_path / "**" / "*.JPG"), str(tmp_path / "z*")]
+    )
+    assert [(s.kind, s.error) for s in found] == [
+        ("image", None),
+        ("video", None),
+        ("image", None),
+        ("unknown", "the pattern matched no file"),
+    ]
