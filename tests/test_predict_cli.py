@@ -178,3 +178,28 @@ def test_expand_inputs_folders_and_globs(tmp_path, inputs):
         ("image", None),
         ("unknown", "the pattern matched no file"),
     ]
+
+
+def test_webcam_path_with_a_stand_in_camera(inputs, tmp_path, monkeypatch):
+    """No camera here: camera index 0 is served by the sample video through OpenCV."""
+    import cv2
+
+    samples, _ = inputs
+    real_capture = cv2.VideoCapture
+
+    def fake_capture(source, *args):
+        return real_capture(str(samples / "woman2.mp4")) if source == 0 else real_capture(source)
+
+    monkeypatch.setattr(cv2, "VideoCapture", fake_capture)
+    out = tmp_path / "cam"
+    assert (
+        main(["predict", "--camera", "0", "--max-frames", "20", "--out", str(out), "--quiet"]) == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    (entry,) = summary["sources"]
+    assert entry["source"] == "camera:0" and entry["kind"] == "camera"
+    assert entry["frames"] == 20 and entry["tracks"] == 1
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    times = [float(row["time_s"]) for row in rows]
+    assert len(rows) == 20 and times == sorted(times)  # wall-clock time for a camera
