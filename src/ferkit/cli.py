@@ -397,6 +397,83 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0 if any(s["status"] != "error" for s in summary.sources) else 1
 
 
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.runtime import BACKENDS
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="metrics, plots and an HTML report for a model on a dataset",
+        description=(
+            "Evaluate a model (default: the bundled one) on a prepared folder or any raw "
+            "source 'ferkit prepare' reads (prepared on the fly; photos go through the face "
+            "detector). Evaluates the test split, the one named with --split, or the whole "
+            "source when it has no splits. Writes metrics.json, classification_report.csv, "
+            "predictions.csv, plots/ and a self-contained report.html."
+        ),
+    )
+    parser.add_argument("--model", type=Path, default=None, help="run folder or model file")
+    parser.add_argument("--data", type=Path, required=True, help="prepared folder or raw source")
+    parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/NAME")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: test)")
+    parser.add_argument("--tta", action="store_true", help="also test-time augmentation")
+    parser.add_argument("--faces", default="auto", choices=["auto", "crop", "detect"])
+    parser.add_argument(
+        "--detector", default="mtcnn", choices=["mtcnn", "haar", "blazeface", "blazeface-full"]
+    )
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from ferkit.evaluate import evaluate
+
+    metrics = evaluate(
+        args.model,
+        args.data,
+        args.out,
+        split=args.split,
+        tta=args.tta,
+        faces=args.faces,
+        detector=args.detector,
+        backend=args.backend,
+        progress=not args.quiet,
+    )
+    print(f"{metrics['data']['source']} [{metrics['data']['split']}]: {metrics['faces']} faces")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "top2_accuracy", "ece"):
+        print(f"  {key:<18} {metrics[key]:.4f}")
+    end_to_end = metrics["end_to_end"]
+    print(
+        f"  end-to-end         {end_to_end['accuracy']:.4f} ({end_to_end['no_face_found']} faces not found)"
+    )
+    if "tta" in metrics:
+        print(
+            f"  with TTA           {metrics['tta']['accuracy']:.4f} ({metrics['tta']['accuracy_gain']:+.4f})"
+        )
+    if metrics["classes"]["data_classes_unknown_to_model"]:
+        print(f"  not scored (unknown to the model): {metrics['faces_of_unknown_classes']}")
+    print(f"report: {args.out / 'report.html'}")
+    return 0
+
+
+def _add_compare(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="compare several 'ferkit evaluate' results side by side"
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="folders written by evaluate")
+    parser.add_argument("--out", type=Path, default=Path("results/compare"))
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from ferkit.compare import compare, format_markdown
+
+    table = compare(args.results, args.out)
+    print(format_markdown(table))
+    print(f"\nwritten to {args.out}/comparison.csv, .md and .png")
+    return 0
+
+
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.export import EXPORT_FORMATS
 
@@ -456,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(subparsers)
     _add_train(subparsers)
     _add_bundle(subparsers)
+    _add_evaluate(subparsers)
+    _add_compare(subparsers)
     _add_predict(subparsers)
     _add_export(subparsers)
     _add_demo(subparsers)

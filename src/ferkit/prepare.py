@@ -336,7 +336,9 @@ def prepare(
     for item, outcome in zip(items, outcomes, strict=True):
         if outcome.face is None:
             skipped.append(
-                Skipped(item.name, outcome.kind or "unreadable", outcome.reason, item.split)
+                Skipped(
+                    item.name, outcome.kind or "unreadable", outcome.reason, item.split, item.label
+                )
             )
         else:
             kept.append((item, outcome))

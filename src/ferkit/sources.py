@@ -72,9 +72,13 @@ class Skipped:
     kind: str
     reason: str
     split: str | None = None
+    label: str | None = None  # the item's class, when it was known (evaluation counts it)
 
     def as_dict(self) -> dict[str, str | None]:
-        return {"path": self.name, "split": self.split, "kind": self.kind, "reason": self.reason}
+        record = {"path": self.name, "split": self.split, "kind": self.kind, "reason": self.reason}
+        if self.label is not None:
+            record["label"] = self.label
+        return record
 
 
 @dataclass

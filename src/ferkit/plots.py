@@ -1,0 +1,182 @@
+"""Evaluation plots. Each takes ``ax=None`` (or draws its own grid) and returns the figure;
+nothing opens a window."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
+    plt = _pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=size)
+        return fig, ax
+    return ax.figure, ax
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray,
+    row_classes: list[str],
+    column_classes: list[str],
+    normalize: bool = False,
+    ax: Any = None,
+) -> Any:
+    """Counts, or rows normalised to recall, with the value in every cell."""
+    matrix = np.asarray(matrix, dtype=float)
+    shown = matrix
+    if normalize:
+        totals = matrix.sum(axis=1, keepdims=True)
+        shown = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    fig, ax = _figure(ax, (1.0 + 0.8 * len(column_classes), 1.0 + 0.7 * len(row_classes)))
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(column_classes)), column_classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(row_classes)), row_classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix" + (" (row-normalised)" if normalize else " (counts)"))
+    threshold = shown.max() / 2 if shown.size else 0
+    for (row, column), value in np.ndenumerate(shown):
+        text = f"{value:.2f}" if normalize else f"{int(value)}"
+        color = "white" if value > threshold else "black"
+        ax.text(column, row, text, ha="center", va="center", color=color, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_f1(per_class: dict[str, dict[str, float]], ax: Any = None) -> Any:
+    """Horizontal bars of F1 per class, with precision and recall as markers."""
+    names = list(per_class)
+    fig, ax = _figure(ax, (6, 0.5 * len(names) + 1.5))
+    positions = np.arange(len(names))
+    ax.barh(positions, [per_class[n]["f1"] for n in names], color="#4c72b0", label="F1")
+    ax.scatter([per_class[n]["precision"] for n in names], positions, marker="|", s=200,
+               color="black", label="precision")  # fmt: skip
+    ax.scatter([per_class[n]["recall"] for n in names], positions, marker="x", color="#dd8452",
+               label="recall")  # fmt: skip
+    ax.set_yticks(positions, [f"{n} ({per_class[n]['support']})" for n in names])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score")
+    ax.set_title("per-class F1 (support in brackets)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin: mean confidence, accuracy, count."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins)
+    mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / np.maximum(counts, 1)
+    accuracy = np.bincount(index, weights=correct, minlength=n_bins) / np.maximum(counts, 1)
+    return mean_conf, accuracy, counts
+
+
+def plot_reliability(
+    probabilities: np.ndarray, labels: np.ndarray, ece: float | None = None, ax: Any = None
+) -> Any:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    mean_conf, accuracy, counts = reliability_bins(probabilities, labels)
+    fig, ax = _figure(ax, (5, 5))
+    used = counts > 0
+    width = 1 / len(counts)
+    centers = (np.arange(len(counts)) + 0.5) * width
+    ax.bar(centers[used], accuracy[used], width=width * 0.9, color="#4c72b0", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot(mean_conf[used], accuracy[used], "o", color="#dd8452", label="mean confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    title = "reliability diagram"
+    ax.set_title(title + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history_csv: str | os.PathLike[str]) -> Any:
+    """Loss and accuracy per epoch, train against validation, from a run's history.csv."""
+    import pandas as pd
+
+    plt = _pyplot()
+    history = pd.read_csv(history_csv)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for column, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if column in history:
+                ax.plot(history["epoch"], history[column], style, label=column)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_face_grid(faces: np.ndarray, titles: list[str], columns: int = 8, title: str = "") -> Any:
+    """A grid of face crops with a caption each (mistakes, samples per class)."""
+    plt = _pyplot()
+    count = max(1, len(faces))
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, face, caption in zip(axes.ravel(), faces, titles, strict=False):
+        ax.imshow(face.squeeze(), cmap="gray" if face.shape[-1] == 1 else None, vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_saliency(
+    faces: np.ndarray, heatmaps: np.ndarray, titles: list[str], columns: int = 6
+) -> Any:
+    """Faces with their Grad-CAM heatmaps overlaid."""
+    plt = _pyplot()
+    count = max(1, len(faces))
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, face, heat, caption in zip(axes.ravel(), faces, heatmaps, titles, strict=False):
+        ax.imshow(face.squeeze(), cmap="gray" if face.shape[-1] == 1 else None, vmin=0, vmax=255)
+        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle("Grad-CAM: where the model looked for its predicted class")
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(table: Any, metrics: list[str]) -> Any:
+    """Grouped bars: one group per metric, one bar per evaluation."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 2, 4))
+    width = 0.8 / max(1, len(table))
+    for offset, (name, row) in enumerate(table.iterrows()):
+        positions = np.arange(len(metrics)) + offset * width
+        ax.bar(positions, [row.get(m, np.nan) for m in metrics], width=width, label=str(name))
+    ax.set_xticks(np.arange(len(metrics)) + width * (len(table) - 1) / 2, metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title("evaluations compared")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
