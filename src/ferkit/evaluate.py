@@ -317,14 +317,15 @@ def evaluate(
             picked = Counter(classes[i] for i in unknown_probabilities[members].argmax(axis=1))
             unknown_faces[name] = {"faces": int(members.sum()), "predicted_as": dict(picked)}
 
-    # End to end: labelled items whose face was not found count as errors.
-    covered = {evaluation.classes[index] for index in mapping}
+    # End to end: items of a class the model knows whose face was not found count as
+    # errors (even when no face of that class was found at all).
     from ferkit.classes import canonical_name
 
+    known_names = {canonical_name(name) for name in classes}
     no_face = [
         entry
         for entry in evaluation.skipped
-        if entry["kind"] == "no_face" and canonical_name(entry.get("label") or "") in covered
+        if entry["kind"] == "no_face" and canonical_name(entry.get("label") or "") in known_names
     ]
     correct = int((predicted == labels).sum())
     metrics["end_to_end"] = {
