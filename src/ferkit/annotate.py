@@ -121,11 +121,9 @@ def plot_emotions_over_time(
     Returns:
         The Matplotlib figure.
     """
-    import matplotlib
+    from ferkit.plots import _pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     tracks = sorted(times) or [-1]
     fig, axes = plt.subplots(
         len(tracks),

@@ -10,9 +10,13 @@ import numpy as np
 
 
 def _pyplot() -> Any:
+    """pyplot on the file-only Agg backend, except inside Jupyter (inline figures)."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
