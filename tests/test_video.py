@@ -68,6 +68,16 @@ class TestVideo:
         assert {face.track_id for f in frames for face in f.faces} == {0}
         assert frames[30].time_s == pytest.approx(30 / 29.97, abs=1e-3)
 
+    def test_dataframe_of_frames(self, frames):
+        from ferkit import results_to_dataframe
+
+        table = results_to_dataframe(frames[:20])
+        assert len(table) == sum(len(f.faces) for f in frames[:20])
+        assert {"frame", "time_s", "track_id", "label", "raw_label", "p_happy"} <= set(
+            table.columns
+        )
+        assert table["frame"].tolist() == sorted(table["frame"])
+
     def test_smoothing_reduces_flicker_and_keeps_raw(self, frames):
         faces = [f.faces[0] for f in frames if f.faces]
         smooth_changes = sum(a.label != b.label for a, b in itertools.pairwise(faces))

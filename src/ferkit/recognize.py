@@ -205,8 +205,14 @@ class EmotionRecognizer:
         )
 
 
-def results_to_dataframe(results: dict[str, list[FaceResult]] | list[FaceResult]) -> Any:
-    """One row per face: ``source`` (when given a mapping), box, label, probabilities."""
+def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> Any:
+    """One row per face, as a pandas DataFrame.
+
+    Accepts ``{source: [FaceResult, ...]}`` (a ``source`` column is added), a list of
+    :class:`FaceResult` from one image, or the frames of :meth:`EmotionRecognizer.
+    predict_video` (``frame`` and ``time_s`` columns are added; consume the generator
+    into a list first, or pass a slice of it).
+    """
     import pandas as pd
 
     if isinstance(results, dict):
@@ -216,5 +222,13 @@ def results_to_dataframe(results: dict[str, list[FaceResult]] | list[FaceResult]
             for index, face in enumerate(faces)
         ]
     else:
-        rows = [{"face": index, **face.as_dict()} for index, face in enumerate(results)]
+        results = list(results)
+        if results and hasattr(results[0], "faces"):  # video frames
+            rows = [
+                {"frame": frame.index, "time_s": frame.time_s, "face": index, **face.as_dict()}
+                for frame in results
+                for index, face in enumerate(frame.faces)
+            ]
+        else:
+            rows = [{"face": index, **face.as_dict()} for index, face in enumerate(results)]
     return pd.DataFrame(rows)
