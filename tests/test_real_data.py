@@ -130,6 +130,7 @@ def test_photos_go_through_detection(photos, tmp_path):
             "split": None,
             "kind": "no_face",
             "reason": "no face found by the mtcnn detector",
+            "label": "neutral",
         }
     ]
     train = PreparedDataset(result.out_dir).split("train")
