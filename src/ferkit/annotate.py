@@ -108,15 +108,12 @@ def plot_emotions_over_time(
     classes: list[str],
     shares: dict[int, dict[str, float]],
     title: str = "",
-    ax: Any = None,
 ) -> Any:
     """Smoothed probability of each class over time for each track, and time shares.
 
     Args:
         times, probabilities: per track id, the timestamps and smoothed probabilities.
         shares: per track id, the share of its frames spent in each label.
-        ax: ignored when given (the figure has two panels per track); kept for the
-            plotting convention.
 
     Returns:
         The Matplotlib figure.

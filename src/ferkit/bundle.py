@@ -31,8 +31,39 @@ class ChecksumError(RuntimeError):
     """A bundled file's content does not match its recorded checksum."""
 
 
+class Classifier:
+    """What every classifier runtime offers: calibrated probabilities for face crops.
+
+    Subclasses (:class:`LoadedModel` for Keras, and the ONNX and TFLite runners in
+    :mod:`ferkit.runtime`) set the attributes below and implement ``_run`` on one batch.
+    """
+
+    classes: list[str]
+    temperature: float
+    source: Path
+    image_shape: tuple[int, int, int]
+
+    def _run(self, faces: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits for ``uint8`` faces ``(N, H, W, C)``."""
+        faces = np.asarray(faces, dtype=np.float32)
+        if len(faces) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate(
+            [self._run(faces[i : i + batch_size]) for i in range(0, len(faces), batch_size)]
+        )
+
+    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Calibrated class probabilities (temperature-scaled softmax)."""
+        from ferkit.calibration import softmax
+
+        return softmax(self.predict_logits(faces, batch_size), self.temperature)
+
+
 @dataclass
-class LoadedModel:
+class LoadedModel(Classifier):
     """A Keras model with what is needed to read its outputs."""
 
     model: Any
@@ -41,22 +72,8 @@ class LoadedModel:
     source: Path
     image_shape: tuple[int, int, int]
 
-    def predict_logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits for ``uint8`` faces ``(N, H, W, C)``."""
-        faces = np.asarray(faces, dtype=np.float32)
-        if len(faces) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        outputs = [
-            self.model.predict_on_batch(faces[i : i + batch_size])
-            for i in range(0, len(faces), batch_size)
-        ]
-        return np.concatenate([np.asarray(o) for o in outputs])
-
-    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Calibrated class probabilities (temperature-scaled softmax)."""
-        from ferkit.calibration import softmax
-
-        return softmax(self.predict_logits(faces, batch_size), self.temperature)
+    def _run(self, faces: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(faces))
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

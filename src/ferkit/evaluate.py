@@ -93,12 +93,14 @@ def load_eval_data(
                 prepare(data, scratch / "prepared", config, progress=progress).out_dir
             )
         manifest = prepared.manifest
-        whole_source = manifest["split_origin"] != "source"
         available = list(prepared.splits)
+        # A source without splits of its own, prepared without carving val/test, is
+        # evaluated whole (prepare puts all of it in "train").
+        whole_source = available == ["train"] and not manifest["split_origin"].startswith("source")
         if split is None:
             if "test" in available:
                 split = "test"
-            elif whole_source and available == ["train"]:
+            elif whole_source:
                 split = "train"
             else:
                 raise ValueError(
@@ -373,8 +375,8 @@ def evaluate(
     (out / "plots").mkdir(exist_ok=True)
     _write_tables(out, metrics, paths, labels, probabilities, classes)
     figures = _write_plots(
-        out / "plots", model, metrics, images, labels, probabilities, classes,
-        saliency_per_class, mistakes, paths,
+        out / "plots", model, classifier, metrics, images, labels, probabilities, classes,
+        saliency_per_class, mistakes,
     )  # fmt: skip
     metrics["plots"] = {name: str(path.relative_to(out)) for name, path in figures.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -405,8 +407,8 @@ def _write_tables(out, metrics, paths, labels, probabilities, classes) -> None:
 
 
 def _write_plots(
-    folder, model, metrics, images, labels, probabilities, classes, saliency_per_class,
-    n_mistakes, paths,
+    folder, model, classifier, metrics, images, labels, probabilities, classes,
+    saliency_per_class, n_mistakes,
 ) -> dict[str, Path]:  # fmt: skip
     import matplotlib.pyplot as plt
 
@@ -436,7 +438,9 @@ def _write_plots(
         figures["confident_mistakes"] = plots.plot_face_grid(
             images[wrong], titles, title="most confident mistakes"
         )
-    saliency = _saliency_figure(model, images, labels, predicted, classes, saliency_per_class)
+    saliency = _saliency_figure(
+        model, classifier, images, labels, predicted, classes, saliency_per_class
+    )
     if saliency is not None:
         figures["saliency"] = saliency
     written = {}
@@ -457,15 +461,17 @@ def _history_file(model: Any) -> Path | None:
     return history if history.is_file() else None
 
 
-def _saliency_figure(model, images, labels, predicted, classes, per_class) -> Any:
-    """Grad-CAM for the first ``per_class`` faces of each class (needs the Keras model)."""
+def _saliency_figure(model, classifier, images, labels, predicted, classes, per_class) -> Any:
+    """Grad-CAM for the first ``per_class`` faces of each class (needs the Keras model:
+    the one evaluated when it ran on Keras, else the one beside the exported files)."""
     from ferkit import plots
-    from ferkit.bundle import load_model
+    from ferkit.bundle import LoadedModel, load_model
 
     if per_class <= 0:
         return None
     try:
-        keras_model = load_model(model).model
+        loaded = classifier if isinstance(classifier, LoadedModel) else load_model(model)
+        keras_model = loaded.model
     except FileNotFoundError:
         logger.warning("no Keras model beside %s: skipping saliency maps", model)
         return None

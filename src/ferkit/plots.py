@@ -134,16 +134,25 @@ def plot_training_curves(history_csv: str | os.PathLike[str]) -> Any:
     return fig
 
 
-def plot_face_grid(faces: np.ndarray, titles: list[str], columns: int = 8, title: str = "") -> Any:
-    """A grid of face crops with a caption each (mistakes, samples per class)."""
+def plot_face_grid(
+    faces: np.ndarray,
+    titles: list[str],
+    columns: int = 8,
+    title: str = "",
+    heatmaps: np.ndarray | None = None,
+) -> Any:
+    """A grid of face crops with a caption each (mistakes, samples per class), with
+    ``heatmaps`` in [0, 1] overlaid when given (saliency)."""
     plt = _pyplot()
     count = max(1, len(faces))
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, face, caption in zip(axes.ravel(), faces, titles, strict=False):
+    for index, (ax, face, caption) in enumerate(zip(axes.ravel(), faces, titles, strict=False)):
         ax.imshow(face.squeeze(), cmap="gray" if face.shape[-1] == 1 else None, vmin=0, vmax=255)
+        if heatmaps is not None:
+            ax.imshow(heatmaps[index], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(caption, fontsize=7)
     if title:
         fig.suptitle(title)
@@ -155,19 +164,13 @@ def plot_saliency(
     faces: np.ndarray, heatmaps: np.ndarray, titles: list[str], columns: int = 6
 ) -> Any:
     """Faces with their Grad-CAM heatmaps overlaid."""
-    plt = _pyplot()
-    count = max(1, len(faces))
-    rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 2.0 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, face, heat, caption in zip(axes.ravel(), faces, heatmaps, titles, strict=False):
-        ax.imshow(face.squeeze(), cmap="gray" if face.shape[-1] == 1 else None, vmin=0, vmax=255)
-        ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        ax.set_title(caption, fontsize=7)
-    fig.suptitle("Grad-CAM: where the model looked for its predicted class")
-    fig.tight_layout()
-    return fig
+    return plot_face_grid(
+        faces,
+        titles,
+        columns,
+        title="Grad-CAM: where the model looked for its predicted class",
+        heatmaps=heatmaps,
+    )
 
 
 def plot_comparison(table: Any, metrics: list[str]) -> Any:

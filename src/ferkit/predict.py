@@ -43,6 +43,7 @@ class Source:
     path: Path | None = None
     camera: int | None = None
     error: str | None = None  # set when the input is already known to be unusable
+    opened: Any = None  # a camera's (capture, info), opened once up front
 
 
 def expand_inputs(inputs: list[str]) -> list[Source]:
@@ -205,8 +206,9 @@ def predict(
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
     sources = expand_inputs(list(inputs))
     if camera is not None:
-        open_video(camera)[0].release()  # a missing camera is an error, before any work
-        sources.append(Source(f"camera:{camera}", "camera", camera=camera))
+        # Opened now so that a missing camera is an error before any work, and kept open.
+        opened = open_video(camera)
+        sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
     if not sources:
         raise ValueError("nothing to predict on: give image/video files, folders or --camera N")
     if recognizer is None:
@@ -345,10 +347,10 @@ def _predict_video(
 
     target = source.camera if source.kind == "camera" else source.path
     try:
-        capture, info = open_video(target)
-        capture.release()
+        opened = source.opened or open_video(target)
     except (FileNotFoundError, ValueError) as error:
         return _error_entry(source, str(error).split(": ", 1)[-1], writer)
+    info = opened[1]
     video_writer, annotated_path = None, None
     if annotate and out_dir is not None:
         folder = out_dir / "annotated"

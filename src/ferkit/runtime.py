@@ -10,8 +10,8 @@ The bundled model ships with ``model.onnx`` and ``model.int8.onnx`` beside
   CPU for a fraction of a point of accuracy (see the model card).
 - ``keras``, ``onnx``, ``tflite``: that runtime, or an error saying what is missing.
 
-Every runtime offers ``predict_logits`` and ``predict_proba`` like
-:class:`ferkit.bundle.LoadedModel`.
+Every runtime is a :class:`ferkit.bundle.Classifier` (``predict_logits``,
+``predict_proba``), as the Keras :class:`ferkit.bundle.LoadedModel` is.
 """
 
 from __future__ import annotations
@@ -19,39 +19,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+
+from ferkit.bundle import Classifier
 
 BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite")
 
 
-class _ArrayModel:
-    classes: list[str]
-    temperature: float
-    image_shape: tuple[int, int, int]
-    source: Path
-
-    def _run(self, faces: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def predict_logits(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits for ``uint8`` faces ``(N, H, W, C)``."""
-        faces = np.asarray(faces, dtype=np.float32)
-        if len(faces) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return np.concatenate(
-            [self._run(faces[i : i + batch_size]) for i in range(0, len(faces), batch_size)]
-        )
-
-    def predict_proba(self, faces: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Calibrated class probabilities (temperature-scaled softmax)."""
-        from ferkit.calibration import softmax
-
-        return softmax(self.predict_logits(faces, batch_size), self.temperature)
-
-
-class OnnxModel(_ArrayModel):
+class OnnxModel(Classifier):
     """An exported ONNX classifier run by ONNX Runtime on the CPU."""
 
     def __init__(
@@ -78,7 +54,7 @@ class OnnxModel(_ArrayModel):
         return self._session.run(None, {self._input: faces})[0]
 
 
-class TFLiteModel(_ArrayModel):
+class TFLiteModel(Classifier):
     """An exported TensorFlow Lite classifier run by the LiteRT interpreter."""
 
     def __init__(
@@ -133,7 +109,7 @@ def _read_metadata(folder: Path) -> tuple[list[str], float]:
 
 def load_classifier(
     model: str | os.PathLike[str] | None = None, backend: str = "auto", *, verify: bool = True
-) -> Any:
+) -> Classifier:
     """The classifier of ``model`` (bundled when ``None``) on the chosen runtime.
 
     ``model`` may be a run folder, a bundle folder, an export folder (from ``ferkit
@@ -155,26 +131,22 @@ def load_classifier(
     folder = _model_folder(model)
     given_file = Path(model) if model is not None and Path(model).is_file() else None
     if given_file is not None and given_file.suffix in (".onnx", ".tflite"):
-        wanted = {".onnx": "onnx", ".tflite": "tflite"}[given_file.suffix]
-        backend = wanted if backend == "auto" else backend
+        backend = {".onnx": "onnx", ".tflite": "tflite"}[given_file.suffix]  # the file decides
         file = given_file
     else:
         names = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE, "tflite": TFLITE_FILE}
-        if backend == "auto":
-            backend = "onnx" if (folder / ONNX_FILE).is_file() else "keras"
-            if not (folder / ONNX_FILE).is_file() and (folder / ONNX_INT8_FILE).is_file():
-                backend = "onnx-int8"
-            if backend == "keras" and (folder / TFLITE_FILE).is_file():
-                backend = "tflite"
+        if backend == "auto":  # the first runtime whose file is there, else Keras
+            backend = next((b for b, name in names.items() if (folder / name).is_file()), "keras")
         if backend == "keras":
             return load_model(model, verify=verify)
         file = folder / names[backend]
         if not file.is_file():
+            export = "--format tflite" if backend == "tflite" else "--format onnx"
+            if backend == "onnx-int8":
+                export += " --quantize int8 --calibration-data PREPARED_DIR"
             raise FileNotFoundError(
-                f"{file}: missing; write it with 'ferkit export --model {folder} --format "
-                f"{'tflite' if backend == 'tflite' else 'onnx'}"
-                f"{' --quantize int8 --calibration-data PREPARED_DIR' if backend == 'onnx-int8' else ''}"
-                f" --out {folder}'"
+                f"{file}: missing; write it with 'ferkit export --model {folder} {export} "
+                f"--out {folder}'"
             )
     if verify and (folder / CHECKSUMS).is_file():
         verify_checksums(folder)

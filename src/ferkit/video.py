@@ -167,14 +167,15 @@ def open_video(source: str | os.PathLike[str] | int) -> tuple[Any, VideoInfo]:
 
 
 def iter_frames(
-    source: str | os.PathLike[str] | int, max_frames: int | None = None
+    capture: Any, info: VideoInfo, *, live: bool = False, max_frames: int | None = None
 ) -> Iterator[tuple[int, float, np.ndarray]]:
-    """``(index, time_s, rgb_frame)`` for every frame, decoded one at a time."""
+    """``(index, time_s, rgb_frame)`` for every frame of an opened capture, decoded one
+    at a time; the capture is released at the end. ``live`` (a camera) stamps frames with
+    the seconds since the first, a file with ``index / fps``."""
     import time
 
     import cv2
 
-    capture, info = open_video(source)
     start = time.monotonic()
     try:
         index = 0
@@ -182,7 +183,7 @@ def iter_frames(
             ok, frame = capture.read()
             if not ok:
                 break
-            time_s = time.monotonic() - start if isinstance(source, int) else index / info.fps
+            time_s = time.monotonic() - start if live else index / info.fps
             yield index, time_s, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
             index += 1
     finally:
@@ -199,28 +200,31 @@ def iter_video_results(
     max_frames: int | None = None,
     keep_frames: bool = False,
     include_skipped: bool = False,
+    opened: tuple[Any, VideoInfo] | None = None,
 ) -> Iterator[FrameResult]:
     """The generator behind :meth:`ferkit.EmotionRecognizer.predict_video`.
 
-    ``keep_frames`` attaches each RGB frame; ``include_skipped`` also yields the frames
-    that ``every`` skips (``processed=False``), for writers that need every frame.
+    The source is opened here, before the first ``next()``, so a bad one fails at the
+    call; ``opened`` hands over a capture already opened with :func:`open_video` (a
+    camera is then opened once). ``keep_frames`` attaches each RGB frame;
+    ``include_skipped`` also yields the frames that ``every`` skips
+    (``processed=False``), for writers that need every frame.
     """
     if every < 1 or detect_every < 1:
         raise ValueError("every and detect_every must be at least 1")
-    open_video(source)[0].release()  # fail now, not at the first next(), on a bad source
+    capture, info = opened or open_video(source)
+    frames = iter_frames(capture, info, live=isinstance(source, int), max_frames=max_frames)
     return _generate_results(
-        recognizer, source, every, detect_every, smoothing_s, max_frames, keep_frames,
-        include_skipped,
-    )  # fmt: skip
+        recognizer, frames, every, detect_every, smoothing_s, keep_frames, include_skipped
+    )
 
 
 def _generate_results(
     recognizer: Any,
-    source: str | os.PathLike[str] | int,
+    frames: Iterator[tuple[int, float, np.ndarray]],
     every: int,
     detect_every: int,
     smoothing_s: float,
-    max_frames: int | None,
     keep_frames: bool,
     include_skipped: bool,
 ) -> Iterator[FrameResult]:
@@ -229,7 +233,7 @@ def _generate_results(
     tracker = IoUTracker(smoothing_s=smoothing_s)
     classes = recognizer.classes
     processed = 0
-    for index, time_s, rgb in iter_frames(source, max_frames):
+    for index, time_s, rgb in frames:
         if index % every:
             if include_skipped:
                 yield FrameResult(index, time_s, [], rgb if keep_frames else None, False)
