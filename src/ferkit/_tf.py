@@ -13,3 +13,16 @@ def import_tensorflow() -> ModuleType:
     import tensorflow as tf
 
     return tf
+
+
+def import_keras() -> ModuleType:
+    """Import and return ``keras`` on its configured backend.
+
+    TensorFlow unless ``KERAS_BACKEND`` names another (``jax`` or ``torch``, say, on a
+    GPU machine without TensorFlow); only the TensorFlow backend imports TensorFlow.
+    """
+    if os.environ.setdefault("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow()
+    import keras
+
+    return keras

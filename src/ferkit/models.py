@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferkit._tf import import_tensorflow
+from ferkit._tf import import_keras
 
-import_tensorflow()
-import keras  # noqa: E402  (after the quiet TensorFlow import)
+import_keras()
+import keras  # noqa: E402  (after choosing the backend and the quiet TensorFlow import)
 from keras import layers  # noqa: E402
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], keras.Model]] = {}

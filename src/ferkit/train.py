@@ -17,6 +17,7 @@ epoch, so ``--resume`` continues exactly where a killed run stopped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -151,17 +152,80 @@ def _targets(split: Split, soft: bool) -> np.ndarray:
     return split.one_hot()
 
 
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def _epoch_order(split: Split, config: TrainConfig, epoch_seed: int) -> np.ndarray:
+    """The face order of one epoch for the NumPy pipeline: a seeded permutation, or with
+    balanced sampling equal draws per class (each class cycling through a shuffle)."""
+    rng = np.random.default_rng(epoch_seed)
+    if config.sampling != "balanced":
+        return rng.permutation(len(split))
+    steps = math.ceil(len(split) / config.batch_size)
+    members = [np.flatnonzero(split.labels == label) for label in range(len(split.classes))]
+    members = [rng.permutation(indices) for indices in members if len(indices)]
+    draws = rng.integers(len(members), size=steps * config.batch_size)
+    order = np.empty(len(draws), dtype=np.int64)
+    for index, indices in enumerate(members):
+        picks = np.flatnonzero(draws == index)
+        order[picks] = indices[np.arange(len(picks)) % len(indices)]
+    return order
+
+
+def _array_batches(
+    images: np.ndarray,
+    targets: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    mixup_alpha: float = 0.0,
+    seed: int = 0,
+) -> Any:
+    """A ``keras.utils.PyDataset`` of float32 batches in ``order``: the training input on
+    backends without ``tf.data`` (JAX, PyTorch). Mixup, if on, is seeded per batch."""
+    import keras
+
+    class ArrayBatches(keras.utils.PyDataset):
+        def __len__(self) -> int:
+            return math.ceil(len(order) / batch_size)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            chosen = order[index * batch_size : (index + 1) * batch_size]
+            x = images[chosen].astype(np.float32)
+            y = targets[chosen]
+            if mixup_alpha > 0:
+                rng = np.random.default_rng([seed, index])
+                lam = rng.beta(mixup_alpha, mixup_alpha, size=len(chosen)).astype(np.float32)
+                partner = rng.permutation(len(chosen))
+                x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+                y = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+            return x, y
+
+    return ArrayBatches()
+
+
 def make_train_dataset(split: Split, config: TrainConfig, epoch: int) -> tuple[Any, int]:
-    """The training ``tf.data`` pipeline for one epoch; shuffling is seeded by epoch.
+    """The training input for one epoch; shuffling is seeded by epoch.
+
+    A ``tf.data`` pipeline on the TensorFlow backend, NumPy batches on the others.
 
     Returns:
         The dataset and the number of steps in the epoch.
     """
-    import tensorflow as tf
-
     targets = _targets(split, config.soft_labels)
     steps = math.ceil(len(split) / config.batch_size)
     epoch_seed = config.seed * 100_003 + epoch
+    if _backend() != "tensorflow":
+        order = _epoch_order(split, config, epoch_seed)
+        batches = _array_batches(
+            split.images, targets, order, config.batch_size, config.mixup_alpha, epoch_seed
+        )
+        return batches, steps
+
+    import tensorflow as tf
+
     if config.sampling == "balanced":
         per_class = []
         for label in range(len(split.classes)):
@@ -204,9 +268,14 @@ def _mixup(alpha: float, seed: int):
 
 
 def make_eval_dataset(split: Split, batch_size: int, soft: bool = False) -> Any:
+    targets = _targets(split, soft)
+    if _backend() != "tensorflow":
+        order = np.arange(len(split))
+        return _array_batches(split.images, targets, order, batch_size)
+
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, _targets(split, soft)))
+    dataset = tf.data.Dataset.from_tensor_slices((split.images, targets))
     return dataset.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
 
 
@@ -252,6 +321,13 @@ def compile_model(model: Any, config: TrainConfig, steps_per_epoch: int, phase: 
 
 
 def _strategy(config: TrainConfig) -> Any:
+    if _backend() != "tensorflow":
+        if config.distribute != "none":
+            raise ValueError(
+                f"--distribute {config.distribute} needs the TensorFlow backend "
+                f"(KERAS_BACKEND is {_backend()!r})"
+            )
+        return _SingleDevice()
     import tensorflow as tf
 
     if config.distribute == "mirrored":
@@ -261,6 +337,13 @@ def _strategy(config: TrainConfig) -> Any:
     if config.distribute == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+class _SingleDevice:
+    """The strategy stand-in on backends without ``tf.distribute``."""
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -342,10 +425,9 @@ def train(
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
         FileNotFoundError: resuming a folder without a run.
     """
-    from ferkit._tf import import_tensorflow
+    from ferkit._tf import import_keras
 
-    import_tensorflow()
-    import keras
+    keras = import_keras()
 
     from ferkit.models import ModelConfig, build_model, set_vgg16_trainable_blocks
 
@@ -482,9 +564,9 @@ def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
     For a run that has to stop before its last epoch (a deadline, a plateau). The metrics
     record how many of the planned epochs were trained.
     """
-    from ferkit._tf import import_tensorflow
+    from ferkit._tf import import_keras
 
-    import_tensorflow()
+    import_keras()
     run_dir = Path(run_dir)
     if not (run_dir / BEST_CHECKPOINT).is_file():
         raise FileNotFoundError(
