@@ -245,6 +245,16 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         choices=["none", "mirrored", "multiworker"],
         help="mirrored: all GPUs of this machine; multiworker: several machines (TF_CONFIG)",
     )
+    parser.add_argument(
+        "--init-from",
+        help="start from a model's weights (same layers by name and shape): a .keras file, "
+        "a run folder, or 'default' to fine-tune the shipped model",
+    )
+    parser.add_argument(
+        "--input-pipeline",
+        choices=["auto", "tf.data", "numpy"],
+        help="tf.data (TensorFlow) or NumPy batches (any Keras backend; auto picks)",
+    )
     parser.add_argument("--seed", type=int)
     parser.set_defaults(handler=_run_train)
 
@@ -263,6 +273,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "data", "epochs", "fine_tune_epochs", "fine_tune_blocks", "batch_size",
             "learning_rate", "label_smoothing", "class_weighting", "sampling", "mixup_alpha",
             "soft_labels", "early_stopping_patience", "limit_train", "distribute", "seed",
+            "init_from", "input_pipeline",
         )
     }  # fmt: skip
     config = (

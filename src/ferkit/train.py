@@ -71,6 +71,8 @@ class TrainConfig:
     limit_train: int = 0  # use a stratified subset of this many training faces; 0: all
     limit_val: int = 0
     distribute: str = "none"  # none | mirrored | multiworker
+    input_pipeline: str = "auto"  # auto (tf.data on TensorFlow, else numpy) | tf.data | numpy
+    init_from: str | None = None  # start from a model's weights: .keras file, run, "default"
     temperature_scaling: bool = True
     seed: int = 0
 
@@ -93,6 +95,7 @@ class TrainConfig:
             "class_weighting": ("none", "balanced"),
             "sampling": ("shuffle", "balanced"),
             "distribute": ("none", "mirrored", "multiworker"),
+            "input_pipeline": ("auto", "tf.data", "numpy"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -158,6 +161,17 @@ def _backend() -> str:
     return keras.backend.backend()
 
 
+def _numpy_pipeline(config: TrainConfig) -> bool:
+    """Whether the input comes as NumPy batches (always, on backends without tf.data)."""
+    if _backend() != "tensorflow":
+        if config.input_pipeline == "tf.data":
+            raise ValueError(
+                f"input_pipeline tf.data needs the TensorFlow backend, not {_backend()}"
+            )
+        return True
+    return config.input_pipeline == "numpy"
+
+
 def _epoch_order(split: Split, config: TrainConfig, epoch_seed: int) -> np.ndarray:
     """The face order of one epoch for the NumPy pipeline: a seeded permutation, or with
     balanced sampling equal draws per class (each class cycling through a shuffle)."""
@@ -217,7 +231,7 @@ def make_train_dataset(split: Split, config: TrainConfig, epoch: int) -> tuple[A
     targets = _targets(split, config.soft_labels)
     steps = math.ceil(len(split) / config.batch_size)
     epoch_seed = config.seed * 100_003 + epoch
-    if _backend() != "tensorflow":
+    if _numpy_pipeline(config):
         order = _epoch_order(split, config, epoch_seed)
         batches = _array_batches(
             split.images, targets, order, config.batch_size, config.mixup_alpha, epoch_seed
@@ -267,9 +281,12 @@ def _mixup(alpha: float, seed: int):
     return mix
 
 
-def make_eval_dataset(split: Split, batch_size: int, soft: bool = False) -> Any:
+def make_eval_dataset(
+    split: Split, batch_size: int, soft: bool = False, numpy: bool = False
+) -> Any:
+    """Validation batches in order: ``tf.data``, or NumPy with ``numpy`` or off TensorFlow."""
     targets = _targets(split, soft)
-    if _backend() != "tensorflow":
+    if numpy or _backend() != "tensorflow":
         order = np.arange(len(split))
         return _array_batches(split.images, targets, order, batch_size)
 
@@ -344,6 +361,63 @@ class _SingleDevice:
 
     def scope(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+
+def resolve_init_source(source: str | os.PathLike[str]) -> Path:
+    """The ``.keras`` file behind ``init_from``: the file itself, a run folder's best
+    checkpoint, a bundle's model, or ``default`` for the bundled default model."""
+    if str(source) == "default":
+        from ferkit.bundle import DEFAULT_MODEL_DIR
+
+        source = DEFAULT_MODEL_DIR
+    path = Path(source)
+    for candidate in (path, path / BEST_CHECKPOINT, path / "model.keras"):
+        if candidate.is_file() and candidate.suffix == ".keras":
+            return candidate
+    raise FileNotFoundError(
+        f"{source}: init_from needs a .keras file, a run folder with {BEST_CHECKPOINT}, a "
+        "bundle folder with model.keras, or 'default'"
+    )
+
+
+def initialise_from(model: Any, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Copy weights into ``model`` layer by layer from the model at ``source``.
+
+    A layer takes the weights of the source layer of the same name when every weight has
+    the same shape; others keep their fresh initialisation (a classifier for another
+    class list, say, or a changed width). Fine-tuning the shipped model on a new dataset
+    is ``init_from: default``.
+
+    Returns:
+        What was copied: the source file, and the layers loaded and kept fresh.
+
+    Raises:
+        ValueError: fewer than half the layers matched (a different architecture).
+    """
+    import keras
+
+    path = resolve_init_source(source)
+    donor = keras.models.load_model(path, compile=False)
+    donors = {layer.name: layer for layer in donor.layers}
+    loaded, fresh = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        match = donors.get(layer.name)
+        shapes = [tuple(weight.shape) for weight in layer.weights]
+        if match is not None and [tuple(w.shape) for w in match.weights] == shapes:
+            layer.set_weights(match.get_weights())
+            loaded.append(layer.name)
+        else:
+            fresh.append(layer.name)
+    if len(loaded) < len(fresh) or not loaded:
+        raise ValueError(
+            f"{path}: only {len(loaded)} of {len(loaded) + len(fresh)} layers of "
+            f"{model.name!r} match the source model {donor.name!r} by name and weight "
+            "shapes; init_from needs the same architecture"
+        )
+    logger.info("init_from %s: %d layers loaded, fresh: %s", path, len(loaded), fresh)
+    return {"source": str(path), "loaded": loaded, "fresh": fresh}
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -496,6 +570,8 @@ def train(
             _restore_seed_states(model, run_dir / LAST_RNG)
         else:
             model = build_model(model_config)
+            if config.init_from:
+                _write_json(run_dir / "init.json", initialise_from(model, config.init_from))
             phase = 2 if state["epoch"] >= config.epochs else 1
             compile_model(model, config, steps_per_epoch, phase)
     weights = (
@@ -503,7 +579,9 @@ def train(
         if config.class_weighting == "balanced"
         else None
     )
-    val_dataset = make_eval_dataset(val_split, config.batch_size, config.soft_labels)
+    val_dataset = make_eval_dataset(
+        val_split, config.batch_size, config.soft_labels, numpy=_numpy_pipeline(config)
+    )
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
 

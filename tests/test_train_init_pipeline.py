@@ -1,0 +1,137 @@
+"""NumPy input batches (the pipeline of backends without tf.data) and init_from."""
+
+import json
+
+import numpy as np
+import pytest
+from test_train import TINY_MODEL, _config, drawn  # noqa: F401  (fixture)
+
+from ferkit.data import Split
+from ferkit.train import (
+    TrainConfig,
+    _array_batches,
+    _epoch_order,
+    initialise_from,
+    read_history,
+    resolve_init_source,
+    train,
+)
+
+
+def _split(labels):
+    labels = np.asarray(labels)
+    images = np.arange(len(labels) * 4, dtype=np.uint8).reshape(len(labels), 2, 2, 1)
+    return Split(
+        "train", images, labels, np.array([f"{i}.png" for i in range(len(labels))]), ["a", "b", "c"]
+    )
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    split = _split([0, 1, 2] * 30)
+    config = TrainConfig(batch_size=16)
+    first = _epoch_order(split, config, epoch_seed=5)
+    assert sorted(first) == list(range(90))
+    assert np.array_equal(first, _epoch_order(split, config, epoch_seed=5))
+    assert not np.array_equal(first, _epoch_order(split, config, epoch_seed=6))
+
+
+def test_balanced_sampling_draws_classes_equally():
+    split = _split([0] * 400 + [1] * 40 + [2] * 8)
+    order = _epoch_order(split, TrainConfig(batch_size=32, sampling="balanced"), epoch_seed=1)
+    assert len(order) == 14 * 32  # whole batches: ceil(448 / 32) steps
+    counts = np.bincount(split.labels[order], minlength=3)
+    assert counts.min() > 0.8 * len(order) / 3 and counts.max() < 1.2 * len(order) / 3
+    rare = order[split.labels[order] == 2]
+    assert set(rare) == set(np.flatnonzero(split.labels == 2))  # cycles through every face
+
+
+def test_array_batches_with_and_without_mixup():
+    split = _split([0, 1, 2] * 10)
+    targets = split.one_hot()
+    order = np.arange(30)[::-1]
+    plain = _array_batches(split.images, targets, order, batch_size=8)
+    assert len(plain) == 4
+    x, y = plain[1]
+    assert x.dtype == np.float32 and np.array_equal(x, split.images[order[8:16]])
+    assert np.array_equal(y, targets[order[8:16]])
+    assert len(plain[3][0]) == 6  # the last, partial batch
+    mixed = _array_batches(split.images, targets, order, 8, mixup_alpha=0.4, seed=3)
+    x1, y1 = mixed[0]
+    x2, y2 = _array_batches(split.images, targets, order, 8, mixup_alpha=0.4, seed=3)[0]
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)  # seeded per batch
+    assert np.allclose(y1.sum(axis=1), 1.0) and (y1 >= 0).all()
+    assert (y1.max(axis=1) < 1.0).any()  # some rows are blends of two faces
+
+
+def test_numpy_pipeline_trains_and_resumes_exactly(drawn, tmp_path):  # noqa: F811
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    config = _config(drawn, epochs=2, input_pipeline="numpy", mixup_alpha=0.2)
+    train(config, tmp_path / "whole", verbose=0)
+    train(config, tmp_path / "split", verbose=0, stop_after_epochs=1)
+    train(config, tmp_path / "split", resume=True, verbose=0)
+    whole, split = read_history(tmp_path / "whole"), read_history(tmp_path / "split")
+    assert [row["epoch"] for row in split] == [1, 2]
+    for a, b in zip(whole, split, strict=True):
+        assert np.isfinite(a["loss"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_init_from_default_copies_the_shipped_model():
+    import keras
+
+    from ferkit.bundle import DEFAULT_MODEL_DIR
+    from ferkit.models import ModelConfig, build_model
+
+    shipped = keras.models.load_model(DEFAULT_MODEL_DIR / "model.keras", compile=False)
+    bundle_config = TrainConfig.from_yaml(DEFAULT_MODEL_DIR / "config.yaml")
+    model = build_model(ModelConfig(**{**bundle_config.model, "seed": 11}))
+    faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48, 1)).astype(np.float32)
+    before = model.predict(faces, verbose=0)
+    report = initialise_from(model, "default")
+    assert report["source"] == str(DEFAULT_MODEL_DIR / "model.keras") and not report["fresh"]
+    after = model.predict(faces, verbose=0)
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, shipped.predict(faces, verbose=0), atol=1e-5)
+
+    # Another class list: everything but the classifier comes from the shipped model.
+    three = build_model(ModelConfig(**{**bundle_config.model, "n_classes": 3}))
+    report = initialise_from(three, "default")
+    assert report["fresh"] == ["logits"] and "s3_conv1" in report["loaded"]
+    np.testing.assert_array_equal(
+        three.get_layer("s0_conv0").get_weights()[0],
+        shipped.get_layer("s0_conv0").get_weights()[0],
+    )
+
+    vgg = build_model(ModelConfig(arch="vgg16", weights=None))
+    with pytest.raises(ValueError, match="same architecture"):
+        initialise_from(vgg, "default")
+
+
+def test_init_source_resolution(tmp_path):
+    with pytest.raises(FileNotFoundError, match="init_from needs"):
+        resolve_init_source(tmp_path / "missing")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.keras").write_bytes(b"")
+    assert resolve_init_source(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "best.keras"
+
+
+def test_training_run_starts_from_another_run(drawn, tmp_path):  # noqa: F811
+    from ferkit.cli import main
+
+    first = _config(drawn, epochs=1)
+    train(first, tmp_path / "first", verbose=0)
+    args = ["train", "--data", str(drawn), "--epochs", "1", "--batch-size", "32", "--seed", "7"]
+    # Same settings and seed: without the initial weights the two first epochs would match.
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps({"model": TINY_MODEL, "warmup_epochs": 0}))
+    init = ["--init-from", str(tmp_path / "first")]
+    assert main([*args, "--config", str(config), "--out", str(tmp_path / "second"), *init]) == 0
+    report = json.loads((tmp_path / "second" / "init.json").read_text())
+    assert "logits" in report["loaded"] and report["fresh"] == []
+    assert TrainConfig.from_yaml(tmp_path / "second" / "config.yaml").init_from == str(
+        tmp_path / "first"
+    )
+    scratch, started = read_history(tmp_path / "first"), read_history(tmp_path / "second")
+    assert started[0]["loss"] < scratch[0]["loss"] - 0.05
