@@ -77,3 +77,21 @@ def test_bundle_command(finished_run, tmp_path, capsys):
     assert (tmp_path / "b" / "MODEL_CARD.md").is_file()
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["val_accuracy_floor"] == int(metrics["val_accuracy_bundled"] * 100) / 100
+
+
+def test_model_card_of_a_fine_tuned_run_names_its_parent(finished_run, tmp_path):
+    run, data = finished_run
+    config = TrainConfig(
+        data=str(data),
+        model={"widths": [8, 16, 32, 64]},
+        epochs=1,
+        batch_size=32,
+        warmup_epochs=0,
+        init_from=str(run),
+    )
+    train(config, tmp_path / "tuned", verbose=0)
+    val = PreparedDataset(data).split("val")
+    card = write_model_card(tmp_path / "tuned", val, load_model(tmp_path / "tuned"))
+    parent = json.loads((run / "metrics.json").read_text())
+    assert f"Started from the weights of `{run}`" in card
+    assert f"trained for {parent['epochs_trained']} epochs" in card and "h in all" in card

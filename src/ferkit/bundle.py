@@ -284,6 +284,18 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
         for name in loaded.classes
     )
     hours = metrics["training_seconds"] / 3600
+    lineage = ""
+    if config.get("init_from"):
+        parent = Path(config["init_from"]) / "metrics.json"
+        lineage = f"\n- Started from the weights of `{config['init_from']}` (`init_from`)"
+        if parent.is_file():
+            parent_metrics = json.loads(parent.read_text())
+            parent_hours = parent_metrics["training_seconds"] / 3600
+            lineage += (
+                f", trained for {parent_metrics['epochs_trained']} epochs in "
+                f"{parent_hours:.1f} h: {hours + parent_hours:.1f} h in all"
+            )
+        lineage += "."
     return f"""# ferkit default model: {config["model"]["arch"]}
 
 ## Data
@@ -311,7 +323,7 @@ error (15 bins) {calibration["ece_before"]:.3f} before, {expected_calibration_er
   {config["batch_size"]}, AdamW (lr {config["learning_rate"]}, weight decay {config["weight_decay"]}),
   {config["schedule"]} schedule, label smoothing {config["label_smoothing"]}, augmentation
   {config["model"]["augment"]}; seed {config["seed"]}.
-- Training time: {hours:.1f} h on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU.
+- Training time: {hours:.1f} h on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU.{lineage}
 - Reproduce: see `config.yaml` beside this card and the README.
 
 ## Limitations
