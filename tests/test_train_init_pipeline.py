@@ -13,7 +13,6 @@ from ferkit.train import (
     _epoch_order,
     initialise_from,
     read_history,
-    resolve_init_source,
     train,
 )
 
@@ -110,11 +109,14 @@ def test_init_from_default_copies_the_shipped_model():
 
 
 def test_init_source_resolution(tmp_path):
-    with pytest.raises(FileNotFoundError, match="init_from needs"):
-        resolve_init_source(tmp_path / "missing")
+    from ferkit.bundle import model_location
+
+    with pytest.raises(FileNotFoundError, match="no model found"):
+        initialise_from(None, tmp_path / "missing")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "best.keras").write_bytes(b"")
-    assert resolve_init_source(tmp_path / "run") == tmp_path / "run" / "checkpoints" / "best.keras"
+    run = tmp_path / "run"
+    assert model_location(run) == (run, run / "checkpoints" / "best.keras")
 
 
 def test_training_run_starts_from_another_run(drawn, tmp_path):  # noqa: F811

@@ -117,6 +117,33 @@ def bundled_model_available(folder: Path = DEFAULT_MODEL_DIR) -> bool:
     return (folder / MODEL_FILE).is_file() and (folder / CHECKSUMS).is_file()
 
 
+def model_location(path: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """The folder and ``.keras`` file of the bundled model (``path=None``), a run folder
+    (its best checkpoint), a bundle folder or a ``.keras`` file.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path`` (or no bundled model installed).
+    """
+    if path is None:
+        if not bundled_model_available(DEFAULT_MODEL_DIR):
+            raise FileNotFoundError(
+                f"{DEFAULT_MODEL_DIR}: no bundled model in this installation; pass a model "
+                "path or reinstall ferkit"
+            )
+        return DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / MODEL_FILE
+    path = Path(path)
+    if path.is_file():
+        return path.parent, path
+    if (path / MODEL_FILE).is_file():
+        return path, path / MODEL_FILE
+    if (path / "checkpoints" / "best.keras").is_file():
+        return path, path / "checkpoints" / "best.keras"
+    raise FileNotFoundError(
+        f"{path}: no model found; give a run folder (with checkpoints/best.keras), a "
+        "bundled-model folder (with model.keras) or a .keras file"
+    )
+
+
 def load_model(path: str | os.PathLike[str] | None = None, *, verify: bool = True) -> LoadedModel:
     """Load the bundled model (``path=None``), a run folder, a bundle folder or a
     ``.keras`` file.
@@ -125,35 +152,13 @@ def load_model(path: str | os.PathLike[str] | None = None, *, verify: bool = Tru
         FileNotFoundError: nothing loadable at ``path`` (or no bundled model installed).
         ChecksumError: a bundled file does not match its checksum.
     """
-    from ferkit._tf import import_tensorflow
+    from ferkit._tf import import_keras
 
-    import_tensorflow()
-    import keras
+    keras = import_keras()
 
     import ferkit.models  # noqa: F401  (registers ferkit's custom layers)
 
-    folder: Path
-    if path is None:
-        folder = DEFAULT_MODEL_DIR
-        if not bundled_model_available(folder):
-            raise FileNotFoundError(
-                f"{folder}: no bundled model in this installation; pass a model path or "
-                "reinstall ferkit"
-            )
-        model_path = folder / MODEL_FILE
-    else:
-        path = Path(path)
-        if path.is_file():
-            folder, model_path = path.parent, path
-        elif (path / MODEL_FILE).is_file():
-            folder, model_path = path, path / MODEL_FILE
-        elif (path / "checkpoints" / "best.keras").is_file():
-            folder, model_path = path, path / "checkpoints" / "best.keras"
-        else:
-            raise FileNotFoundError(
-                f"{path}: no model found; give a run folder (with checkpoints/best.keras), a "
-                "bundled-model folder (with model.keras) or a .keras file"
-            )
+    folder, model_path = model_location(path)
     if verify and (folder / CHECKSUMS).is_file():
         verify_checksums(folder)
     model = keras.models.load_model(model_path, compile=False)

@@ -409,6 +409,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.faces import DETECTOR_NAMES
     from ferkit.runtime import BACKENDS
 
     parser = subparsers.add_parser(
@@ -428,9 +429,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default=None, help="split to evaluate (default: test)")
     parser.add_argument("--tta", action="store_true", help="also test-time augmentation")
     parser.add_argument("--faces", default="auto", choices=["auto", "crop", "detect"])
-    parser.add_argument(
-        "--detector", default="mtcnn", choices=["mtcnn", "haar", "blazeface", "blazeface-full"]
-    )
+    parser.add_argument("--detector", default="mtcnn", choices=DETECTOR_NAMES)
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_evaluate)

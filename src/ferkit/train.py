@@ -284,9 +284,10 @@ def _mixup(alpha: float, seed: int):
 def make_eval_dataset(
     split: Split, batch_size: int, soft: bool = False, numpy: bool = False
 ) -> Any:
-    """Validation batches in order: ``tf.data``, or NumPy with ``numpy`` or off TensorFlow."""
+    """Validation batches in order: NumPy with ``numpy`` (see :func:`_numpy_pipeline`),
+    else ``tf.data``."""
     targets = _targets(split, soft)
-    if numpy or _backend() != "tensorflow":
+    if numpy:
         order = np.arange(len(split))
         return _array_batches(split.images, targets, order, batch_size)
 
@@ -363,27 +364,12 @@ class _SingleDevice:
         return contextlib.nullcontext()
 
 
-def resolve_init_source(source: str | os.PathLike[str]) -> Path:
-    """The ``.keras`` file behind ``init_from``: the file itself, a run folder's best
-    checkpoint, a bundle's model, or ``default`` for the bundled default model."""
-    if str(source) == "default":
-        from ferkit.bundle import DEFAULT_MODEL_DIR
-
-        source = DEFAULT_MODEL_DIR
-    path = Path(source)
-    for candidate in (path, path / BEST_CHECKPOINT, path / "model.keras"):
-        if candidate.is_file() and candidate.suffix == ".keras":
-            return candidate
-    raise FileNotFoundError(
-        f"{source}: init_from needs a .keras file, a run folder with {BEST_CHECKPOINT}, a "
-        "bundle folder with model.keras, or 'default'"
-    )
-
-
 def initialise_from(model: Any, source: str | os.PathLike[str]) -> dict[str, Any]:
     """Copy weights into ``model`` layer by layer from the model at ``source``.
 
-    A layer takes the weights of the source layer of the same name when every weight has
+    ``source`` is ``default`` (the bundled model, checksums verified), a run folder, a
+    bundle folder or a ``.keras`` file (see :func:`ferkit.bundle.model_location`). A layer
+    takes the weights of the source layer of the same name when every weight has
     the same shape; others keep their fresh initialisation (a classifier for another
     class list, say, or a changed width). Fine-tuning the shipped model on a new dataset
     is ``init_from: default``.
@@ -394,10 +380,11 @@ def initialise_from(model: Any, source: str | os.PathLike[str]) -> dict[str, Any
     Raises:
         ValueError: fewer than half the layers matched (a different architecture).
     """
-    import keras
+    from ferkit.bundle import load_model, model_location
 
-    path = resolve_init_source(source)
-    donor = keras.models.load_model(path, compile=False)
+    source = None if str(source) == "default" else source
+    path = model_location(source)[1]
+    donor = load_model(source).model
     donors = {layer.name: layer for layer in donor.layers}
     loaded, fresh = [], []
     for layer in model.layers:
