@@ -255,6 +255,21 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         choices=["auto", "tf.data", "numpy"],
         help="tf.data (TensorFlow) or NumPy batches (any Keras backend; auto picks)",
     )
+    parser.add_argument(
+        "--optimizer", choices=["adamw", "sgd"], help="adamw, or sgd with Nesterov momentum"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["keras", "torch"],
+        help="keras (default), or torch: ferkit_cnn on PyTorch for a GPU without TensorFlow; "
+        "its run is finished into a Keras model with --finish",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="torch engine: fit the planned epochs (and the schedule) into this many seconds",
+    )
     parser.add_argument("--seed", type=int)
     parser.set_defaults(handler=_run_train)
 
@@ -273,7 +288,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "data", "epochs", "fine_tune_epochs", "fine_tune_blocks", "batch_size",
             "learning_rate", "label_smoothing", "class_weighting", "sampling", "mixup_alpha",
             "soft_labels", "early_stopping_patience", "limit_train", "distribute", "seed",
-            "init_from", "input_pipeline",
+            "init_from", "input_pipeline", "optimizer", "engine",
         )
     }  # fmt: skip
     config = (
@@ -287,7 +302,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.weights:
         model["weights"] = None if args.weights.lower() == "none" else args.weights
     config.model = model
-    result = train(config, args.out, resume=args.resume)
+    if args.time_budget is not None:
+        from ferkit.torch_train import train_torch
+
+        if config.engine != "torch":
+            raise SystemExit("ferkit train: --time-budget needs --engine torch")
+        result = train_torch(config, args.out, resume=args.resume, time_budget=args.time_budget)
+    else:
+        result = train(config, args.out, resume=args.resume)
     print(json.dumps(result.metrics, indent=2))
     return 0
 

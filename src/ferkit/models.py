@@ -13,10 +13,10 @@ Adding an architecture is one decorated function::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ferkit._tf import import_keras
+from ferkit.model_config import AugmentConfig, ModelConfig
 
 import_keras()
 import keras  # noqa: E402  (after choosing the backend and the quiet TensorFlow import)
@@ -25,43 +25,6 @@ from keras import layers  # noqa: E402
 ARCHITECTURES: dict[str, Callable[[ModelConfig], keras.Model]] = {}
 
 VGG16_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
-
-
-@dataclass
-class AugmentConfig:
-    """Random preprocessing applied inside the model during training only."""
-
-    translate: float = 0.1  # fraction of the side
-    flip: bool = True
-    rotate_degrees: float = 10.0
-    zoom: float = 0.1
-    brightness: float = 0.2
-    contrast: float = 0.2
-    erasing: float = 0.25  # probability-like strength of random erasing; 0 disables
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild a model (saved with every run)."""
-
-    arch: str = "ferkit_cnn"
-    n_classes: int = 7
-    image_size: int = 48
-    channels: int = 1
-    widths: tuple[int, ...] = (32, 64, 128, 256)  # ferkit_cnn: channels per stage
-    blocks_per_stage: int = 2
-    dropout_rate: float = 0.4
-    bn_momentum: float = 0.99  # 0.9 settles faster on short runs
-    weights: str | None = None  # vgg16: "imagenet", a weights file, or None
-    backbone_size: int = 48  # vgg16: side the faces are resized to before the backbone
-    head_units: int = 256  # vgg16: width of the dense layer of the new head
-    seed: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
-        self.widths = tuple(self.widths)
 
 
 def register(name: str) -> Callable:

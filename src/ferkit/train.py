@@ -56,6 +56,7 @@ class TrainConfig:
     epochs: int = 60
     batch_size: int = 128
     learning_rate: float = 2e-3
+    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum 0.9); weight decay decoupled
     weight_decay: float = 1e-4
     warmup_epochs: int = 2
     schedule: str = "cosine"  # cosine | constant
@@ -74,6 +75,7 @@ class TrainConfig:
     input_pipeline: str = "auto"  # auto (tf.data on TensorFlow, else numpy) | tf.data | numpy
     init_from: str | None = None  # start from a model's weights: .keras file, run, "default"
     temperature_scaling: bool = True
+    engine: str = "keras"  # keras | torch (ferkit_cnn on PyTorch; see ferkit.torch_train)
     seed: int = 0
 
     @classmethod
@@ -96,6 +98,8 @@ class TrainConfig:
             "sampling": ("shuffle", "balanced"),
             "distribute": ("none", "mirrored", "multiworker"),
             "input_pipeline": ("auto", "tf.data", "numpy"),
+            "optimizer": ("adamw", "sgd"),
+            "engine": ("keras", "torch"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -325,10 +329,13 @@ def _learning_rate(config: TrainConfig, steps_per_epoch: int, phase: int) -> Any
 def compile_model(model: Any, config: TrainConfig, steps_per_epoch: int, phase: int = 1) -> None:
     import keras
 
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=_learning_rate(config, steps_per_epoch, phase),
-        weight_decay=config.weight_decay,
-    )
+    learning_rate = _learning_rate(config, steps_per_epoch, phase)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(
@@ -486,6 +493,15 @@ def train(
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
         FileNotFoundError: resuming a folder without a run.
     """
+    run_dir = Path(run_dir)
+    engine = config.engine
+    if resume and (run_dir / CONFIG_NAME).is_file():
+        engine = TrainConfig.from_yaml(run_dir / CONFIG_NAME).engine
+    if engine == "torch":
+        from ferkit.torch_train import train_torch
+
+        return train_torch(config, run_dir, resume=resume, stop_after_epochs=stop_after_epochs)
+
     from ferkit._tf import import_keras
 
     keras = import_keras()
@@ -633,6 +649,10 @@ def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
 
     import_keras()
     run_dir = Path(run_dir)
+    from ferkit.torch_train import ensure_keras_checkpoint
+
+    if ensure_keras_checkpoint(run_dir):
+        logger.info("%s: built %s from the torch engine's best weights", run_dir, BEST_CHECKPOINT)
     if not (run_dir / BEST_CHECKPOINT).is_file():
         raise FileNotFoundError(
             f"{run_dir}: no checkpoints/best.keras yet; train at least one epoch first"
