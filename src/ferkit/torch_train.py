@@ -409,7 +409,9 @@ def train_torch(
     module = build_torch_model(model_config).to(device).to(memory_format=torch.channels_last)
     parameters = list(module.parameters())
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=config.learning_rate, momentum=0.9, nesterov=True)
+        optimizer = torch.optim.SGD(
+            parameters, lr=config.learning_rate, momentum=0.9, nesterov=True
+        )
     else:
         optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=KERAS_ADAM_EPSILON)
     if resume and (run_dir / LAST_TORCH_CHECKPOINT).exists():
@@ -427,7 +429,9 @@ def train_torch(
         weights = torch.tensor([table[i] for i in range(len(table))], device=device)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else torch.autocast("cpu", enabled=False)
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if on_gpu
+        else torch.autocast("cpu", enabled=False)
     )
     print(
         f"torch {torch.__version__} on {device}"
@@ -481,7 +485,10 @@ def train_torch(
                     rng.beta(config.mixup_alpha, config.mixup_alpha, size=len(chosen))
                 ).to(device, torch.float32)
                 partner = torch.from_numpy(rng.permutation(len(chosen))).to(device)
-                images = lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[partner]
+                images = (
+                    lam[:, None, None, None] * images
+                    + (1 - lam[:, None, None, None]) * images[partner]
+                )
                 targets = lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
             images = images.contiguous(memory_format=torch.channels_last)
             rate = learning_rate_at(config, epoch * steps_per_epoch + step, steps_per_epoch)
