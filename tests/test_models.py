@@ -76,3 +76,25 @@ def test_vgg16_missing_weights_file_is_a_clear_error(tmp_path):
 def test_unknown_architecture():
     with pytest.raises(ValueError, match="ferkit_cnn"):
         build_model(ModelConfig(arch="resnet9000"))
+
+
+def test_sharpness_augmentation_is_opt_in_and_symmetric():
+    import keras
+
+    from ferkit.models import augmentation
+
+    def sharpness_layers(config):
+        return [
+            layer
+            for layer in augmentation(config).layers
+            if isinstance(layer, keras.layers.RandomSharpness)
+        ]
+
+    assert sharpness_layers(AugmentConfig()) == []
+    (layer,) = sharpness_layers(AugmentConfig(sharpness=0.6))
+    assert tuple(layer.factor) == pytest.approx((0.2, 0.8))
+    (layer,) = sharpness_layers(AugmentConfig(sharpness=1.0))
+    assert tuple(layer.factor) == pytest.approx((0.0, 1.0))
+    faces = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 1)).astype("float32")
+    model = build_model(ModelConfig(widths=(8, 16, 32, 64), augment=AugmentConfig(sharpness=1)))
+    np.testing.assert_array_equal(model(faces, training=False), model(faces, training=False))

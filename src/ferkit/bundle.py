@@ -301,6 +301,14 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
                 f"{parent_hours:.1f} h: {hours + parent_hours:.1f} h in all"
             )
         lineage += "."
+    if metrics.get("trained_on"):
+        trained = f"{hours * 60:.1f} min on {metrics['trained_on']}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        trained = f"{hours:.1f} h on {os.cpu_count()} CPU cores ({cpu}), no GPU"
+    optimizer = {"adamw": "AdamW", "sgd": "SGD with Nesterov momentum"}[
+        config.get("optimizer", "adamw")
+    ]
     return f"""# ferkit default model: {config["model"]["arch"]}
 
 ## Data
@@ -325,10 +333,10 @@ error (15 bins) {calibration["ece_before"]:.3f} before, {expected_calibration_er
 
 ## Training
 - `{config["model"]["arch"]}`, {metrics["parameters"]:,} parameters; {config["epochs"]} epochs, batch
-  {config["batch_size"]}, AdamW (lr {config["learning_rate"]}, weight decay {config["weight_decay"]}),
+  {config["batch_size"]}, {optimizer} (lr {config["learning_rate"]}, weight decay {config["weight_decay"]}),
   {config["schedule"]} schedule, label smoothing {config["label_smoothing"]}, augmentation
   {config["model"]["augment"]}; seed {config["seed"]}.
-- Training time: {hours:.1f} h on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU.{lineage}
+- Training time: {trained}.{lineage}
 - Reproduce: see `config.yaml` beside this card and the README.
 
 ## Limitations

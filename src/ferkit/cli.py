@@ -323,6 +323,11 @@ def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dest", type=Path, default=None, help="bundle folder (default: the package's)"
     )
+    parser.add_argument(
+        "--card-notes",
+        type=Path,
+        help="Markdown file appended to the model card (other experiments, measured timings)",
+    )
     parser.set_defaults(handler=_run_bundle)
 
 
@@ -344,6 +349,8 @@ def _run_bundle(args: argparse.Namespace) -> int:
     loaded = load_model(args.run)
     accuracy = float((loaded.predict_proba(val.images).argmax(axis=1) == val.labels).mean())
     card = write_model_card(args.run, val, loaded)
+    if args.card_notes:
+        card = card.rstrip("\n") + "\n\n" + args.card_notes.read_text().strip("\n") + "\n"
     floor = {"val_accuracy_floor": accuracy_floor(accuracy), "val_accuracy_bundled": accuracy}
     dest = bundle_run(
         args.run, args.dest or DEFAULT_MODEL_DIR, model_card=card, extra_metrics=floor

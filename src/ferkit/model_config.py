@@ -16,6 +16,7 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     erasing: float = 0.25  # probability-like strength of random erasing; 0 disables
+    sharpness: float = 0.0  # blend towards blurred or sharpened by up to this; 0 disables
 
 
 @dataclass

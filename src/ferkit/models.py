@@ -72,6 +72,10 @@ def augmentation(config: AugmentConfig, seed: int = 0) -> keras.Sequential:
         )
     if config.contrast:
         steps.append(layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 5))
+    if config.sharpness:
+        # Real photos cropped to 48 px are sharper than FER2013's upscaled faces: train on both.
+        low, high = max(0.0, 0.5 - config.sharpness / 2), min(1.0, 0.5 + config.sharpness / 2)
+        steps.append(layers.RandomSharpness((low, high), value_range=(0, 255), seed=seed + 7))
     if config.erasing:
         steps.append(
             layers.RandomErasing(

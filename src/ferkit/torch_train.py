@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -268,6 +269,9 @@ def augment_batch(images: Any, augment: Any, generator: Any) -> Any:
         factor = 1.0 + uniform(-1, 1) * augment.contrast
         mean = images.mean(dim=(2, 3), keepdim=True)
         images = ((images - mean) * factor[:, None, None, None] + mean).clamp(0, 255)
+    if augment.sharpness:
+        low, high = max(0.0, 0.5 - augment.sharpness / 2), min(1.0, 0.5 + augment.sharpness / 2)
+        images = sharpen(images, 2 * uniform(low, high))
     if augment.erasing:
         chosen = uniform(0, 1) < augment.erasing
         area = uniform(0.02, 0.15) * height * width
@@ -288,6 +292,21 @@ def augment_batch(images: Any, augment: Any, generator: Any) -> Any:
         noise = torch.rand(images.shape, generator=generator, device=device) * 255.0
         images = torch.where(inside[:, None], noise, images)
     return images
+
+
+def sharpen(images: Any, amount: Any) -> Any:
+    """Keras's ``RandomSharpness`` at a given ``amount`` per image (twice its factor): 0
+    gives the 3x3-smoothed image, 1 the image, 2 the image pushed away from its smoothing."""
+    torch = import_torch()
+    from torch.nn import functional
+
+    channels = images.shape[1]
+    kernel = torch.full((3, 3), 1.0 / 13.0, device=images.device)
+    kernel[1, 1] = 5.0 / 13.0
+    smoothed = functional.conv2d(
+        images, kernel.expand(channels, 1, 3, 3), padding=1, groups=channels
+    )
+    return (images + (1 - amount[:, None, None, None]) * (smoothed - images)).clamp(0, 255)
 
 
 def _soft_cross_entropy(logits: Any, targets: Any, smoothing: float) -> Any:
@@ -433,10 +452,11 @@ def train_torch(
         if on_gpu
         else torch.autocast("cpu", enabled=False)
     )
+    hardware = f"1 {torch.cuda.get_device_name()} GPU" if on_gpu else f"{os.cpu_count()} CPU cores"
+    state["trained_on"] = f"{hardware}, torch engine (PyTorch {torch.__version__})"
     print(
-        f"torch {torch.__version__} on {device}"
-        + (f" ({torch.cuda.get_device_name()})" if on_gpu else "")
-        + f": {sum(p.numel() for p in parameters):,} parameters, {len(train_split)} train faces",
+        f"{state['trained_on']}: {sum(p.numel() for p in parameters):,} parameters, "
+        f"{len(train_split)} train faces",
         flush=True,
     )
 

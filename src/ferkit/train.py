@@ -707,6 +707,8 @@ def finish_run(
         "calibration": calibration,
         "parameters": int(model.count_params()),
     }
+    if state.get("trained_on"):
+        metrics["trained_on"] = state["trained_on"]
     _write_json(run_dir / "metrics.json", metrics)
     state["finished"] = True
     _write_json(run_dir / STATE_NAME, state)

@@ -1,0 +1,287 @@
+"""The torch engine (``ferkit train --engine torch``): its module must compute what the Keras
+``ferkit_cnn`` computes, train and resume like the Keras engine, and finish into a Keras run.
+
+PyTorch crashes when it loads its compiler after TensorFlow in one process, and this test
+process has TensorFlow loaded, so everything that runs PyTorch runs in a subprocess.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from ferkit.torch_train import check_supported, learning_rate_at
+from ferkit.train import TrainConfig, _learning_rate, read_history
+
+TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
+
+
+def require_torch() -> None:
+    if importlib.util.find_spec("torch") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PyTorch is missing in CI: scripts/test.sh installs the torch extra")
+        pytest.skip("PyTorch not installed (pip install 'ferkit[torch]')")
+
+
+def run_python(script: str, timeout: int = 600) -> dict:
+    """Run ``script`` in a fresh interpreter (PyTorch before TensorFlow); it prints JSON last."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    from ferkit.prepare import PrepareConfig, prepare
+    from ferkit.synthetic import make_image_folder
+
+    root = tmp_path_factory.mktemp("drawn")
+    source = make_image_folder(root / "src", per_class=60)
+    return prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
+
+
+def test_schedule_matches_the_keras_engine():
+    steps_per_epoch = 7
+    for config in (
+        TrainConfig(epochs=10, warmup_epochs=2, learning_rate=0.01),
+        TrainConfig(epochs=5, warmup_epochs=0, learning_rate=0.003),
+        TrainConfig(epochs=5, schedule="constant", learning_rate=0.004),
+    ):
+        keras_rate = _learning_rate(config, steps_per_epoch, phase=1)
+        for step in (0, 1, 6, 13, 14, 15, 30, 49, 69, 80):
+            expected = float(keras_rate(step)) if callable(keras_rate) else keras_rate
+            assert learning_rate_at(config, step, steps_per_epoch) == pytest.approx(
+                expected, rel=1e-5
+            ), (config.schedule, config.warmup_epochs, step)
+
+
+def test_unsupported_settings_are_refused_with_the_alternative():
+    for overrides in (
+        {"model": {"arch": "vgg16"}},
+        {"distribute": "mirrored"},
+        {"init_from": "default"},
+    ):
+        with pytest.raises(ValueError, match="--engine keras"):
+            check_supported(TrainConfig(engine="torch", **overrides))
+    check_supported(TrainConfig(engine="torch", model=dict(TINY_MODEL)))
+
+
+def test_torch_after_tensorflow_in_one_process_is_refused():
+    import tensorflow  # noqa: F401  (the state the guard is for)
+
+    from ferkit.torch_train import import_torch
+
+    if "torch._dynamo" in sys.modules:
+        pytest.skip("PyTorch's compiler is already loaded in this process")
+    with pytest.raises(RuntimeError, match="before TensorFlow"):
+        import_torch()
+
+
+def test_time_budget_needs_the_torch_engine(tmp_path):
+    from ferkit.cli import main
+
+    with pytest.raises(SystemExit, match="--engine torch"):
+        main(["train", "--out", str(tmp_path / "run"), "--time-budget", "10"])
+
+
+def test_sgd_option_on_the_keras_engine():
+    import keras
+
+    from ferkit.models import ModelConfig, build_model
+    from ferkit.train import compile_model
+
+    model = build_model(ModelConfig(**TINY_MODEL))
+    compile_model(model, TrainConfig(optimizer="sgd", learning_rate=0.05), steps_per_epoch=10)
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert model.optimizer.nesterov and model.optimizer.momentum == 0.9
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop").validate()
+
+
+def test_torch_module_and_keras_model_compute_the_same_logits(tmp_path):
+    require_torch()
+    result = run_python(
+        f"""
+        import json
+        import numpy as np
+        import torch
+        from ferkit.model_config import ModelConfig
+        from ferkit.torch_train import build_torch_model, save_keras_weights
+
+        config = ModelConfig(widths=(8, 12, 16, 24), blocks_per_stage=3, n_classes=5)
+        torch.manual_seed(0)
+        module = build_torch_model(config)
+        with torch.no_grad():  # trained-looking batch norm statistics and affine terms
+            for norm in module.norms.values():
+                norm.running_mean.uniform_(-0.5, 0.5)
+                norm.running_var.uniform_(0.5, 2.0)
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.2, 0.2)
+        module.eval()
+        faces = np.random.default_rng(0).integers(0, 256, (16, 48, 48, 1)).astype(np.uint8)
+        with torch.no_grad():
+            expected = module(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
+        save_keras_weights(module, "{tmp_path}/w.npz")
+
+        from ferkit.models import build_model
+        from ferkit.torch_train import load_keras_weights
+
+        model = build_model(config)
+        load_keras_weights(model, "{tmp_path}/w.npz")
+        got = np.asarray(model(faces.astype("float32"), training=False))
+        try:
+            load_keras_weights(build_model(ModelConfig(widths=(8, 12, 16, 32))), "{tmp_path}/w.npz")
+            mismatch = None
+        except ValueError as error:
+            mismatch = str(error)
+        print(json.dumps({{
+            "max_diff": float(np.abs(got - expected).max()),
+            "scale": float(np.abs(expected).max()),
+            "mismatch": mismatch,
+        }}))
+        """
+    )
+    assert result["scale"] > 0.1
+    assert result["max_diff"] < 1e-4, result
+    assert result["mismatch"] and "shapes" in result["mismatch"], result
+
+
+def test_sharpening_matches_keras_random_sharpness():
+    require_torch()
+    result = run_python(
+        """
+        import json
+        import numpy as np
+        import torch
+        from ferkit.torch_train import sharpen
+
+        faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1)).astype(np.float32)
+        factors = [0.0, 0.3, 1.0]
+        got = sharpen(
+            torch.from_numpy(faces).permute(0, 3, 1, 2), 2 * torch.tensor(factors)
+        ).permute(0, 2, 3, 1).numpy()
+
+        import keras
+
+        expected = np.concatenate([
+            np.asarray(keras.layers.RandomSharpness((f, f), value_range=(0, 255))(
+                faces[i : i + 1], training=True
+            ))
+            for i, f in enumerate(factors)
+        ])
+        print(json.dumps({
+            "max_diff": float(np.abs(got - expected).max()),
+            "changed": float(np.abs(got - faces).max()),
+        }))
+        """
+    )
+    assert result["changed"] > 10  # the factors do something
+    assert result["max_diff"] < 1e-3, result
+
+
+def test_torch_run_resumes_exactly_and_finishes_into_a_keras_run(drawn, tmp_path):
+    require_torch()
+    config = {
+        "data": str(drawn),
+        "model": dict(TINY_MODEL),
+        "epochs": 3,
+        "batch_size": 32,
+        "warmup_epochs": 1,
+        "mixup_alpha": 0.2,
+        "seed": 7,
+        "engine": "torch",
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run_python(
+        f"""
+        import json, torch
+        from ferkit.train import TrainConfig
+        from ferkit.torch_train import train_torch
+
+        config = lambda: TrainConfig.from_yaml("{tmp_path}/config.yaml")
+        train_torch(config(), "{tmp_path}/whole")
+        stopped = train_torch(config(), "{tmp_path}/parts", stop_after_epochs=1)
+        assert stopped.metrics == {{"interrupted_after_epoch": 1}}, stopped.metrics
+        result = train_torch(config(), "{tmp_path}/parts", resume=True)
+        print(json.dumps(result.metrics))
+        """
+    )
+    whole, parts = read_history(tmp_path / "whole"), read_history(tmp_path / "parts")
+    assert [row["epoch"] for row in parts] == [1, 2, 3]
+    for key in ("loss", "accuracy", "val_loss", "learning_rate"):
+        np.testing.assert_allclose(
+            [row[key] for row in parts], [row[key] for row in whole], rtol=1e-5, err_msg=key
+        )
+    for run in ("whole", "parts"):
+        folder = tmp_path / run
+        state = json.loads((folder / "state.json").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert state["finished"] and (folder / "checkpoints/best.keras").is_file()
+        assert "torch engine" in metrics["trained_on"]
+        # The Keras model rebuilt from the stored weights scores what PyTorch measured.
+        assert metrics["val_accuracy"] == pytest.approx(
+            state["best_score"], abs=1.01 / metrics["val_faces"]
+        )
+        assert yaml.safe_load((folder / "config.yaml").read_text())["engine"] == "torch"
+
+
+def test_time_budget_fits_the_planned_epochs(drawn, tmp_path):
+    require_torch()
+    result = run_python(
+        f"""
+        import json, time, torch
+        from ferkit.train import TrainConfig
+        from ferkit.torch_train import train_torch
+
+        config = TrainConfig(data="{drawn}", model={TINY_MODEL!r}, epochs=1000, batch_size=32,
+                             warmup_epochs=1, engine="torch")
+        started = time.perf_counter()
+        train_torch(config, "{tmp_path}/run", time_budget=8)
+        print(json.dumps({{"wall": time.perf_counter() - started}}))
+        """
+    )
+    planned = yaml.safe_load((tmp_path / "run/config.yaml").read_text())["epochs"]
+    state = json.loads((tmp_path / "run/state.json").read_text())
+    history = read_history(tmp_path / "run")
+    assert 2 <= planned < 1000
+    assert len(history) == state["epoch"] <= planned
+    assert state["seconds"] <= 8 + max(row["seconds"] for row in history), (state, result)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_torch_engine_on_real_fer2013_beats_the_majority_class(fer2013_prepared, tmp_path):
+    require_torch()
+    _, prepared = fer2013_prepared
+    config = {
+        "data": str(prepared.out_dir),
+        "model": {"arch": "ferkit_cnn", "widths": [16, 32, 64, 128], "bn_momentum": 0.9},
+        "epochs": 2,
+        "batch_size": 32,
+        "learning_rate": 1e-3,
+        "warmup_epochs": 0,
+        "limit_val": 1000,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "ferkit", "train", "--engine", "torch", "--config",
+         str(tmp_path / "config.yaml"), "--limit-train", "8000", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    val_labels = np.load(prepared.out_dir / "val.npz")["labels"]
+    majority_rate = np.bincount(val_labels).max() / len(val_labels)
+    print("torch short run val accuracy", metrics["val_accuracy"], "majority", majority_rate)
+    assert metrics["val_accuracy"] > majority_rate + 0.08, (metrics, majority_rate)
