@@ -95,3 +95,31 @@ def test_model_card_of_a_fine_tuned_run_names_its_parent(finished_run, tmp_path)
     parent = json.loads((run / "metrics.json").read_text())
     assert f"Started from the weights of `{run}`" in card
     assert f"trained for {parent['epochs_trained']} epochs" in card and "h in all" in card
+
+
+def test_card_names_the_hardware_of_a_gpu_parent_and_appends_notes(finished_run, tmp_path):
+    import shutil
+
+    run, data = finished_run
+    parent = tmp_path / "gpu_parent"
+    shutil.copytree(run, parent)
+    metrics = json.loads((parent / "metrics.json").read_text())
+    metrics["trained_on"] = "1 NVIDIA H200 GPU, torch engine (PyTorch 2.11.0)"
+    (parent / "metrics.json").write_text(json.dumps(metrics))
+    config = TrainConfig(
+        data=str(data),
+        model={"widths": [8, 16, 32, 64]},
+        epochs=1,
+        batch_size=32,
+        warmup_epochs=0,
+        init_from=str(parent),
+    )
+    train(config, tmp_path / "tuned", verbose=0)
+    notes = tmp_path / "notes.md"
+    notes.write_text("## How it was trained\nTwo steps.\n")
+    argv = ["bundle", str(tmp_path / "tuned"), "--dest", str(tmp_path / "b")]
+    assert main([*argv, "--card-notes", str(notes)]) == 0
+    card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    assert "min on 1 NVIDIA H200 GPU, torch engine" in card
+    assert "## How it was trained\nTwo steps." in card
+    assert card.index("## Limitations") < card.index("## How it was trained")

@@ -296,9 +296,11 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
         if parent.is_file():
             parent_metrics = json.loads(parent.read_text())
             parent_hours = parent_metrics["training_seconds"] / 3600
-            lineage += (
-                f", trained for {parent_metrics['epochs_trained']} epochs in "
-                f"{parent_hours:.1f} h: {hours + parent_hours:.1f} h in all"
+            where = parent_metrics.get("trained_on")
+            lineage += f", trained for {parent_metrics['epochs_trained']} epochs in " + (
+                f"{parent_hours * 60:.1f} min on {where}"
+                if where
+                else f"{parent_hours:.1f} h: {hours + parent_hours:.1f} h in all"
             )
         lineage += "."
     if metrics.get("trained_on"):
