@@ -133,6 +133,13 @@ def test_torch_module_and_keras_model_compute_the_same_logits(tmp_path):
         with torch.no_grad():
             expected = module(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
         save_keras_weights(module, "{tmp_path}/w.npz")
+        from ferkit.torch_train import load_torch_from_keras_weights
+
+        reloaded = build_torch_model(config)  # init_from's path: Keras layout back to torch
+        load_torch_from_keras_weights(reloaded, "{tmp_path}/w.npz")
+        reloaded.eval()
+        with torch.no_grad():
+            round_trip = reloaded(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
 
         from ferkit.models import build_model
         from ferkit.torch_train import load_keras_weights
@@ -149,12 +156,14 @@ def test_torch_module_and_keras_model_compute_the_same_logits(tmp_path):
             "max_diff": float(np.abs(got - expected).max()),
             "scale": float(np.abs(expected).max()),
             "mismatch": mismatch,
+            "round_trip": float(np.abs(round_trip - expected).max()),
         }}))
         """
     )
     assert result["scale"] > 0.1
     assert result["max_diff"] < 1e-4, result
     assert result["mismatch"] and "shapes" in result["mismatch"], result
+    assert result["round_trip"] == 0.0, result
 
 
 def test_sharpening_matches_keras_random_sharpness():
@@ -285,3 +294,30 @@ def test_torch_engine_on_real_fer2013_beats_the_majority_class(fer2013_prepared,
     majority_rate = np.bincount(val_labels).max() / len(val_labels)
     print("torch short run val accuracy", metrics["val_accuracy"], "majority", majority_rate)
     assert metrics["val_accuracy"] > majority_rate + 0.08, (metrics, majority_rate)
+
+
+def test_torch_run_starts_from_another_torch_run(drawn, tmp_path):
+    require_torch()
+    run_python(
+        f"""
+        import json, torch
+        from ferkit.train import TrainConfig
+        from ferkit.torch_train import train_torch
+
+        def config(**overrides):
+            values = dict(data="{drawn}", model={TINY_MODEL!r}, epochs=3, batch_size=32,
+                          warmup_epochs=0, learning_rate=3e-3, engine="torch")
+            return TrainConfig(**{{**values, **overrides}})
+
+        train_torch(config(), "{tmp_path}/first")
+        train_torch(config(epochs=1), "{tmp_path}/scratch")
+        train_torch(config(epochs=1, init_from="{tmp_path}/first"), "{tmp_path}/second")
+        print(json.dumps({{}}))
+        """
+    )
+    first, scratch = read_history(tmp_path / "first"), read_history(tmp_path / "scratch")
+    second = read_history(tmp_path / "second")
+    assert second[0]["loss"] < scratch[0]["loss"] - 0.1, (second, scratch)
+    init = json.loads((tmp_path / "second" / "init.json").read_text())
+    assert init["source"].endswith("checkpoints/best.weights.npz")
+    assert first[-1]["epoch"] == 3

@@ -87,14 +87,59 @@ def check_supported(config: TrainConfig) -> None:
         problems.append(f"arch {arch!r} (only ferkit_cnn)")
     if config.distribute != "none":
         problems.append(f"distribute {config.distribute!r}")
-    if config.init_from:
-        problems.append("init_from")
+    if config.init_from and not _torch_init_weights(config.init_from):
+        problems.append(
+            f"init_from {config.init_from!r} (only a torch-engine run or its best.weights.npz)"
+        )
     if config.fine_tune_epochs:
         problems.append("fine_tune_epochs")
     if problems:
         raise ValueError(
             "the torch engine does not support " + ", ".join(problems) + "; use --engine keras"
         )
+
+
+def _torch_init_weights(source: str | Path) -> Path | None:
+    """The Keras-layout weights file an ``init_from`` names: a torch-engine run folder or
+    its ``best.weights.npz``; None for anything else."""
+    source = Path(source)
+    if source.suffix == ".npz" and source.is_file():
+        return source
+    if (source / BEST_WEIGHTS).is_file():
+        return source / BEST_WEIGHTS
+    return None
+
+
+def load_torch_from_keras_weights(module: Any, path: str | Path) -> None:
+    """Set the torch module from Keras-layout weights (the inverse of :func:`keras_weights`).
+
+    Raises:
+        ValueError: a layer is missing from the file or has other shapes.
+    """
+    torch = import_torch()
+
+    with np.load(path) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+
+    def take(layer: str, index: int, shape: tuple[int, ...], transpose: tuple | None = None):
+        key = f"{layer}/{index}"
+        if key not in arrays:
+            raise ValueError(f"{path}: no weights for layer {layer!r}")
+        value = arrays[key] if transpose is None else arrays[key].transpose(transpose)
+        if tuple(value.shape) != tuple(shape):
+            raise ValueError(f"{path}: layer {layer!r} has shape {value.shape}, wants {shape}")
+        return torch.from_numpy(np.ascontiguousarray(value))
+
+    with torch.no_grad():
+        for name, conv in module.convs.items():
+            conv.weight.copy_(take(name, 0, conv.weight.shape, (3, 2, 0, 1)))
+        for name, norm in module.norms.items():
+            for index, tensor in enumerate(
+                (norm.weight, norm.bias, norm.running_mean, norm.running_var)
+            ):
+                tensor.copy_(take(name, index, tensor.shape))
+        module.logits.weight.copy_(take("logits", 0, module.logits.weight.shape, (1, 0)))
+        module.logits.bias.copy_(take("logits", 1, module.logits.bias.shape))
 
 
 def build_torch_model(model_config: Any) -> Any:
@@ -433,6 +478,9 @@ def train_torch(
         )
     else:
         optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=KERAS_ADAM_EPSILON)
+    if config.init_from and not resume:
+        load_torch_from_keras_weights(module, _torch_init_weights(config.init_from))
+        _write_json(run_dir / "init.json", {"source": str(_torch_init_weights(config.init_from))})
     if resume and (run_dir / LAST_TORCH_CHECKPOINT).exists():
         saved = torch.load(run_dir / LAST_TORCH_CHECKPOINT, map_location=device)
         module.load_state_dict(saved["model"])
