@@ -79,17 +79,22 @@ def test_bundle_command(finished_run, tmp_path, capsys):
     assert metrics["val_accuracy_floor"] == int(metrics["val_accuracy_bundled"] * 100) / 100
 
 
-def test_model_card_of_a_fine_tuned_run_names_its_parent(finished_run, tmp_path):
-    run, data = finished_run
+def _fine_tune(parent, data, out):
+    """One epoch started from ``parent``'s weights (a run with ``init_from``)."""
     config = TrainConfig(
         data=str(data),
         model={"widths": [8, 16, 32, 64]},
         epochs=1,
         batch_size=32,
         warmup_epochs=0,
-        init_from=str(run),
+        init_from=str(parent),
     )
-    train(config, tmp_path / "tuned", verbose=0)
+    train(config, out, verbose=0)
+
+
+def test_model_card_of_a_fine_tuned_run_names_its_parent(finished_run, tmp_path):
+    run, data = finished_run
+    _fine_tune(run, data, tmp_path / "tuned")
     val = PreparedDataset(data).split("val")
     card = write_model_card(tmp_path / "tuned", val, load_model(tmp_path / "tuned"))
     parent = json.loads((run / "metrics.json").read_text())
@@ -106,15 +111,7 @@ def test_card_names_the_hardware_of_a_gpu_parent_and_appends_notes(finished_run,
     metrics = json.loads((parent / "metrics.json").read_text())
     metrics["trained_on"] = "1 NVIDIA H200 GPU, torch engine (PyTorch 2.11.0)"
     (parent / "metrics.json").write_text(json.dumps(metrics))
-    config = TrainConfig(
-        data=str(data),
-        model={"widths": [8, 16, 32, 64]},
-        epochs=1,
-        batch_size=32,
-        warmup_epochs=0,
-        init_from=str(parent),
-    )
-    train(config, tmp_path / "tuned", verbose=0)
+    _fine_tune(parent, data, tmp_path / "tuned")
     notes = tmp_path / "notes.md"
     notes.write_text("## How it was trained\nTwo steps.\n")
     argv = ["bundle", str(tmp_path / "tuned"), "--dest", str(tmp_path / "b")]

@@ -11,15 +11,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import yaml
 
+from ferkit.model_config import AugmentConfig
 from ferkit.torch_train import check_supported, learning_rate_at
 from ferkit.train import TrainConfig, _learning_rate, read_history
 
 TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
+NO_AUGMENT = asdict(AugmentConfig.off())
 
 
 def require_torch() -> None:
@@ -275,13 +278,19 @@ def test_torch_engine_on_real_fer2013_beats_the_majority_class(fer2013_prepared,
     _, prepared = fer2013_prepared
     config = {
         "data": str(prepared.out_dir),
-        "model": {"arch": "ferkit_cnn", "widths": [16, 32, 64, 128], "bn_momentum": 0.9},
+        "model": {
+            "arch": "ferkit_cnn",
+            "widths": [16, 32, 64, 128],
+            "bn_momentum": 0.9,
+            "augment": NO_AUGMENT,
+        },
         "epochs": 2,
         "batch_size": 32,
         "learning_rate": 1e-3,
         "warmup_epochs": 0,
+        "label_smoothing": 0.0,
         "limit_val": 1000,
-    }
+    }  # the Keras engine's test_short_run_on_real_fer2013_beats_the_majority_class
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run(
         [sys.executable, "-m", "ferkit", "train", "--engine", "torch", "--config",

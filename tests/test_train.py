@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,18 +12,11 @@ from ferkit.calibration import (
     negative_log_likelihood,
     softmax,
 )
+from ferkit.model_config import AugmentConfig
 from ferkit.synthetic import make_image_folder
 from ferkit.train import TrainConfig, class_weights, read_history, stratified_subset, train
 
-NO_AUGMENT = {
-    "translate": 0,
-    "flip": False,
-    "rotate_degrees": 0,
-    "zoom": 0,
-    "brightness": 0,
-    "contrast": 0,
-    "erasing": 0,
-}
+NO_AUGMENT = asdict(AugmentConfig.off())
 TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
 
 

@@ -18,6 +18,13 @@ class AugmentConfig:
     erasing: float = 0.25  # probability-like strength of random erasing; 0 disables
     sharpness: float = 0.0  # blend towards blurred or sharpened by up to this; 0 disables
 
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """No augmentation at all (short tests, or data augmented elsewhere)."""
+        return cls(
+            translate=0, flip=False, rotate_degrees=0, zoom=0, brightness=0, contrast=0, erasing=0
+        )
+
 
 @dataclass
 class ModelConfig:

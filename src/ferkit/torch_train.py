@@ -20,7 +20,6 @@ epoch, so ``--resume`` continues where a run stopped.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,7 +32,6 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ferkit.data import PreparedDataset
 from ferkit.train import (
     BEST_CHECKPOINT,
     CONFIG_NAME,
@@ -44,12 +42,11 @@ from ferkit.train import (
     _append_history,
     _epoch_order,
     _plain,
-    _subset,
     _targets,
-    _truncate_history,
     _write_json,
     class_weights,
-    stratified_subset,
+    load_run_data,
+    open_run,
 )
 
 logger = logging.getLogger(__name__)
@@ -402,68 +399,20 @@ def train_torch(
         stop_after_epochs: end this call after that many epochs (to test resuming).
     """
     torch = import_torch()
-    from ferkit.model_config import ModelConfig
 
     started_call = time.perf_counter()
     run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / STATE_NAME).is_file():
-            raise FileNotFoundError(
-                f"{run_dir}: no {STATE_NAME}, so no run to resume; start one without --resume"
-            )
-        config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
-        state = json.loads((run_dir / STATE_NAME).read_text())
-        _truncate_history(run_dir / HISTORY_NAME, state["epoch"])
-        if state.get("finished"):
-            logger.warning("%s: run already finished; nothing to resume", run_dir)
-            return TrainResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
-    else:
-        if (run_dir / STATE_NAME).exists() or (run_dir / CONFIG_NAME).exists():
-            raise FileExistsError(
-                f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out"
-            )
-        state = {
-            "epoch": 0,
-            "best_score": None,
-            "best_epoch": None,
-            "wait": 0,
-            "seconds": 0.0,
-            "finished": False,
-        }
+    config, state, finished = open_run(config, run_dir, resume)
+    if finished is not None:
+        return finished
     config.engine = "torch"
     config.validate()
     check_supported(config)
 
-    data = PreparedDataset(config.data)
-    train_split = data.split(config.train_split)
-    val_split = data.split(config.val_split)
-    train_split = _subset(
-        train_split, stratified_subset(train_split.labels, config.limit_train, config.seed)
-    )
-    val_split = _subset(
-        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
-    )
-    image_shape = data.manifest["image_shape"]
-    model_config = ModelConfig(
-        **{
-            **config.model,
-            "n_classes": len(data.classes),
-            "image_size": image_shape[0],
-            "channels": image_shape[2],
-            "seed": config.seed,
-        }
-    )
-    config.model = _plain(asdict(model_config))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
 
     def write_config() -> None:
         (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
-
-    if not resume:
-        write_config()
-        _write_json(run_dir / "labels.json", data.classes)
-        _write_json(run_dir / STATE_NAME, state)
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.startswith("cuda")

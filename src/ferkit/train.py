@@ -470,6 +470,83 @@ def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
+def open_run(
+    config: TrainConfig, run_dir: Path, resume: bool
+) -> tuple[TrainConfig, dict[str, Any], TrainResult | None]:
+    """Start or reopen a run folder: the config to use, the state, and the result of a run
+    that has already finished (nothing left to do), for both training engines.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
+        FileNotFoundError: resuming a folder without a run.
+    """
+    if not resume:
+        if (run_dir / STATE_NAME).exists() or (run_dir / CONFIG_NAME).exists():
+            raise FileExistsError(
+                f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out"
+            )
+        state = {
+            "epoch": 0,
+            "best_score": None,
+            "best_epoch": None,
+            "wait": 0,
+            "seconds": 0.0,
+            "finished": False,
+        }
+        return config, state, None
+    if not (run_dir / STATE_NAME).is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no {STATE_NAME}, so no run to resume; start one without --resume"
+        )
+    config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
+    state = json.loads((run_dir / STATE_NAME).read_text())
+    _truncate_history(run_dir / HISTORY_NAME, state["epoch"])
+    if state.get("finished"):
+        logger.warning("%s: run already finished; nothing to resume", run_dir)
+        return (
+            config,
+            state,
+            TrainResult(run_dir, json.loads((run_dir / "metrics.json").read_text())),
+        )
+    return config, state, None
+
+
+def load_run_data(
+    config: TrainConfig, run_dir: Path, resume: bool, state: dict[str, Any]
+) -> tuple[PreparedDataset, Split, Split, Any]:
+    """Load the run's splits (limited as configured), resolve its model settings from the
+    data, and write a new run's ``config.yaml``, ``labels.json`` and state."""
+    from ferkit.model_config import ModelConfig
+
+    data = PreparedDataset(config.data)
+    train_split = data.split(config.train_split)
+    val_split = data.split(config.val_split)
+    train_split = _subset(
+        train_split, stratified_subset(train_split.labels, config.limit_train, config.seed)
+    )
+    val_split = _subset(
+        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
+    )
+    image_shape = data.manifest["image_shape"]
+    model_config = ModelConfig(
+        **{
+            **config.model,
+            "n_classes": len(data.classes),
+            "image_size": image_shape[0],
+            "channels": image_shape[2],
+            "seed": config.seed,
+        }
+    )
+    config.model = _plain(asdict(model_config))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    if not resume:
+        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
+        _write_json(run_dir / "labels.json", data.classes)
+        _write_json(run_dir / STATE_NAME, state)
+    return data, train_split, val_split, model_config
+
+
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike[str],
@@ -506,65 +583,15 @@ def train(
 
     keras = import_keras()
 
-    from ferkit.models import ModelConfig, build_model, set_vgg16_trainable_blocks
+    from ferkit.models import build_model, set_vgg16_trainable_blocks
 
-    run_dir = Path(run_dir)
-    state: dict[str, Any]
-    if resume:
-        if not (run_dir / STATE_NAME).is_file():
-            raise FileNotFoundError(
-                f"{run_dir}: no {STATE_NAME}, so no run to resume; start one without --resume"
-            )
-        config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
-        state = json.loads((run_dir / STATE_NAME).read_text())
-        _truncate_history(run_dir / HISTORY_NAME, state["epoch"])
-        if state.get("finished"):
-            logger.warning("%s: run already finished; nothing to resume", run_dir)
-            return TrainResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
-    else:
-        if (run_dir / STATE_NAME).exists() or (run_dir / CONFIG_NAME).exists():
-            raise FileExistsError(
-                f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out"
-            )
-        state = {
-            "epoch": 0,
-            "best_score": None,
-            "best_epoch": None,
-            "wait": 0,
-            "seconds": 0.0,
-            "finished": False,
-        }
+    config, state, finished = open_run(config, run_dir, resume)
+    if finished is not None:
+        return finished
     config.validate()
     seed_everything(config.seed)
 
-    data = PreparedDataset(config.data)
-    train_split = data.split(config.train_split)
-    val_split = data.split(config.val_split)
-    train_split = _subset(
-        train_split, stratified_subset(train_split.labels, config.limit_train, config.seed)
-    )
-    val_split = _subset(
-        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
-    )
-    image_shape = data.manifest["image_shape"]
-    model_config = ModelConfig(
-        **{
-            **config.model,
-            "n_classes": len(data.classes),
-            "image_size": image_shape[0],
-            "channels": image_shape[2],
-            "seed": config.seed,
-        }
-    )
-    config.model = _plain(asdict(model_config))
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    if not resume:
-        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
-        _write_json(run_dir / "labels.json", data.classes)
-        _write_json(run_dir / STATE_NAME, state)
-
+    data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     strategy = _strategy(config)
     with strategy.scope():
