@@ -314,6 +314,45 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "soft-labels",
+        help="copy a prepared dataset with teacher models' probabilities mixed into its "
+        "training targets (knowledge distillation; train with --soft-labels)",
+    )
+    parser.add_argument("data", type=Path, help="prepared dataset (from 'ferkit prepare')")
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        required=True,
+        help="a teacher model: run folder, bundle folder, .keras file or 'default'; repeat "
+        "for several (their probabilities are averaged)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="new dataset folder")
+    parser.add_argument(
+        "--label-weight",
+        type=float,
+        default=0.5,
+        help="weight of the true label; the teachers share the rest (default 0.5)",
+    )
+    parser.add_argument("--split", action="append", help="split(s) to relabel (default: train)")
+    parser.set_defaults(handler=_run_soft_labels)
+
+
+def _run_soft_labels(args: argparse.Namespace) -> int:
+    from ferkit.distill import write_teacher_labels
+
+    out = write_teacher_labels(
+        args.data,
+        args.teacher,
+        args.out,
+        label_weight=args.label_weight,
+        splits=tuple(args.split or ["train"]),
+    )
+    print(f"wrote {out}: train on it with --soft-labels")
+    return 0
+
+
 def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bundle",
@@ -571,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_prepare(subparsers)
     _add_train(subparsers)
+    _add_soft_labels(subparsers)
     _add_bundle(subparsers)
     _add_evaluate(subparsers)
     _add_compare(subparsers)

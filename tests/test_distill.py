@@ -1,0 +1,93 @@
+"""``ferkit soft-labels``: distillation targets from teacher models."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ferkit.bundle import load_model
+from ferkit.cli import main
+from ferkit.data import PreparedDataset
+from ferkit.distill import write_teacher_labels
+from ferkit.prepare import PrepareConfig, prepare
+from ferkit.synthetic import make_image_folder
+from ferkit.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """A prepared drawn dataset and two tiny teacher runs trained on it."""
+    root = tmp_path_factory.mktemp("distill")
+    source = make_image_folder(root / "src", per_class=30)
+    data = prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
+    runs = []
+    for seed in (1, 2):
+        config = TrainConfig(
+            data=str(data),
+            model={"widths": [8, 16, 32, 64]},
+            epochs=1,
+            batch_size=32,
+            warmup_epochs=0,
+            seed=seed,
+        )
+        runs.append(train(config, root / f"teacher{seed}", verbose=0).run_dir)
+    return data, runs
+
+
+def test_targets_mix_the_label_with_the_mean_teacher(teachers, tmp_path):
+    data, runs = teachers
+    out = write_teacher_labels(data, runs, tmp_path / "soft", label_weight=0.25)
+    source, labelled = PreparedDataset(data), PreparedDataset(out)
+    train_split = source.split("train")
+    expected_teacher = np.mean(
+        [load_model(run).predict_proba(train_split.images) for run in runs], axis=0
+    )
+    got = labelled.split("train")
+    np.testing.assert_allclose(
+        got.soft_labels, 0.25 * train_split.one_hot() + 0.75 * expected_teacher, atol=1e-5
+    )
+    np.testing.assert_allclose(got.soft_labels.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(got.images, train_split.images)
+    np.testing.assert_array_equal(got.labels, train_split.labels)
+    val = labelled.split("val")  # validation keeps the truth
+    np.testing.assert_array_equal(val.soft_labels, source.split("val").one_hot())
+    record = json.loads((out / "manifest.json").read_text())["teacher_labels"]
+    assert record["label_weight"] == 0.25 and record["splits"] == ["train"]
+    assert record["teachers"] == [str(run) for run in runs]
+
+
+def test_training_on_teacher_targets(teachers, tmp_path):
+    data, runs = teachers
+    assert (
+        main(["soft-labels", str(data), "--teacher", str(runs[0]), "--out", str(tmp_path / "s")])
+        == 0
+    )
+    config = TrainConfig(
+        data=str(tmp_path / "s"),
+        model={"widths": [8, 16, 32, 64]},
+        epochs=1,
+        batch_size=32,
+        warmup_epochs=0,
+        soft_labels=True,
+    )
+    result = train(config, tmp_path / "student", verbose=0)
+    assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
+    assert (tmp_path / "student" / "checkpoints" / "best.keras").is_file()
+
+
+def test_bad_requests_are_refused_with_the_reason(teachers, tmp_path):
+    data, runs = teachers
+    with pytest.raises(ValueError, match="at least one teacher"):
+        write_teacher_labels(data, [], tmp_path / "a")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        write_teacher_labels(data, runs, tmp_path / "b", label_weight=1.5)
+    with pytest.raises(ValueError, match="no split"):
+        write_teacher_labels(data, runs, tmp_path / "c", splits=("nope",))
+    # The drawn set has four classes, the bundled model seven.
+    assert len(PreparedDataset(data).classes) < len(load_model(None).classes)
+    with pytest.raises(ValueError, match="classes"):
+        write_teacher_labels(data, ["default"], tmp_path / "d")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="exists"):
+        write_teacher_labels(data, runs, tmp_path / "taken")
+    assert not list(tmp_path.glob(".soft-labels-*"))  # no half-written folder left
