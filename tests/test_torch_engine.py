@@ -91,11 +91,15 @@ def test_torch_after_tensorflow_in_one_process_is_refused():
         import_torch()
 
 
-def test_time_budget_needs_the_torch_engine(tmp_path):
+def test_time_budget_needs_the_torch_engine(tmp_path, capsys):
     from ferkit.cli import main
+    from ferkit.train import train
 
-    with pytest.raises(SystemExit, match="--engine torch"):
-        main(["train", "--out", str(tmp_path / "run"), "--time-budget", "10"])
+    with pytest.raises(ValueError, match="--engine torch"):
+        train(TrainConfig(), tmp_path / "api", time_budget=10)
+    assert main(["train", "--out", str(tmp_path / "run"), "--time-budget", "10"]) == 2
+    assert "--time-budget needs --engine torch" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "api").exists()
 
 
 def test_sgd_option_on_the_keras_engine():

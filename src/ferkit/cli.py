@@ -302,14 +302,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.weights:
         model["weights"] = None if args.weights.lower() == "none" else args.weights
     config.model = model
-    if args.time_budget is not None:
-        from ferkit.torch_train import train_torch
-
-        if config.engine != "torch":
-            raise SystemExit("ferkit train: --time-budget needs --engine torch")
-        result = train_torch(config, args.out, resume=args.resume, time_budget=args.time_budget)
-    else:
-        result = train(config, args.out, resume=args.resume)
+    result = train(config, args.out, resume=args.resume, time_budget=args.time_budget)
     print(json.dumps(result.metrics, indent=2))
     return 0
 

@@ -25,28 +25,25 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ferkit.train import (
     BEST_CHECKPOINT,
     CONFIG_NAME,
-    HISTORY_NAME,
     STATE_NAME,
     TrainConfig,
     TrainResult,
-    _append_history,
     _epoch_order,
-    _plain,
     _targets,
     _write_json,
     class_weights,
     load_run_data,
     open_run,
+    record_epoch,
+    write_run_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -411,9 +408,6 @@ def train_torch(
 
     data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
 
-    def write_config() -> None:
-        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = device.startswith("cuda")
     if on_gpu:
@@ -428,8 +422,9 @@ def train_torch(
     else:
         optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=KERAS_ADAM_EPSILON)
     if config.init_from and not resume:
-        load_torch_from_keras_weights(module, _torch_init_weights(config.init_from))
-        _write_json(run_dir / "init.json", {"source": str(_torch_init_weights(config.init_from))})
+        source = _torch_init_weights(config.init_from)
+        load_torch_from_keras_weights(module, source)
+        _write_json(run_dir / "init.json", {"source": str(source)})
     if resume and (run_dir / LAST_TORCH_CHECKPOINT).exists():
         saved = torch.load(run_dir / LAST_TORCH_CHECKPOINT, map_location=device)
         module.load_state_dict(saved["model"])
@@ -475,7 +470,7 @@ def train_torch(
                         config.epochs,
                     )
                     config.epochs = max(fits, epoch)
-                    write_config()
+                    write_run_config(run_dir, config)
                     if epoch >= config.epochs:
                         break
             if elapsed + last_epoch_seconds > time_budget:
@@ -540,20 +535,15 @@ def train_torch(
             "learning_rate": rate,
             "seconds": round(seconds, 2),
         }
-        _append_history(run_dir / HISTORY_NAME, row)
+        improved = record_epoch(run_dir, state, row)
         print(
             f"epoch {epoch + 1}/{config.epochs} - {seconds:.1f}s - loss {row['loss']:.4f} - "
             f"accuracy {row['accuracy']:.4f} - val_loss {val_loss:.4f} - "
             f"val_accuracy {val_accuracy:.4f}",
             flush=True,
         )
-        state["epoch"] = epoch + 1
-        state["seconds"] = state["seconds"] + seconds
-        if state["best_score"] is None or val_accuracy > state["best_score"]:
-            state.update(best_score=val_accuracy, best_epoch=epoch + 1, wait=0)
+        if improved:
             save_keras_weights(module, run_dir / BEST_WEIGHTS)
-        else:
-            state["wait"] += 1
         torch.save(
             {"model": module.state_dict(), "optimizer": optimizer.state_dict()},
             run_dir / (LAST_TORCH_CHECKPOINT + ".tmp"),

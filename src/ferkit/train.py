@@ -470,6 +470,24 @@ def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
+def write_run_config(run_dir: Path, config: TrainConfig) -> None:
+    """Write the run's resolved ``config.yaml``."""
+    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
+
+
+def record_epoch(run_dir: Path, state: dict[str, Any], row: dict[str, float]) -> bool:
+    """Append an epoch's history row and advance the state (epoch, time, best score,
+    patience); the caller saves checkpoints and the state. Returns whether val improved."""
+    _append_history(run_dir / HISTORY_NAME, row)
+    state["epoch"] = int(row["epoch"])
+    state["seconds"] = state["seconds"] + row["seconds"]
+    if state["best_score"] is None or row["val_accuracy"] > state["best_score"]:
+        state.update(best_score=row["val_accuracy"], best_epoch=int(row["epoch"]), wait=0)
+        return True
+    state["wait"] += 1
+    return False
+
+
 def open_run(
     config: TrainConfig, run_dir: Path, resume: bool
 ) -> tuple[TrainConfig, dict[str, Any], TrainResult | None]:
@@ -541,7 +559,7 @@ def load_run_data(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if not resume:
-        (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
+        write_run_config(run_dir, config)
         _write_json(run_dir / "labels.json", data.classes)
         _write_json(run_dir / STATE_NAME, state)
     return data, train_split, val_split, model_config
@@ -554,6 +572,7 @@ def train(
     resume: bool = False,
     verbose: int | None = None,
     stop_after_epochs: int | None = None,
+    time_budget: float | None = None,
 ) -> TrainResult:
     """Train (or resume) a run.
 
@@ -565,10 +584,13 @@ def train(
             epoch otherwise).
         stop_after_epochs: end this call after that many epochs, as if the process had
             been killed (used to test resuming); the run stays resumable.
+        time_budget: torch engine only: seconds to fit the run into (see
+            :func:`ferkit.torch_train.train_torch`).
 
     Raises:
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
         FileNotFoundError: resuming a folder without a run.
+        ValueError: ``time_budget`` with the Keras engine.
     """
     run_dir = Path(run_dir)
     engine = config.engine
@@ -577,7 +599,15 @@ def train(
     if engine == "torch":
         from ferkit.torch_train import train_torch
 
-        return train_torch(config, run_dir, resume=resume, stop_after_epochs=stop_after_epochs)
+        return train_torch(
+            config,
+            run_dir,
+            resume=resume,
+            stop_after_epochs=stop_after_epochs,
+            time_budget=time_budget,
+        )
+    if time_budget is not None:
+        raise ValueError("--time-budget needs --engine torch")
 
     from ferkit._tf import import_keras
 
@@ -640,15 +670,8 @@ def train(
         row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in logs.items()}}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         row["seconds"] = round(seconds, 2)
-        _append_history(run_dir / HISTORY_NAME, row)
-        score = row["val_accuracy"]
-        state["epoch"] = epoch + 1
-        state["seconds"] = state["seconds"] + seconds
-        if state["best_score"] is None or score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch + 1, wait=0)
+        if record_epoch(run_dir, state, row):
             model.save(run_dir / BEST_CHECKPOINT)
-        else:
-            state["wait"] += 1
         model.save(run_dir / LAST_CHECKPOINT)
         _save_seed_states(model, run_dir / LAST_RNG)
         _write_json(run_dir / STATE_NAME, state)
