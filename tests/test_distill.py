@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ferkit.bundle import load_model
+from ferkit.bundle import load_model, write_model_card
 from ferkit.cli import main
 from ferkit.data import PreparedDataset
 from ferkit.distill import write_teacher_labels
@@ -73,6 +73,16 @@ def test_training_on_teacher_targets(teachers, tmp_path):
     result = train(config, tmp_path / "student", verbose=0)
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
     assert (tmp_path / "student" / "checkpoints" / "best.keras").is_file()
+    # The model card says what the targets were and which teachers gave them.
+    val = PreparedDataset(tmp_path / "s").split("val")
+    card = write_model_card(tmp_path / "student", val, load_model(tmp_path / "student"))
+    teacher = json.loads((runs[0] / "metrics.json").read_text())["val_accuracy"]
+    assert (
+        "Targets (knowledge distillation, `ferkit soft-labels`): 0.5 x the label + 0.5 x the mean"
+        f" calibrated probabilities of 1 teacher model(s): `{runs[0]}` ({teacher:.2%} on val)."
+    ) in card
+    card = write_model_card(runs[0], val, load_model(runs[0]))  # trained on plain labels
+    assert "Targets" not in card
 
 
 def test_bad_requests_are_refused_with_the_reason(teachers, tmp_path):

@@ -97,12 +97,12 @@ def benchmark_models(
         "float32"
     )
     targets = np.eye(7, dtype="float32")[rng.integers(0, 7, len(images))]
-    # Each architecture at the settings that matter: the shipped default model's, the GPU
-    # candidate (three blocks a stage), the larger preset, and VGG16 at 48 px.
+    # Each architecture at the settings that matter: the shipped default model's (three
+    # blocks a stage), the CPU recipe (two), the larger preset, and VGG16 at 48 px.
     presets = {
         "ferkit_cnn": [
-            ("ferkit_cnn shipped (32-256)", {"widths": (32, 64, 128, 256)}),
-            ("ferkit_cnn 32-256 x3 blocks", {"blocks_per_stage": 3}),
+            ("ferkit_cnn shipped (32-256 x3)", {"blocks_per_stage": 3}),
+            ("ferkit_cnn CPU recipe (x2)", {"blocks_per_stage": 2}),
             ("ferkit_cnn large (48-384)", {"widths": (48, 96, 192, 384)}),
         ],
         "vgg16": [("vgg16 @48 px", {"weights": None, "backbone_size": 48})],

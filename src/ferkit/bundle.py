@@ -258,6 +258,29 @@ def accuracy_floor(accuracy: float) -> float:
     return math.floor(accuracy * 100) / 100
 
 
+def _distillation_note(config: dict[str, Any]) -> str:
+    """A card line on the training targets when the run trained on ``ferkit soft-labels``."""
+    manifest = Path(config["data"]) / "manifest.json"
+    if not config.get("soft_labels") or not manifest.is_file():
+        return ""
+    teachers = json.loads(manifest.read_text()).get("teacher_labels")
+    if not teachers:
+        return ""
+    described = []
+    for teacher in teachers["teachers"]:
+        teacher_metrics = Path(teacher) / "metrics.json"
+        if teacher_metrics.is_file():
+            accuracy = json.loads(teacher_metrics.read_text())["val_accuracy"]
+            described.append(f"`{teacher}` ({accuracy:.2%} on val)")
+        else:
+            described.append(f"`{teacher}`")
+    return (
+        f"\n- Targets (knowledge distillation, `ferkit soft-labels`): {teachers['label_weight']:g}"
+        f" x the label + {1 - teachers['label_weight']:g} x the mean calibrated probabilities of"
+        f" {len(described)} teacher model(s): {', '.join(described)}."
+    )
+
+
 def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: LoadedModel) -> str:
     """A Markdown model card: data, config, per-class validation metrics, calibration,
     training time on this machine, and limitations."""
@@ -303,6 +326,7 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
                 else f"{parent_hours:.1f} h: {hours + parent_hours:.1f} h in all"
             )
         lineage += "."
+    targets = _distillation_note(config)
     if metrics.get("trained_on"):
         trained = f"{hours * 60:.1f} min on {metrics['trained_on']}"
     else:
@@ -316,7 +340,7 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
 ## Data
 - Trained on FER2013 `{config["train_split"]}` (28,709 faces, 48x48 grayscale), model selected
   on FER2013 `{config["val_split"]}` (PublicTest, {len(val_split.labels):,} faces). The
-  PrivateTest split was never used.
+  PrivateTest split was never used.{targets}
 - Classes, in output order: {", ".join(loaded.classes)}.
 
 ## Results on FER2013 val (single model, no test-time augmentation)
