@@ -68,6 +68,41 @@ def test_vgg16_loads_a_local_weights_file(tmp_path):
         np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
 
 
+def test_vgg16_imagenet_weights_come_through_keras_download(tmp_path, monkeypatch):
+    """``--weights imagenet`` loads the file Keras downloads (the download itself is
+    replaced by a local file: no test may fetch weights); a failed download is a clear
+    error that names the fix."""
+    import h5py
+    import keras
+    from keras.src.applications import vgg16 as keras_vgg16
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    from ferkit.models import VGG16_NOTOP_FILE
+
+    reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(48, 48, 3))
+    path = tmp_path / VGG16_NOTOP_FILE  # Keras's file and its legacy HDF5 layout,
+    with h5py.File(path, "w") as handle:  # random weights standing in for ImageNet's
+        save_weights_to_hdf5_group(handle, reference)
+    requested = []
+
+    def fake_get_file(fname, origin, **kwargs):
+        requested.append((fname, origin))
+        return str(path)
+
+    monkeypatch.setattr(keras_vgg16.file_utils, "get_file", fake_get_file)
+    model = build_model(ModelConfig(arch="vgg16", weights="imagenet", head_units=16))
+    assert requested == [(VGG16_NOTOP_FILE, keras_vgg16.WEIGHTS_PATH_NO_TOP)]
+    for loaded, expected in zip(vgg16_backbone(model).weights, reference.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
+
+    def offline(fname, origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name not known")
+
+    monkeypatch.setattr(keras_vgg16.file_utils, "get_file", offline)
+    with pytest.raises(OSError, match=f"fetch {VGG16_NOTOP_FILE}.*--weights PATH"):
+        build_model(ModelConfig(arch="vgg16", weights="imagenet"))
+
+
 def test_vgg16_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--weights imagenet"):
         build_model(ModelConfig(arch="vgg16", weights=str(tmp_path / "nope.h5")))

@@ -171,6 +171,31 @@ def test_vgg16_two_phases_train(drawn, tmp_path):
     assert result.metrics["epochs_trained"] == 2
 
 
+def test_a_run_whose_weights_cannot_load_leaves_nothing_behind(drawn, tmp_path, monkeypatch):
+    """An offline ``--weights imagenet`` fails with the fix in the message, exit status 2,
+    and no half-made run folder, so the corrected command can reuse the same --out."""
+    from keras.src.applications import vgg16 as keras_vgg16
+
+    from ferkit.cli import main
+
+    def offline(fname, origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name not known")
+
+    monkeypatch.setattr(keras_vgg16.file_utils, "get_file", offline)
+    argv = ["train", "--data", str(drawn), "--arch", "vgg16", "--weights", "imagenet"]
+    assert main([*argv, "--epochs", "1", "--out", str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty again
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OSError, match="--weights PATH"):
+        train(_config(drawn, model={"arch": "vgg16", "weights": "imagenet"}), tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # The same folder then takes a run that works.
+    config = _config(drawn, model={"arch": "vgg16", "weights": None, "head_units": 16})
+    config.epochs, config.limit_train = 1, 32
+    assert train(config, tmp_path / "mine", verbose=0).metrics["epochs_trained"] == 1
+
+
 def test_stratified_subset_and_class_weights():
     labels = np.array([0] * 80 + [1] * 20)
     subset = stratified_subset(labels, 10, seed=0)

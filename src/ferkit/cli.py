@@ -627,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError) as error:  # OSError: missing files, downloads
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ferkit {args.command}: error: {message}", file=sys.stderr)
         return 2

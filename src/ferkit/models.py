@@ -149,6 +149,9 @@ def build_ferkit_cnn(config: ModelConfig) -> keras.Model:
     return keras.Model(inputs, outputs, name="ferkit_cnn")
 
 
+VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras's file name
+
+
 @register("vgg16")
 def build_vgg16(config: ModelConfig) -> keras.Model:
     """Keras's VGG16 as a feature extractor with a new head (transfer learning).
@@ -167,9 +170,19 @@ def build_vgg16(config: ModelConfig) -> keras.Model:
                 "internet), --weights none, or the path of a VGG16 (include_top=False) file"
             )
     size = config.backbone_size
-    backbone = keras.applications.VGG16(
-        include_top=False, weights=weights, input_shape=(size, size, 3), pooling=None
-    )
+    try:
+        backbone = keras.applications.VGG16(
+            include_top=False, weights=weights, input_shape=(size, size, 3), pooling=None
+        )
+    except Exception as error:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet" or "URL fetch failure" not in str(error):
+            raise
+        raise OSError(
+            f"VGG16 ImageNet weights could not be downloaded ({error}). Without internet, "
+            f"fetch {VGG16_NOTOP_FILE} on a machine that has it (Keras keeps it in "
+            "~/.keras/models/) and pass --weights PATH to that file, or train with "
+            "--weights none"
+        ) from error
     backbone.trainable = False
     inputs, x = _input_and_augment(config)
     if size != config.image_size:

@@ -43,6 +43,7 @@ from ferkit.train import (
     load_run_data,
     open_run,
     record_epoch,
+    removed_on_failure,
     write_run_config,
 )
 
@@ -406,25 +407,28 @@ def train_torch(
     config.validate()
     check_supported(config)
 
-    data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
+    with removed_on_failure(run_dir, resume):
+        data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.startswith("cuda")
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
-    torch.manual_seed(config.seed)
-    module = build_torch_model(model_config).to(device).to(memory_format=torch.channels_last)
-    parameters = list(module.parameters())
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(
-            parameters, lr=config.learning_rate, momentum=0.9, nesterov=True
-        )
-    else:
-        optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=KERAS_ADAM_EPSILON)
-    if config.init_from and not resume:
-        source = _torch_init_weights(config.init_from)
-        load_torch_from_keras_weights(module, source)
-        _write_json(run_dir / "init.json", {"source": str(source)})
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = device.startswith("cuda")
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True
+        torch.manual_seed(config.seed)
+        module = build_torch_model(model_config).to(device).to(memory_format=torch.channels_last)
+        parameters = list(module.parameters())
+        if config.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                parameters, lr=config.learning_rate, momentum=0.9, nesterov=True
+            )
+        else:
+            optimizer = torch.optim.Adam(
+                parameters, lr=config.learning_rate, eps=KERAS_ADAM_EPSILON
+            )
+        if config.init_from and not resume:
+            source = _torch_init_weights(config.init_from)
+            load_torch_from_keras_weights(module, source)
+            _write_json(run_dir / "init.json", {"source": str(source)})
     if resume and (run_dir / LAST_TORCH_CHECKPOINT).exists():
         saved = torch.load(run_dir / LAST_TORCH_CHECKPOINT, map_location=device)
         module.load_state_dict(saved["model"])

@@ -23,8 +23,10 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -529,6 +531,26 @@ def open_run(
     return config, state, None
 
 
+@contextlib.contextmanager
+def removed_on_failure(run_dir: Path, resume: bool) -> Iterator[None]:
+    """Undo a new run's folder when setting it up fails before its first epoch (a model
+    that cannot be built, weights that cannot be loaded), so the same command can simply
+    be run again; a resumed run's folder is never touched."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not resume:
+            if not existed:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # a folder the user made: take back only what the run wrote
+                for name in (CONFIG_NAME, "labels.json", STATE_NAME, "init.json"):
+                    (run_dir / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (run_dir / "checkpoints").rmdir()
+        raise
+
+
 def load_run_data(
     config: TrainConfig, run_dir: Path, resume: bool, state: dict[str, Any]
 ) -> tuple[PreparedDataset, Split, Split, Any]:
@@ -621,19 +643,20 @@ def train(
     config.validate()
     seed_everything(config.seed)
 
-    data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    strategy = _strategy(config)
-    with strategy.scope():
-        if resume and (run_dir / LAST_CHECKPOINT).exists():
-            model = keras.models.load_model(run_dir / LAST_CHECKPOINT)
-            _restore_seed_states(model, run_dir / LAST_RNG)
-        else:
-            model = build_model(model_config)
-            if config.init_from:
-                _write_json(run_dir / "init.json", initialise_from(model, config.init_from))
-            phase = 2 if state["epoch"] >= config.epochs else 1
-            compile_model(model, config, steps_per_epoch, phase)
+    with removed_on_failure(run_dir, resume):
+        data, train_split, val_split, model_config = load_run_data(config, run_dir, resume, state)
+        steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+        strategy = _strategy(config)
+        with strategy.scope():
+            if resume and (run_dir / LAST_CHECKPOINT).exists():
+                model = keras.models.load_model(run_dir / LAST_CHECKPOINT)
+                _restore_seed_states(model, run_dir / LAST_RNG)
+            else:
+                model = build_model(model_config)
+                if config.init_from:
+                    _write_json(run_dir / "init.json", initialise_from(model, config.init_from))
+                phase = 2 if state["epoch"] >= config.epochs else 1
+                compile_model(model, config, steps_per_epoch, phase)
     weights = (
         class_weights(train_split.labels, len(data.classes))
         if config.class_weighting == "balanced"
