@@ -10,8 +10,23 @@ import pytest
 from PIL import Image
 
 from ferkit.benchmark import shared_dir
+from ferkit.train import TrainConfig
 
 SHARED = shared_dir()
+TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
+
+
+def tiny_train_config(data: str | os.PathLike[str], **overrides) -> TrainConfig:
+    """Settings for a seconds-long test run on ``data``: a tiny ferkit_cnn, one epoch of
+    batches of 32, no warm-up; ``overrides`` replace any field."""
+    values = {
+        "data": str(data),
+        "model": dict(TINY_MODEL),
+        "epochs": 1,
+        "batch_size": 32,
+        "warmup_epochs": 0,
+    }
+    return TrainConfig(**{**values, **overrides})
 
 
 def require_shared(*parts: str) -> Path:

@@ -2,13 +2,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_train_config
 
 from ferkit.bundle import ChecksumError, bundle_run, load_model, write_model_card
 from ferkit.cli import main
 from ferkit.data import PreparedDataset
 from ferkit.prepare import PrepareConfig, prepare
 from ferkit.synthetic import make_image_folder
-from ferkit.train import TrainConfig, train
+from ferkit.train import train
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +17,7 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     source = make_image_folder(root / "src", per_class=30)
     data = prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
-    config = TrainConfig(
-        data=str(data), model={"widths": [8, 16, 32, 64]}, epochs=1, batch_size=32, warmup_epochs=0
-    )
-    train(config, root / "run", verbose=0)
+    train(tiny_train_config(data), root / "run", verbose=0)
     return root / "run", data
 
 
@@ -81,15 +79,7 @@ def test_bundle_command(finished_run, tmp_path, capsys):
 
 def _fine_tune(parent, data, out):
     """One epoch started from ``parent``'s weights (a run with ``init_from``)."""
-    config = TrainConfig(
-        data=str(data),
-        model={"widths": [8, 16, 32, 64]},
-        epochs=1,
-        batch_size=32,
-        warmup_epochs=0,
-        init_from=str(parent),
-    )
-    train(config, out, verbose=0)
+    train(tiny_train_config(data, init_from=str(parent)), out, verbose=0)
 
 
 def test_model_card_of_a_fine_tuned_run_names_its_parent(finished_run, tmp_path):

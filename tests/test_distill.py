@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_train_config
 
 from ferkit.bundle import load_model, write_model_card
 from ferkit.cli import main
@@ -11,7 +12,7 @@ from ferkit.data import PreparedDataset
 from ferkit.distill import write_teacher_labels
 from ferkit.prepare import PrepareConfig, prepare
 from ferkit.synthetic import make_image_folder
-from ferkit.train import TrainConfig, train
+from ferkit.train import train
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +23,7 @@ def teachers(tmp_path_factory):
     data = prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
     runs = []
     for seed in (1, 2):
-        config = TrainConfig(
-            data=str(data),
-            model={"widths": [8, 16, 32, 64]},
-            epochs=1,
-            batch_size=32,
-            warmup_epochs=0,
-            seed=seed,
-        )
+        config = tiny_train_config(data, seed=seed)
         runs.append(train(config, root / f"teacher{seed}", verbose=0).run_dir)
     return data, runs
 
@@ -62,14 +56,7 @@ def test_training_on_teacher_targets(teachers, tmp_path):
         main(["soft-labels", str(data), "--teacher", str(runs[0]), "--out", str(tmp_path / "s")])
         == 0
     )
-    config = TrainConfig(
-        data=str(tmp_path / "s"),
-        model={"widths": [8, 16, 32, 64]},
-        epochs=1,
-        batch_size=32,
-        warmup_epochs=0,
-        soft_labels=True,
-    )
+    config = tiny_train_config(tmp_path / "s", soft_labels=True)
     result = train(config, tmp_path / "student", verbose=0)
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
     assert (tmp_path / "student" / "checkpoints" / "best.keras").is_file()

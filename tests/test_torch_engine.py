@@ -16,12 +16,12 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_MODEL
 
 from ferkit.model_config import AugmentConfig
 from ferkit.torch_train import check_supported, learning_rate_at
 from ferkit.train import TrainConfig, _learning_rate, read_history
 
-TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
 NO_AUGMENT = asdict(AugmentConfig.off())
 
 

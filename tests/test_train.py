@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from conftest import TINY_MODEL, tiny_train_config
 
 from ferkit.calibration import (
     expected_calibration_error,
@@ -17,7 +18,6 @@ from ferkit.synthetic import make_image_folder
 from ferkit.train import TrainConfig, class_weights, read_history, stratified_subset, train
 
 NO_AUGMENT = asdict(AugmentConfig.off())
-TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +30,7 @@ def drawn(tmp_path_factory):
 
 
 def _config(data, **overrides):
-    values = {
-        "data": str(data),
-        "model": dict(TINY_MODEL),
-        "epochs": 3,
-        "batch_size": 32,
-        "warmup_epochs": 0,
-        "seed": 7,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_train_config(data, **{"epochs": 3, "seed": 7, **overrides})
 
 
 def test_run_folder_describes_itself(drawn, tmp_path):

@@ -18,6 +18,11 @@ class AugmentConfig:
     erasing: float = 0.25  # probability-like strength of random erasing; 0 disables
     sharpness: float = 0.0  # blend towards blurred or sharpened by up to this; 0 disables
 
+    def sharpness_range(self) -> tuple[float, float]:
+        """Keras ``RandomSharpness`` factors for ``sharpness``: centred on 0.5 (the image
+        unchanged), from smoothed (0) to sharpened (1)."""
+        return max(0.0, 0.5 - self.sharpness / 2), min(1.0, 0.5 + self.sharpness / 2)
+
     @classmethod
     def off(cls) -> AugmentConfig:
         """No augmentation at all (short tests, or data augmented elsewhere)."""

@@ -74,8 +74,9 @@ def augmentation(config: AugmentConfig, seed: int = 0) -> keras.Sequential:
         steps.append(layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 5))
     if config.sharpness:
         # Real photos cropped to 48 px are sharper than FER2013's upscaled faces: train on both.
-        low, high = max(0.0, 0.5 - config.sharpness / 2), min(1.0, 0.5 + config.sharpness / 2)
-        steps.append(layers.RandomSharpness((low, high), value_range=(0, 255), seed=seed + 7))
+        steps.append(
+            layers.RandomSharpness(config.sharpness_range(), value_range=(0, 255), seed=seed + 7)
+        )
     if config.erasing:
         steps.append(
             layers.RandomErasing(

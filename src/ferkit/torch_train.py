@@ -310,8 +310,7 @@ def augment_batch(images: Any, augment: Any, generator: Any) -> Any:
         mean = images.mean(dim=(2, 3), keepdim=True)
         images = ((images - mean) * factor[:, None, None, None] + mean).clamp(0, 255)
     if augment.sharpness:
-        low, high = max(0.0, 0.5 - augment.sharpness / 2), min(1.0, 0.5 + augment.sharpness / 2)
-        images = sharpen(images, 2 * uniform(low, high))
+        images = sharpen(images, 2 * uniform(*augment.sharpness_range()))
     if augment.erasing:
         chosen = uniform(0, 1) < augment.erasing
         area = uniform(0.02, 0.15) * height * width
