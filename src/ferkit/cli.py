@@ -6,31 +6,89 @@ Nothing heavy is imported at module level, so ``ferkit --help`` answers instantl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ferkit import __version__
 
 logger = logging.getLogger("ferkit")
+
+#: Exit statuses, documented in ``ferkit --help`` and the README.
+EXIT_STATUSES = (
+    "exit status: 0 done; 2 refused (bad arguments or input, an --out that holds results, "
+    "a damaged model) with nothing written; 3 completed, but some inputs failed (each is "
+    "listed in the summary); 1 unexpected internal error; 130 interrupted"
+)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (settings that come from --config say so)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "(default" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _train_default(name: str) -> str:
+    """'(default: VALUE, or the --config file's)' for a TrainConfig field."""
+    from ferkit.train import TrainConfig
+
+    value = TrainConfig.__dataclass_fields__[name].default
+    return f"(default: {value}, or the --config file's)"
+
+
+OUTPUT_POLICY = (
+    "Results are written whole or not at all (into a hidden folder beside --out, renamed "
+    "into place when complete). An --out that already holds files is refused unless "
+    "--overwrite is given, and --overwrite replaces only an earlier output of the same "
+    "command. An --out inside an input is refused. A second run into the same --out while "
+    "one is running fails at once."
+)
+
+
+def _overwrite_flag(parser: argparse.ArgumentParser, what: str = "results") -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace the {what} of an earlier run of this command in --out",
+    )
 
 
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare",
         help="turn an image folder, fer2013.csv or FER+ into a compact training set",
+        formatter_class=_HelpFormatter,
         description=(
             "Read a facial-expression dataset (image folders with one sub-folder per class, "
             "optionally under train/val/test folders; fer2013.csv; or Microsoft's FER+ "
             "layout), find or crop the faces, and write one .npz per split plus a "
-            "manifest.json listing classes, counts, settings and every skipped item."
+            "manifest.json listing classes, counts, settings and every skipped item.\n\n"
+            + OUTPUT_POLICY
+            + " --out may not be, contain or lie inside the source."
         ),
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("source", type=Path, help="dataset folder or fer2013.csv file")
     parser.add_argument("--out", type=Path, required=True, help="output folder to create")
     parser.add_argument(
-        "--format", default="auto", choices=["auto", "folder", "fer2013-csv", "ferplus"]
+        "--format",
+        default="auto",
+        choices=["auto", "folder", "fer2013-csv", "ferplus"],
+        help="source layout; auto detects it",
     )
     parser.add_argument(
         "--faces",
@@ -48,7 +106,18 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=48, help="output side in pixels (48)")
     parser.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 gray, 3 RGB")
     parser.add_argument("--margin", type=float, default=0.15, help="context around a detection")
-    parser.add_argument("--crop-max-side", type=int, default=128)
+    parser.add_argument(
+        "--crop-max-side",
+        type=int,
+        default=128,
+        help="auto mode: roughly square images at most this many pixels wide are crops",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=40_000_000,
+        help="pixel budget of one image: larger JPEGs are decoded reduced, others are refused",
+    )
     parser.add_argument(
         "--val-fraction",
         type=float,
@@ -75,7 +144,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-compress", action="store_true", help="write uncompressed .npz")
     parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _overwrite_flag(parser, "prepared dataset")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_prepare)
 
@@ -99,17 +168,19 @@ def _run_prepare(args: argparse.Namespace) -> int:
         dedupe=args.dedupe,
         compress=not args.no_compress,
         workers=args.workers,
+        max_pixels=args.max_pixels,
     )
     result = prepare(
         args.source, args.out, config, overwrite=args.overwrite, progress=not args.quiet
     )
     print(format_summary(result))
-    return 0
+    return 3 if result.manifest["failed"] else 0
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
+        formatter_class=_HelpFormatter,
         help="generate a small dataset (with some bad files) and prepare it",
         description=(
             "Generate a small image-folder dataset of drawn faces in several formats, "
@@ -158,7 +229,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "benchmark", help="time ferkit's stages on this machine and print the figures"
+        "benchmark",
+        formatter_class=_HelpFormatter,
+        help="time ferkit's stages on this machine and print the figures",
     )
     parser.add_argument(
         "stage",
@@ -175,7 +248,9 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         help="dataset to prepare (default: the shared FER2013, $FERKIT_SHARED/datasets/fer2013)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="prepare: processes (0: one per core)"
+    )
     parser.add_argument(
         "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
     )
@@ -209,78 +284,107 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model on a prepared dataset (resumable)",
+        formatter_class=_HelpFormatter,
         description=(
             "Train a model into a run folder that describes itself (config.yaml, "
             "labels.json, history.csv, checkpoints, calibration.json, metrics.json). "
-            "Settings come from --config (YAML) and are overridden by the flags below."
+            "Settings come from --config (YAML) and are overridden by the flags below; a "
+            "flag's default is the --config file's value, else the one shown.\n\n"
+            "A folder that holds a run is refused unless --resume (continue it, with its "
+            "own settings) or --overwrite (replace it: only the run's own files are "
+            "removed). Checkpoints are written atomically and checked on --resume. A second "
+            "process training into the same folder fails at once."
         ),
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--config", type=Path, help="YAML settings (see configs/)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _overwrite_flag(parser, "run")
     parser.add_argument(
         "--finish",
         action="store_true",
         help="end the (stopped) run in --out now: calibrate its best checkpoint, write metrics",
     )
-    parser.add_argument("--data", help="prepared dataset folder (ferkit prepare --out)")
-    parser.add_argument("--arch", help="architecture: ferkit_cnn or vgg16")
+    parser.add_argument("--data", help=f"prepared dataset folder {_train_default('data')}")
+    parser.add_argument("--arch", help="architecture: ferkit_cnn or vgg16 (default: ferkit_cnn)")
     parser.add_argument(
-        "--weights", help="vgg16 backbone: imagenet (downloads), none, or a local weights file"
+        "--weights",
+        help="vgg16 backbone: imagenet (downloads), none, or a local weights file (default: none)",
     )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--fine-tune-epochs", type=int, help="vgg16 phase two epochs")
-    parser.add_argument("--fine-tune-blocks", type=int, help="vgg16 blocks to unfreeze")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--class-weighting", choices=["none", "balanced"])
-    parser.add_argument("--sampling", choices=["shuffle", "balanced"])
-    parser.add_argument("--mixup-alpha", type=float)
-    parser.add_argument("--soft-labels", action="store_true", default=None)
-    parser.add_argument("--early-stopping-patience", type=int)
-    parser.add_argument("--limit-train", type=int, help="train on a stratified subset")
+    for flag, kind, text in (
+        ("--epochs", int, "epochs"),
+        ("--fine-tune-epochs", int, "vgg16 phase two epochs"),
+        ("--fine-tune-blocks", int, "vgg16 blocks to unfreeze"),
+        ("--batch-size", int, "batch size"),
+        ("--learning-rate", float, "peak learning rate"),
+        ("--label-smoothing", float, "label smoothing"),
+        ("--mixup-alpha", float, "mixup's Beta(alpha, alpha); 0 disables it"),
+        ("--early-stopping-patience", int, "epochs without val improvement; 0 disables it"),
+        ("--limit-train", int, "train on a stratified subset of this many faces; 0: all"),
+        ("--val-fraction", float, "share of train held out when the data has no val split"),
+        ("--time-budget", float, "torch engine: fit the planned epochs into SECONDS"),
+        ("--seed", int, "seed of initialisation, shuffling and augmentation"),
+    ):
+        name = flag[2:].replace("-", "_")
+        default = "" if name == "time_budget" else " " + _train_default(name)
+        parser.add_argument(flag, type=kind, help=f"{text}{default}")
+    parser.add_argument(
+        "--class-weighting",
+        choices=["none", "balanced"],
+        help=f"loss weights per class {_train_default('class_weighting')}",
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=["shuffle", "balanced"],
+        help=f"batch sampling {_train_default('sampling')}",
+    )
+    parser.add_argument(
+        "--soft-labels",
+        action="store_true",
+        default=None,
+        help="train on the dataset's soft labels (FER+ votes, teacher targets)",
+    )
     parser.add_argument(
         "--distribute",
         choices=["none", "mirrored", "multiworker"],
-        help="mirrored: all GPUs of this machine; multiworker: several machines (TF_CONFIG)",
+        help="mirrored: all GPUs of this machine; multiworker: several machines (TF_CONFIG) "
+        + _train_default("distribute"),
     )
     parser.add_argument(
         "--init-from",
         help="start from a model's weights (same layers by name and shape): a .keras file, "
-        "a run folder, or 'default' to fine-tune the shipped model",
+        "a run folder, or 'default' to fine-tune the shipped model (default: none)",
     )
     parser.add_argument(
         "--input-pipeline",
         choices=["auto", "tf.data", "numpy"],
-        help="tf.data (TensorFlow) or NumPy batches (any Keras backend; auto picks)",
+        help="tf.data (TensorFlow) or NumPy batches (any Keras backend; auto picks) "
+        + _train_default("input_pipeline"),
     )
     parser.add_argument(
-        "--optimizer", choices=["adamw", "sgd"], help="adamw, or sgd with Nesterov momentum"
+        "--optimizer",
+        choices=["adamw", "sgd"],
+        help="adamw, or sgd with Nesterov momentum " + _train_default("optimizer"),
     )
     parser.add_argument(
         "--engine",
         choices=["keras", "torch"],
-        help="keras (default), or torch: ferkit_cnn on PyTorch for a GPU without TensorFlow; "
-        "its run is finished into a Keras model with --finish",
+        help="keras, or torch: ferkit_cnn on PyTorch for a GPU without TensorFlow; its run "
+        "is finished into a Keras model with --finish " + _train_default("engine"),
     )
-    parser.add_argument(
-        "--time-budget",
-        type=float,
-        metavar="SECONDS",
-        help="torch engine: fit the planned epochs (and the schedule) into this many seconds",
-    )
-    parser.add_argument("--seed", type=int)
     parser.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     import json
 
-    from ferkit.train import TrainConfig, finish_now, train
+    from ferkit.outputs import locked
+    from ferkit.train import TrainConfig, check_resume_overrides, finish_now, train
 
     if args.finish:
-        print(json.dumps(finish_now(args.out).metrics, indent=2))
+        with locked(args.out):
+            print(json.dumps(finish_now(args.out).metrics, indent=2))
         return 0
     overrides = {
         name: getattr(args, name)
@@ -288,9 +392,14 @@ def _run_train(args: argparse.Namespace) -> int:
             "data", "epochs", "fine_tune_epochs", "fine_tune_blocks", "batch_size",
             "learning_rate", "label_smoothing", "class_weighting", "sampling", "mixup_alpha",
             "soft_labels", "early_stopping_patience", "limit_train", "distribute", "seed",
-            "init_from", "input_pipeline", "optimizer", "engine",
+            "init_from", "input_pipeline", "optimizer", "engine", "val_fraction",
         )
     }  # fmt: skip
+    if args.resume:
+        given = {name: value for name, value in overrides.items() if value is not None}
+        if args.config:
+            given = {**vars(TrainConfig.from_yaml(args.config)), **given}
+        check_resume_overrides(args.out, {**given, "arch": args.arch, "weights": args.weights})
     config = (
         TrainConfig.from_yaml(args.config, **overrides)
         if args.config
@@ -300,16 +409,27 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.arch:
         model["arch"] = args.arch
     if args.weights:
-        model["weights"] = None if args.weights.lower() == "none" else args.weights
+        model["weights"] = _weights(args.weights)
     config.model = model
-    result = train(config, args.out, resume=args.resume, time_budget=args.time_budget)
+    result = train(
+        config,
+        args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        time_budget=args.time_budget,
+    )
     print(json.dumps(result.metrics, indent=2))
     return 0
+
+
+def _weights(value: str | None) -> str | None:
+    return None if value is None or value.lower() == "none" else value
 
 
 def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "soft-labels",
+        formatter_class=_HelpFormatter,
         help="copy a prepared dataset with teacher models' probabilities mixed into its "
         "training targets (knowledge distillation; train with --soft-labels)",
     )
@@ -322,6 +442,7 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
         "for several (their probabilities are averaged)",
     )
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder")
+    _overwrite_flag(parser, "dataset")
     parser.add_argument(
         "--label-weight",
         type=float,
@@ -341,6 +462,7 @@ def _run_soft_labels(args: argparse.Namespace) -> int:
         args.out,
         label_weight=args.label_weight,
         splits=tuple(args.split or ["train"]),
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}: train on it with --soft-labels")
     return 0
@@ -349,6 +471,7 @@ def _run_soft_labels(args: argparse.Namespace) -> int:
 def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bundle",
+        formatter_class=_HelpFormatter,
         help="package a finished run as the default model (with checksums and a model card)",
     )
     parser.add_argument("run", type=Path, help="finished run folder")
@@ -397,23 +520,35 @@ def _run_bundle(args: argparse.Namespace) -> int:
 
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
+    from ferkit.images import DEFAULT_MAX_PIXELS, FACE_MODES
     from ferkit.predict import OUTPUT_FORMATS
     from ferkit.runtime import BACKENDS
 
     parser = subparsers.add_parser(
         "predict",
-        help="recognise expressions in images, folders, globs, videos or a webcam",
+        help="recognise expressions in images, folders, globs, URLs, videos or a webcam",
+        formatter_class=_HelpFormatter,
         description=(
             "Find the faces in each input and classify their expressions. Writes one record "
             "per face (source, frame and time for video, track id, box, label, "
             "probabilities) to OUT/predictions.<format>, every input's status (ok, no_face, "
             "error with its reason) to the same file and to OUT/summary.json, and prints a "
-            "summary. Bad inputs are reported and skipped; the rest completes."
+            "summary. Bad inputs are reported and skipped; the rest completes. http(s) URLs "
+            "are downloaded (up to 200 MB, 60 s).\n\n"
+            "Without --out, each run writes a new folder results/predictions/YYYYmmdd-HHMMSS. "
+            + OUTPUT_POLICY
         ),
+        epilog=EXIT_STATUSES,
     )
-    parser.add_argument("inputs", nargs="*", help="image/video files, folders, globs")
-    parser.add_argument("--out", type=Path, default=Path("results/predictions"))
-    parser.add_argument("--format", default="csv", choices=OUTPUT_FORMATS)
+    parser.add_argument("inputs", nargs="*", help="image/video files, folders, globs, URLs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: a new results/predictions/YYYYmmdd-HHMMSS)",
+    )
+    parser.add_argument("--format", default="csv", choices=OUTPUT_FORMATS, help="records file")
+    _overwrite_flag(parser)
     parser.add_argument(
         "--annotate",
         action="store_true",
@@ -421,9 +556,30 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         "emotion-over-time plot per video, to OUT/annotated/",
     )
     parser.add_argument("--camera", type=int, default=None, help="read this webcam (0 = first)")
-    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
-    parser.add_argument("--detector", default=DEFAULT_DETECTOR, choices=DETECTOR_NAMES)
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="run, bundle or export folder, or model file (default: the bundled model)",
+    )
+    parser.add_argument(
+        "--faces",
+        default="auto",
+        choices=FACE_MODES,
+        help="auto: small, roughly square images (at most 128 px) are taken as ready-cut face "
+        "crops, others go through the detector; crop: every image is one face; detect: "
+        "always detect",
+    )
+    parser.add_argument(
+        "--detector", default=DEFAULT_DETECTOR, choices=DETECTOR_NAMES, help="face detector"
+    )
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="pixel budget of one image: larger JPEGs are decoded reduced, others are refused",
+    )
     parser.add_argument("--every", type=int, default=1, help="video: process every N-th frame")
     parser.add_argument(
         "--detect-every",
@@ -440,23 +596,28 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from ferkit.outputs import default_run_folder, format_memory
     from ferkit.predict import predict
 
     if not args.inputs and args.camera is None:
-        raise ValueError("give image/video files, folders or globs, or --camera N")
+        raise ValueError("give image/video files, folders, globs or URLs, or --camera N")
+    out = args.out or default_run_folder(Path("results") / "predictions")
     summary = predict(
         args.inputs,
-        args.out,
+        out,
         fmt=args.format,
         annotate=args.annotate,
         camera=args.camera,
         model=args.model,
         detector=args.detector,
         backend=args.backend,
+        faces=args.faces,
+        max_pixels=args.max_pixels,
         every=args.every,
         detect_every=args.detect_every,
         smoothing_s=args.smoothing,
         max_frames=args.max_frames,
+        overwrite=args.overwrite,
         progress=not args.quiet,
         echo=print,
     )
@@ -464,9 +625,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     print(
         f"{len(summary.sources)} inputs ({counts}); {summary.faces} faces"
         + (f" over {summary.frames} video frames" if summary.frames else "")
-        + f" in {summary.seconds:.1f} s -> {args.out / ('predictions.' + args.format)}"
+        + f" in {summary.seconds:.1f} s; {format_memory(summary.peak_memory_mb)}"
     )
-    return 0 if any(s["status"] != "error" for s in summary.sources) else 1
+    print(f"results: {out / ('predictions.' + args.format)} and {out / 'summary.json'}")
+    if summary.failed:
+        print(
+            f"{len(summary.failed)} input(s) failed, each listed with its reason above and in "
+            "summary.json (exit status 3)"
+        )
+    return summary.exit_status()
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
@@ -476,21 +643,35 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="metrics, plots and an HTML report for a model on a dataset",
+        formatter_class=_HelpFormatter,
         description=(
             "Evaluate a model (default: the bundled one) on a prepared folder or any raw "
             "source 'ferkit prepare' reads (prepared on the fly; photos go through the face "
             "detector). Evaluates the test split, the one named with --split, or the whole "
             "source when it has no splits. Writes metrics.json, classification_report.csv, "
-            "predictions.csv, plots/ and a self-contained report.html."
+            "predictions.csv, plots/ and a self-contained report.html.\n\n" + OUTPUT_POLICY
         ),
+        epilog=EXIT_STATUSES,
     )
-    parser.add_argument("--model", type=Path, default=None, help="run folder or model file")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="run folder or model file (default: bundled)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="prepared folder or raw source")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/NAME")
-    parser.add_argument("--split", default=None, help="split to evaluate (default: test)")
+    _overwrite_flag(parser, "evaluation")
+    parser.add_argument(
+        "--split", default=None, help="split to evaluate (default: test, else the whole source)"
+    )
     parser.add_argument("--tta", action="store_true", help="also test-time augmentation")
-    parser.add_argument("--faces", default="auto", choices=["auto", "crop", "detect"])
-    parser.add_argument("--detector", default="mtcnn", choices=DETECTOR_NAMES)
+    parser.add_argument(
+        "--faces",
+        default="auto",
+        choices=["auto", "crop", "detect"],
+        help="raw sources: how faces are found (as in prepare)",
+    )
+    parser.add_argument(
+        "--detector", default="mtcnn", choices=DETECTOR_NAMES, help="raw sources: face detector"
+    )
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_evaluate)
@@ -508,6 +689,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         faces=args.faces,
         detector=args.detector,
         backend=args.backend,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(f"{metrics['data']['source']} [{metrics['data']['split']}]: {metrics['faces']} faces")
@@ -524,22 +706,34 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if metrics["classes"]["data_classes_unknown_to_model"]:
         print(f"  not scored (unknown to the model): {metrics['faces_of_unknown_classes']}")
     print(f"report: {args.out / 'report.html'}")
+    from ferkit.prepare import FAILURE_KINDS
+
+    failed = [e for e in metrics["skipped"]["items"] if e["kind"] in FAILURE_KINDS]
+    if failed:
+        print(f"  {len(failed)} input(s) failed, listed in metrics.json (exit status 3)")
+        return 3
     return 0
 
 
 def _add_compare(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "compare", help="compare several 'ferkit evaluate' results side by side"
+        "compare",
+        help="compare several 'ferkit evaluate' results side by side",
+        formatter_class=_HelpFormatter,
+        description="Tabulate and plot the main figures of several evaluations.\n\n"
+        + OUTPUT_POLICY,
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("results", nargs="+", type=Path, help="folders written by evaluate")
-    parser.add_argument("--out", type=Path, default=Path("results/compare"))
+    parser.add_argument("--out", type=Path, default=Path("results/compare"), help="output folder")
+    _overwrite_flag(parser, "comparison")
     parser.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from ferkit.compare import compare, format_markdown
 
-    table = compare(args.results, args.out)
+    table = compare(args.results, args.out, overwrite=args.overwrite)
     print(format_markdown(table))
     print(f"\nwritten to {args.out}/comparison.csv, .md and .png")
     return 0
@@ -551,16 +745,20 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a model to ONNX (float32 or int8) or TensorFlow Lite",
+        formatter_class=_HelpFormatter,
         description=(
             "Write the bundled model (or --model) for deployment, with labels.json, "
-            "calibration.json and export.json (which records how far the exported logits "
-            "are from Keras's). The folder loads with EmotionRecognizer(model=OUT) or "
-            "'ferkit predict --model OUT' without TensorFlow."
+            "calibration.json, checksums.json and export.json (which records how far the "
+            "exported logits are from Keras's). The folder loads with "
+            "EmotionRecognizer(model=OUT) or 'ferkit predict --model OUT' without "
+            "TensorFlow.\n\n" + OUTPUT_POLICY
         ),
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
-    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="file format")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    _overwrite_flag(parser, "export")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="ONNX only")
     parser.add_argument(
         "--calibration-data",
@@ -584,6 +782,7 @@ def _run_export(args: argparse.Namespace) -> int:
         quantize=args.quantize,
         calibration_data=args.calibration_data,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     details = json.loads((out / "export.json").read_text())
     print(
@@ -618,22 +817,97 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ferkit`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
     if args.command is None:
         parser.print_help()
         return 2
+    with _quiet_libraries(args.verbose):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ferkit.bundle import ChecksumError
+    from ferkit.outputs import OutputLockedError
+
     try:
         return args.handler(args)
-    except (OSError, ValueError, KeyError) as error:  # OSError: missing files, downloads
+    except (OSError, ValueError, KeyError, ChecksumError, OutputLockedError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ferkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ferkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if args.verbose:
+            traceback.print_exc()
+        print(
+            f"ferkit {args.command}: internal error: {type(error).__name__}: {error}"
+            + ("" if args.verbose else " (run with --verbose for the traceback)"),
+            file=sys.stderr,
+        )
+        return 1
+
+
+@contextlib.contextmanager
+def _quiet_libraries(verbose: bool) -> Iterator[None]:
+    """Show ferkit's own messages only, unless ``--verbose``.
+
+    TensorFlow, CUDA, LiteRT and ONNX Runtime print start-up lines from native code
+    straight to the process's standard error (file descriptor 2), which no Python setting
+    reaches. So, for the command's duration, descriptor 2 goes to /dev/null while
+    Python's ``sys.stderr`` (ferkit's messages, progress bars, errors) keeps writing to
+    the terminal through a copy of the original descriptor; library warnings and log
+    records below ERROR are dropped. Everything is restored afterwards.
+    """
+    handler = logging.StreamHandler()  # writes to whatever sys.stderr is at each record
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(previous_level)
+        return
+    handler.addFilter(lambda record: record.name.startswith("ferkit") or record.levelno >= 40)
+    for name, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GRPC_VERBOSITY", "ERROR")):
+        os.environ.setdefault(name, value)
+    saved_stderr = sys.stderr
+    saved_fd = None
+    try:
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+        if _writes_to_fd(sys.stderr, 2):
+            sys.stderr = os.fdopen(os.dup(saved_fd), "w", buffering=1, errors="backslashreplace")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+    except OSError:  # no descriptor 2 to redirect (embedded interpreters): stay as we are
+        pass
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if sys.stderr is not saved_stderr:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = saved_stderr
+        if saved_fd is not None:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+        root.removeHandler(handler)
+        root.setLevel(previous_level)
+
+
+def _writes_to_fd(stream: Any, fd: int) -> bool:
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -44,13 +44,18 @@ def load_result(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def compare(
-    folders: list[str | os.PathLike[str]], out: str | os.PathLike[str] | None = None
+    folders: list[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Any:
     """A DataFrame with one row per evaluation (indexed by folder name); with ``out``,
-    also ``comparison.csv``, ``comparison.md`` and ``comparison.png`` there."""
+    also ``comparison.csv``, ``comparison.md`` and ``comparison.png`` there (``out`` must
+    not hold results already unless ``overwrite``; see :mod:`ferkit.outputs`)."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from ferkit.outputs import output_folder
     from ferkit.plots import plot_comparison
 
     if not folders:
@@ -61,14 +66,13 @@ def compare(
     table = pd.DataFrame([load_result(folder) for folder in folders], index=names)
     table.index.name = "evaluation"
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "comparison.csv")
-        (out / "comparison.md").write_text(format_markdown(table) + "\n")
-        shown = [m for m in COMPARED_METRICS if table[m].notna().any()]
-        figure = plot_comparison(table, shown)
-        figure.savefig(out / "comparison.png", dpi=100)
-        plt.close(figure)
+        with output_folder(out, "compare", overwrite=overwrite, inputs=folders) as staging:
+            table.to_csv(staging / "comparison.csv")
+            (staging / "comparison.md").write_text(format_markdown(table) + "\n")
+            shown = [m for m in COMPARED_METRICS if table[m].notna().any()]
+            figure = plot_comparison(table, shown)
+            figure.savefig(staging / "comparison.png", dpi=100)
+            plt.close(figure)
     return table
 
 

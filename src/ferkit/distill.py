@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ferkit.data import PreparedDataset
+from ferkit.outputs import check_not_overlapping, check_replaceable, output_folder
 from ferkit.prepare import MANIFEST_NAME
 
 
@@ -30,6 +29,7 @@ def write_teacher_labels(
     label_weight: float = 0.5,
     splits: Sequence[str] = ("train",),
     batch_size: int = 512,
+    overwrite: bool = False,
 ) -> Path:
     """Copy the prepared dataset ``source`` to ``out`` with distillation targets.
 
@@ -37,7 +37,9 @@ def write_teacher_labels(
         source: a folder written by ``ferkit prepare``.
         teachers: models as :func:`ferkit.bundle.load_model` takes them (``None`` or
             ``"default"``: the bundled model); their probabilities are averaged.
-        out: the new dataset folder; it must not exist yet.
+        out: the new dataset folder; it must not hold anything yet unless ``overwrite``
+            (which replaces only an earlier ``soft-labels`` output; see
+            :mod:`ferkit.outputs`).
         label_weight: weight of the label (or the source's own soft label); the teachers
             share the rest.
         splits: the splits that get teacher targets.
@@ -45,7 +47,7 @@ def write_teacher_labels(
     Raises:
         ValueError: no teacher, a weight outside [0, 1], an unknown split, or a teacher
             whose classes differ from the dataset's.
-        FileExistsError: ``out`` exists.
+        FileExistsError: ``out`` holds files (see ``overwrite``).
     """
     from ferkit.bundle import load_model
 
@@ -58,8 +60,8 @@ def write_teacher_labels(
     if unknown:
         raise ValueError(f"{source}: no split {unknown}; it has {data.splits}")
     out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out}: exists; choose a new folder for the labelled copy")
+    check_not_overlapping(out, [source, *(t for t in teachers if t not in (None, "default"))])
+    check_replaceable(out, "soft-labels", overwrite)
     models = []
     for teacher in teachers:
         model = load_model(None if teacher in (None, "default") else teacher)
@@ -70,10 +72,7 @@ def write_teacher_labels(
             )
         models.append(model)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".soft-labels-", dir=out.parent))
-    staging.chmod(0o755)
-    try:
+    with output_folder(out, "soft-labels", overwrite=overwrite, inputs=[source]) as staging:
         for name in data.splits:
             split = data.split(name)
             targets = split.one_hot() if split.soft_labels is None else split.soft_labels
@@ -98,8 +97,4 @@ def write_teacher_labels(
             "splits": list(splits),
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

@@ -220,9 +220,13 @@ def tta_views(faces: np.ndarray, shift: int = 2) -> list[np.ndarray]:
     return views
 
 
-def predict_tta(classifier: Any, faces: np.ndarray) -> np.ndarray:
+def predict_tta(classifier: Any, faces: np.ndarray, progress: bool = False) -> np.ndarray:
     """Probabilities averaged over :func:`tta_views`."""
-    return np.mean([classifier.predict_proba(view) for view in tta_views(faces)], axis=0)
+    from tqdm import tqdm
+
+    views = tta_views(faces)
+    bar = tqdm(views, desc="TTA views", unit="view", disable=not progress, leave=False)
+    return np.mean([classifier.predict_proba(view) for view in bar], axis=0)
 
 
 def grad_cam(keras_model: Any, faces: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
@@ -271,19 +275,42 @@ def evaluate(
     backend: str = "auto",
     saliency_per_class: int = 2,
     mistakes: int = 24,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model (bundled when ``None``) on a dataset and write the results.
 
     Writes to ``out``: ``metrics.json``, ``classification_report.csv``,
-    ``predictions.csv``, ``plots/*.png`` and ``report.html``.
+    ``predictions.csv``, ``plots/*.png`` and ``report.html``; ``out`` must not hold
+    results already unless ``overwrite`` (see :mod:`ferkit.outputs`).
 
     Returns:
         The metrics (as in ``metrics.json``).
     """
+    from ferkit.outputs import output_folder
+
+    with output_folder(out, "evaluate", overwrite=overwrite, inputs=[data]) as staging:
+        return _evaluate_into(
+            staging, model, data, split, tta, faces, detector, backend, saliency_per_class,
+            mistakes, progress,
+        )  # fmt: skip
+
+
+def _evaluate_into(
+    out: Path,
+    model: str | os.PathLike[str] | None,
+    data: str | os.PathLike[str],
+    split: str | None,
+    tta: bool,
+    faces: str,
+    detector: str,
+    backend: str,
+    saliency_per_class: int,
+    mistakes: int,
+    progress: bool,
+) -> dict[str, Any]:
     from ferkit.runtime import load_classifier
 
-    out = Path(out)
     classifier = load_classifier(model, backend)
     evaluation = load_eval_data(
         data,
@@ -304,7 +331,7 @@ def evaluate(
     images = evaluation.images[known]
     labels = np.array([mapping[int(label)] for label in evaluation.labels[known]])
     paths = [path for path, keep in zip(evaluation.paths, known, strict=True) if keep]
-    probabilities = classifier.predict_proba(images)
+    probabilities = classifier.predict_proba(images, progress=progress)
     metrics = compute_metrics(labels, probabilities, classes)
     predicted = probabilities.argmax(axis=1)
 
@@ -362,7 +389,7 @@ def evaluate(
         "hash": evaluation.content_hash(),
     }
     if tta:
-        tta_probabilities = predict_tta(classifier, images)
+        tta_probabilities = predict_tta(classifier, images, progress=progress)
         tta_metrics = compute_metrics(labels, tta_probabilities, classes)
         metrics["tta"] = {
             "views": "identity, horizontal flip, 4 shifts of 2 px",
@@ -371,12 +398,11 @@ def evaluate(
             "accuracy_gain": tta_metrics["accuracy"] - metrics["accuracy"],
         }
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "plots").mkdir(exist_ok=True)
     _write_tables(out, metrics, paths, labels, probabilities, classes)
     figures = _write_plots(
         out / "plots", model, classifier, metrics, images, labels, probabilities, classes,
-        saliency_per_class, mistakes,
+        saliency_per_class, mistakes, progress,
     )  # fmt: skip
     metrics["plots"] = {name: str(path.relative_to(out)) for name, path in figures.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -408,43 +434,51 @@ def _write_tables(out, metrics, paths, labels, probabilities, classes) -> None:
 
 def _write_plots(
     folder, model, classifier, metrics, images, labels, probabilities, classes,
-    saliency_per_class, n_mistakes,
+    saliency_per_class, n_mistakes, progress=False,
 ) -> dict[str, Path]:  # fmt: skip
+    """Draw and save every figure of the report, with a progress bar over them."""
     import matplotlib.pyplot as plt
+    from tqdm import tqdm
 
     from ferkit import plots
 
-    figures: dict[str, Any] = {}
     matrix = metrics["confusion_matrix"]
-    figures["confusion_counts"] = plots.plot_confusion_matrix(
-        np.array(matrix["counts"]), matrix["rows"], matrix["columns"]
-    )
-    figures["confusion_normalised"] = plots.plot_confusion_matrix(
-        np.array(matrix["counts"]), matrix["rows"], matrix["columns"], normalize=True
-    )
-    figures["per_class_f1"] = plots.plot_per_class_f1(metrics["per_class"])
-    figures["reliability"] = plots.plot_reliability(probabilities, labels, metrics["ece"])
-    history = _history_file(model)
-    if history is not None:
-        figures["training_curves"] = plots.plot_training_curves(history)
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-probabilities[wrong].max(axis=1))][:n_mistakes]
-    if len(wrong):
+
+    def mistakes_figure() -> Any:
+        if not len(wrong):
+            return None
         titles = [
             f"{classes[predicted[i]]} {probabilities[i].max():.0%}\n(true {classes[labels[i]]})"
             for i in wrong
         ]
-        figures["confident_mistakes"] = plots.plot_face_grid(
-            images[wrong], titles, title="most confident mistakes"
-        )
-    saliency = _saliency_figure(
-        model, classifier, images, labels, predicted, classes, saliency_per_class
-    )
-    if saliency is not None:
-        figures["saliency"] = saliency
+        return plots.plot_face_grid(images[wrong], titles, title="most confident mistakes")
+
+    history = _history_file(model)
+    makers = {
+        "confusion_counts": lambda: plots.plot_confusion_matrix(
+            np.array(matrix["counts"]), matrix["rows"], matrix["columns"]
+        ),
+        "confusion_normalised": lambda: plots.plot_confusion_matrix(
+            np.array(matrix["counts"]), matrix["rows"], matrix["columns"], normalize=True
+        ),
+        "per_class_f1": lambda: plots.plot_per_class_f1(metrics["per_class"]),
+        "reliability": lambda: plots.plot_reliability(probabilities, labels, metrics["ece"]),
+        "training_curves": lambda: plots.plot_training_curves(history) if history else None,
+        "confident_mistakes": mistakes_figure,
+        "saliency": lambda: _saliency_figure(
+            model, classifier, images, labels, predicted, classes, saliency_per_class
+        ),
+    }
     written = {}
-    for name, figure in figures.items():
+    bar = tqdm(makers.items(), desc="plots", unit="plot", disable=not progress, leave=False)
+    for name, make in bar:
+        bar.set_postfix_str(name)
+        figure = make()
+        if figure is None:
+            continue
         path = folder / f"{name}.png"
         figure.savefig(path, dpi=100)
         plt.close(figure)

@@ -144,6 +144,7 @@ def export_model(
     calibration_data: str | os.PathLike[str] | None = None,
     n_calibration: int = 1024,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Export the bundled model (``model=None``) or a run/bundle/``.keras`` model.
 
@@ -151,12 +152,11 @@ def export_model(
         fmt: ``onnx`` or ``tflite``.
         quantize: ``None`` or ``"int8"`` (ONNX only; needs ``calibration_data``).
         calibration_data: a prepared dataset folder whose train faces calibrate int8.
+        overwrite: replace an earlier export in ``out`` (see :mod:`ferkit.outputs`).
 
     Returns:
         The output folder.
     """
-    from ferkit.bundle import load_model
-    from ferkit.runtime import OnnxModel, TFLiteModel
 
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, not {fmt!r}")
@@ -169,9 +169,26 @@ def export_model(
             "int8 needs real faces to calibrate: pass --calibration-data PREPARED_DIR "
             "(a folder written by 'ferkit prepare')"
         )
+    from ferkit.outputs import output_folder
+
+    with output_folder(out, "export", overwrite=overwrite, inputs=[model]) as staging:
+        _export_into(staging, model, fmt, quantize, calibration_data, n_calibration, seed)
+    return Path(out)
+
+
+def _export_into(
+    out: Path,
+    model: str | os.PathLike[str] | None,
+    fmt: str,
+    quantize: str | None,
+    calibration_data: str | os.PathLike[str] | None,
+    n_calibration: int,
+    seed: int,
+) -> None:
+    from ferkit.bundle import load_model, write_checksums
+    from ferkit.runtime import OnnxModel, TFLiteModel
+
     loaded = load_model(model)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     check_faces = rng.integers(0, 256, size=(32, *loaded.image_shape)).astype(np.uint8)
     details: dict[str, Any] = {
@@ -201,8 +218,8 @@ def export_model(
         json.dumps({"temperature": loaded.temperature}, indent=2) + "\n"
     )
     (out / "export.json").write_text(json.dumps(details, indent=2) + "\n")
+    write_checksums(out)
     logger.info("exported %s to %s", loaded.source, path)
-    return out
 
 
 def _runtimes_section(runtimes: dict[str, dict[str, float]]) -> str:

@@ -9,6 +9,10 @@ image or video, missing) or ``skipped``. Those rows go into the same file, and
 ``summary.json`` repeats them with per-video shares of time per emotion, so a batch never
 loses work on one bad file. ``--annotate`` writes images and videos with boxes, labels
 and probability bars, and an emotion-over-time plot per video.
+
+The output folder follows :mod:`ferkit.outputs` (refused if it holds results, unless
+``overwrite``; written whole or not at all; one writer at a time). http(s) URLs are
+downloaded, bounded in size and time; other URL schemes are reported with the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import glob
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -26,12 +31,18 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ferkit.images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from ferkit.images import FACE_MODES, IMAGE_EXTENSIONS, ImageReadError, read_image
+from ferkit.outputs import output_folder, path_hex, path_text, peak_memory_mb
 from ferkit.video import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("csv", "json", "jsonl")
+#: Exit status of a run in which some inputs failed (each is listed in the summary).
+EXIT_COMPLETED_WITH_ERRORS = 3
+#: Largest download of an http(s) input, and the seconds it may take.
+MAX_DOWNLOAD_BYTES = 200 * 2**20
+DOWNLOAD_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -39,8 +50,9 @@ class Source:
     """One input to predict on: a file (image or video), a camera, or a bad input."""
 
     name: str  # as shown in the output
-    kind: str  # image, video, camera, unknown
+    kind: str  # image, video, camera, url, unknown
     path: Path | None = None
+    url: str | None = None
     camera: int | None = None
     error: str | None = None  # set when the input is already known to be unusable
     opened: Any = None  # a camera's (capture, info), opened once up front
@@ -55,6 +67,21 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
     """
     sources: list[Source] = []
     for given in inputs:
+        given = str(given)
+        scheme = _url_scheme(given)
+        if scheme in ("http", "https"):
+            sources.append(Source(given, "url", url=given))
+            continue
+        if scheme is not None:
+            sources.append(
+                Source(
+                    given,
+                    "unknown",
+                    error=f"{scheme}:// URLs are not read; download the file first and give "
+                    "its local path (http and https URLs are downloaded)",
+                )
+            )
+            continue
         path = Path(given)
         if path.is_dir():
             files = sorted(
@@ -64,7 +91,9 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not files:
-                sources.append(Source(given, "unknown", path, error="folder holds no files"))
+                sources.append(
+                    Source(path_text(given), "unknown", path, error="folder holds no files")
+                )
             sources.extend(_file_source(p) for p in files)
         elif path.is_file():
             sources.append(_file_source(path))
@@ -75,17 +104,73 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
                 sources.append(Source(given, "unknown", error="the pattern matched no file"))
             sources.extend(_file_source(p) for p in files)
         else:
-            sources.append(Source(given, "unknown", path, error="no such file or folder"))
+            sources.append(
+                Source(path_text(given), "unknown", path, error="no such file or folder")
+            )
     return sources
+
+
+def _url_scheme(given: str) -> str | None:
+    """The scheme of an input written as a URL (``https`` of ``https://...``), else None."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", given)
+    return match.group(1).lower() if match else None
 
 
 def _file_source(path: Path) -> Source:
     suffix = path.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
-        return Source(str(path), "image", path)
-    if suffix in VIDEO_EXTENSIONS:
-        return Source(str(path), "video", path)
-    return Source(str(path), "unknown", path)
+    kind = (
+        "image"
+        if suffix in IMAGE_EXTENSIONS
+        else "video"
+        if suffix in VIDEO_EXTENSIONS
+        else "unknown"
+    )
+    return Source(path_text(path), kind, path)
+
+
+def download(url: str, folder: Path, max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
+    """Download an http(s) URL into ``folder``, bounded in size and time.
+
+    Raises:
+        ValueError: the download failed, timed out or exceeded ``max_bytes``.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    target = folder / name
+    started = time.monotonic()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "ferkit"})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            announced = int(response.headers.get("Content-Length") or 0)
+            if announced > max_bytes:
+                raise ValueError(
+                    f"download is {announced / 2**20:.0f} MB, over the "
+                    f"{max_bytes / 2**20:.0f} MB limit; download it yourself and give the file"
+                )
+            received = 0
+            with open(target, "wb") as handle:
+                while block := response.read(1 << 16):
+                    received += len(block)
+                    if received > max_bytes:
+                        raise ValueError(
+                            f"download exceeds the {max_bytes / 2**20:.0f} MB limit; download "
+                            "it yourself and give the file"
+                        )
+                    if time.monotonic() - started > DOWNLOAD_TIMEOUT_S:
+                        raise ValueError(
+                            f"download took over {DOWNLOAD_TIMEOUT_S:.0f} s; download it "
+                            "yourself and give the file"
+                        )
+                    handle.write(block)
+    except urllib.error.HTTPError as error:
+        raise ValueError(f"download failed: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise ValueError(f"download failed ({reason}); check the URL and the network") from None
+    return target
 
 
 @dataclass
@@ -97,9 +182,24 @@ class PredictSummary:
     faces: int = 0
     frames: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
+    hints: list[str] = field(default_factory=list)
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(source["status"] for source in self.sources))
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The inputs that could not be used, each with its reason."""
+        return [source for source in self.sources if source["status"] == "error"]
+
+    def exit_status(self) -> int:
+        """0: every input was processed (an image without a face is not a failure);
+        3: the run completed but some inputs failed; 130: interrupted by Ctrl-C."""
+        if self.interrupted:
+            return 130
+        return EXIT_COMPLETED_WITH_ERRORS if self.failed else 0
 
 
 class RecordWriter:
@@ -168,7 +268,7 @@ def _unique_name(folder: Path, stem: str, suffix: str, used: set[str]) -> Path:
 
 def predict(
     inputs: list[str],
-    out: str | os.PathLike[str] | None = "results/predictions",
+    out: str | os.PathLike[str] | None = None,
     *,
     fmt: str = "csv",
     annotate: bool = False,
@@ -176,10 +276,13 @@ def predict(
     model: str | os.PathLike[str] | None = None,
     detector: str | None = None,
     backend: str = "auto",
+    faces: str = "auto",
+    max_pixels: int | None = None,
     every: int = 1,
     detect_every: int = 1,
     smoothing_s: float = 0.5,
     max_frames: int | None = None,
+    overwrite: bool = False,
     recognizer: Any = None,
     progress: bool = True,
     echo: Any = None,
@@ -187,36 +290,91 @@ def predict(
     """Run recognition over inputs and write the records.
 
     Args:
-        inputs: image/video files, folders, globs.
-        out: output folder (``predictions.<fmt>``, ``summary.json``, ``annotated/``).
+        inputs: image/video files, folders, globs, http(s) URLs.
+        out: output folder (``predictions.<fmt>``, ``summary.json``, ``annotated/``), or
+            None to write nothing. It must not hold results already unless ``overwrite``
+            (see :mod:`ferkit.outputs`).
         camera: also read this webcam index until ``max_frames`` or Ctrl-C.
+        faces: ``auto``, ``crop`` or ``detect`` (see :class:`EmotionRecognizer`).
+        max_pixels: pixel budget of one decoded image (default: the recogniser's).
         recognizer: an existing :class:`EmotionRecognizer` (else one is built from
-            ``model``, ``detector`` and ``backend``).
+            ``model``, ``detector``, ``backend`` and ``faces``).
         echo: callable that receives one human-readable line per input (``print``).
 
+    Returns:
+        What happened to every input; :meth:`PredictSummary.exit_status` tells a script
+        whether some inputs failed. Ctrl-C ends the run early, keeping what was done.
+
     Raises:
-        ValueError: the camera cannot be opened, or there is nothing to do.
+        ValueError: bad options, the camera cannot be opened, nothing to do, or ``out``
+            overlaps an input.
+        FileExistsError: ``out`` holds results and ``overwrite`` is false.
     """
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces must be one of {FACE_MODES}, not {faces!r}")
+    for name, value in (("every", every), ("detect_every", detect_every)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
+    if smoothing_s < 0:
+        raise ValueError(f"smoothing must be zero or positive, not {smoothing_s}")
+    sources = expand_inputs(list(inputs))
+    if camera is None and not sources:
+        raise ValueError("nothing to predict on: give image/video files, folders or --camera N")
+    given_paths = [
+        given for given in inputs if _url_scheme(str(given)) is None and Path(given).exists()
+    ]
+    run = {
+        "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
+        "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
+        "every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
+        "max_frames": max_frames, "recognizer": recognizer, "progress": progress, "echo": echo,
+    }  # fmt: skip
+    if out is None:
+        return _predict_all(sources, None, **run)
+    with output_folder(out, "predict", overwrite=overwrite, inputs=given_paths) as staging:
+        summary = _predict_all(sources, staging, **run)
+    summary.out = Path(out)
+    return summary
+
+
+def _predict_all(
+    sources: list[Source],
+    out_dir: Path | None,
+    *,
+    fmt: str,
+    annotate: bool,
+    camera: int | None,
+    model: Any,
+    detector: str | None,
+    backend: str,
+    faces: str,
+    max_pixels: int | None,
+    every: int,
+    detect_every: int,
+    smoothing_s: float,
+    max_frames: int | None,
+    recognizer: Any,
+    progress: bool,
+    echo: Any,
+) -> PredictSummary:
+    import tempfile
+
     from tqdm import tqdm
 
     from ferkit.recognize import EmotionRecognizer
     from ferkit.video import open_video
 
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
-    sources = expand_inputs(list(inputs))
     if camera is not None:
         # Opened now so that a missing camera is an error before any work, and kept open.
         opened = open_video(camera)
         sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
-    if not sources:
-        raise ValueError("nothing to predict on: give image/video files, folders or --camera N")
     if recognizer is None:
         kwargs = {"detector": detector} if detector else {}
-        recognizer = EmotionRecognizer(model, backend=backend, **kwargs)
-    out_dir = Path(out) if out is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if max_pixels is not None:
+            kwargs["max_pixels"] = max_pixels
+        recognizer = EmotionRecognizer(model, backend=backend, faces=faces, **kwargs)
     writer = (
         RecordWriter(out_dir / f"predictions.{fmt}", fmt, record_columns(recognizer.classes))
         if out_dir
@@ -226,51 +384,120 @@ def predict(
     used_names: set[str] = set()
     echo = echo or (lambda line: None)
     started = time.perf_counter()
+    options = {
+        "every": every,
+        "detect_every": detect_every,
+        "smoothing_s": smoothing_s,
+        "max_frames": max_frames,
+    }
+    downloads = tempfile.TemporaryDirectory(prefix="ferkit-download-")
     try:
         bar = tqdm(sources, desc="predict", unit="input", disable=not progress or len(sources) < 2)
-        for source in bar:
-            if source.kind in ("video", "camera"):
-                entry = _predict_video(
+        for position, source in enumerate(bar):
+            try:
+                entry = _predict_source(
                     recognizer, source, writer, out_dir, annotate, used_names, progress,
-                    every=every, detect_every=detect_every, smoothing_s=smoothing_s,
-                    max_frames=max_frames,
+                    Path(downloads.name), options,
                 )  # fmt: skip
-                summary.frames += entry.get("frames", 0)
-            else:
-                entry = _predict_image(recognizer, source, writer, out_dir, annotate, used_names)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                for left in sources[position:]:
+                    summary.sources.append(
+                        _error_entry(left, "not processed: the run was interrupted", writer,
+                                     status="skipped")
+                    )  # fmt: skip
+                echo(f"interrupted: {len(sources) - position} input(s) not processed")
+                break
+            summary.frames += entry.get("frames", 0)
             summary.faces += entry.get("faces", 0)
             summary.sources.append(entry)
             echo(describe(entry))
     finally:
+        downloads.cleanup()
         if writer is not None:
             writer.close()
         summary.seconds = time.perf_counter() - started
-        if out_dir is not None:
-            (out_dir / "summary.json").write_text(
-                json.dumps(
-                    {
-                        "model": str(recognizer.model.source),
-                        "detector": recognizer.detector.name,
-                        "classes": recognizer.classes,
-                        "counts": summary.counts(),
-                        "faces": summary.faces,
-                        "frames": summary.frames,
-                        "seconds": round(summary.seconds, 3),
-                        "sources": summary.sources,
-                    },
-                    indent=2,
-                )
-                + "\n"
+    summary.hints = _hints(summary, recognizer)
+    for hint in summary.hints:
+        echo(f"hint: {hint}")
+    summary.peak_memory_mb = peak_memory_mb()
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "model": path_text(recognizer.model.source),
+                    "detector": recognizer.detector.name,
+                    "faces_mode": recognizer.faces,
+                    "classes": recognizer.classes,
+                    "counts": summary.counts(),
+                    "failed": len(summary.failed),
+                    "exit_status": summary.exit_status(),
+                    "interrupted": summary.interrupted,
+                    "faces": summary.faces,
+                    "frames": summary.frames,
+                    "seconds": round(summary.seconds, 3),
+                    "peak_memory_mb": summary.peak_memory_mb,
+                    "hints": summary.hints,
+                    "sources": summary.sources,
+                },
+                indent=2,
             )
+            + "\n"
+        )
     return summary
 
 
+def _hints(summary: PredictSummary, recognizer: Any) -> list[str]:
+    """Advice when the outcome suggests a better setting."""
+    images = [entry for entry in summary.sources if entry["kind"] == "image"]
+    without = [entry for entry in images if entry["status"] == "no_face"]
+    if recognizer.faces != "crop" and len(images) >= 2 and len(without) * 2 > len(images):
+        return [
+            f"no face was found in {len(without)} of {len(images)} images: if they are "
+            "ready-cut face crops, run again with --faces crop"
+        ]
+    return []
+
+
+def _predict_source(
+    recognizer: Any,
+    source: Source,
+    writer: RecordWriter | None,
+    out_dir: Path | None,
+    annotate: bool,
+    used_names: set[str],
+    progress: bool,
+    downloads: Path,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """One input's records and summary entry; an unexpected failure on this input is
+    recorded as its error, so the rest of the batch completes."""
+    try:
+        if source.kind == "url" and source.error is None:
+            try:
+                source.path = download(source.url, downloads)
+            except ValueError as error:
+                return _error_entry(source, str(error), writer)
+            suffix = source.path.suffix.lower()
+            source.kind = "video" if suffix in VIDEO_EXTENSIONS else "unknown"
+        if source.kind in ("video", "camera"):
+            return _predict_video(
+                recognizer, source, writer, out_dir, annotate, used_names, progress, **options
+            )
+        return _predict_image(recognizer, source, writer, out_dir, annotate, used_names)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as error:
+        logger.debug("%s failed", source.name, exc_info=True)
+        return _error_entry(source, f"failed: {type(error).__name__}: {error}", writer)
+
+
 def _error_entry(source: Source, reason: str, writer: RecordWriter | None, status: str = "error"):
+    record = {"source": source.name, "kind": source.kind, "status": status, "reason": reason}
     if writer is not None:
-        writer.write(
-            {"source": source.name, "kind": source.kind, "status": status, "reason": reason}
-        )
-    return {"source": source.name, "kind": source.kind, "status": status, "reason": reason}
+        writer.write(record)
+    exact = path_hex(source.path) if source.path is not None else None
+    return {**record, "source_bytes_hex": exact} if exact else record
 
 
 def _predict_image(
@@ -288,16 +515,22 @@ def _predict_image(
     if source.error:
         return _error_entry(source, source.error, writer)
     try:
-        rgb = read_image(source.path, color=True)
+        rgb = read_image(source.path, color=True, max_pixels=recognizer.max_pixels)
     except ImageReadError as error:
         reason = error.reason
-        if source.kind == "unknown":
+        if source.kind in ("unknown", "url") and error.kind == "not_image":
             reason = f"not an image or video ({error.reason})"
         return _error_entry(source, reason, writer)
     except OSError as error:
         return _error_entry(source, f"unreadable: {error.strerror or error}", writer)
     source.kind = "image"
-    faces = recognizer.predict(rgb)
+    try:
+        faces = recognizer.predict(rgb)
+    except Exception as error:  # a detector failing on one odd image
+        logger.debug("%s failed", source.name, exc_info=True)
+        return _error_entry(
+            source, f"face detection failed: {type(error).__name__}: {error}", writer
+        )
     if writer is not None:
         if not faces:
             writer.write({"source": source.name, "kind": "image", "status": "no_face"})
@@ -316,16 +549,20 @@ def _predict_image(
         "kind": "image",
         "status": "ok" if faces else "no_face",
         "faces": len(faces),
+        "face_mode": faces.face_mode,
         "labels": [face.label for face in faces],
         "confidence": [round(face.probabilities[face.label], 4) for face in faces],
     }
+    exact = path_hex(source.path)
+    if exact:
+        entry["source_bytes_hex"] = exact
     if annotate and out_dir is not None:
         folder = out_dir / "annotated"
         folder.mkdir(exist_ok=True)
         suffix = ".jpg" if source.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
-        target = _unique_name(folder, source.path.stem, suffix, used_names)
+        target = _unique_name(folder, path_text(source.path.stem), suffix, used_names)
         Image.fromarray(draw_results(rgb, faces)).save(target, quality=92)
-        entry["annotated"] = str(target)
+        entry["annotated"] = f"annotated/{target.name}"
     return entry
 
 
@@ -355,7 +592,7 @@ def _predict_video(
     if annotate and out_dir is not None:
         folder = out_dir / "annotated"
         folder.mkdir(exist_ok=True)
-        stem = source.path.stem if source.path else f"camera{source.camera}"
+        stem = path_text(source.path.stem) if source.path else f"camera{source.camera}"
         annotated_path = _unique_name(folder, stem, ".mp4", used_names)
         video_writer = cv2.VideoWriter(
             str(annotated_path),
@@ -467,7 +704,7 @@ def _predict_video(
             }
         )
     if annotated_path is not None:
-        entry["annotated"] = str(annotated_path)
+        entry["annotated"] = f"annotated/{annotated_path.name}"
         figure = plot_emotions_over_time(
             times, smoothed, recognizer.classes, shares, Path(source.name).name
         )
@@ -476,7 +713,7 @@ def _predict_video(
         import matplotlib.pyplot as plt
 
         plt.close(figure)
-        entry["emotion_plot"] = str(plot_path)
+        entry["emotion_plot"] = f"annotated/{plot_path.name}"
     return entry
 
 

@@ -16,9 +16,8 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -31,13 +30,26 @@ import numpy as np
 from tqdm import tqdm
 
 from ferkit import __version__
-from ferkit.images import ImageReadError, decode_image, resize_face
+from ferkit.images import (
+    DEFAULT_CROP_MAX_SIDE,
+    DEFAULT_MAX_PIXELS,
+    FACE_MODES,
+    ImageReadError,
+    decode_image,
+    looks_like_crop,
+    resize_face,
+)
+from ferkit.outputs import format_memory, output_folder, path_text, peak_memory_mb
 from ferkit.sources import SPLIT_ORDER, Item, Skipped, SourceListing, list_source
 
 logger = logging.getLogger(__name__)
 
-FACE_MODES = ("auto", "crop", "detect")
 MANIFEST_NAME = "manifest.json"
+#: Kinds of skipped items that are failures of an input (the run exits with status 3),
+#: as opposed to curation (no face found, duplicates, FER+ votes without a winner).
+FAILURE_KINDS = frozenset(
+    {"unreadable", "not_image", "too_large", "malformed_row", "missing_file", "error"}
+)
 
 
 class NoUsableImagesError(ValueError):
@@ -54,7 +66,7 @@ class PrepareConfig:
     size: int = 48
     channels: int = 1
     margin: float = 0.15
-    crop_max_side: int = 128  # in auto mode, images at most this large are taken as crops
+    crop_max_side: int = DEFAULT_CROP_MAX_SIDE  # auto mode: small square images are crops
     val_fraction: float | None = None  # None: 0.1 when the source has no splits
     test_fraction: float | None = None  # None: 0.1 when the source has no splits
     seed: int = 0
@@ -63,6 +75,7 @@ class PrepareConfig:
     dedupe: bool = False
     compress: bool = True
     workers: int = 0  # 0: one per CPU core
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger JPEGs decode reduced, others are refused
 
     def validate(self) -> None:
         if self.faces not in FACE_MODES:
@@ -77,6 +90,8 @@ class PrepareConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ValueError(f"{name} must be in [0, 1), not {value}")
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, not {self.max_pixels}")
         if (self.val_fraction or 0) + (self.test_fraction or 0) >= 1:
             raise ValueError("val_fraction + test_fraction must leave some data for training")
 
@@ -92,10 +107,25 @@ class PrepareResult:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(config: PrepareConfig, single_thread: bool) -> None:
+def _init_worker(config: PrepareConfig, single_thread: bool, parent: int | None = None) -> None:
     _WORKER_STATE["config"] = config
     _WORKER_STATE["detector"] = None
     _WORKER_STATE["single_thread"] = single_thread
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int, interval: float = 1.0) -> None:
+    """End this worker process when the process that started the pool is gone (killed
+    with SIGKILL, say), instead of living on as an orphan."""
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # the pid was reused by another user's process
+            os._exit(1)
 
 
 def _detector():
@@ -125,6 +155,16 @@ class _Outcome:
 
 
 def _process_item(item: Item) -> _Outcome:
+    """Decode, find and crop one item's face; never raises, so one odd input (a detector
+    failure on a strange image, say) is recorded and the batch goes on."""
+    try:
+        return _process_item_unchecked(item)
+    except Exception as error:
+        logger.debug("%s failed", item.name, exc_info=True)
+        return _Outcome(kind="error", reason=f"{type(error).__name__}: {error}")
+
+
+def _process_item_unchecked(item: Item) -> _Outcome:
     config: PrepareConfig = _WORKER_STATE["config"]
     outcome = _Outcome()
     if item.pixels is not None:
@@ -138,10 +178,9 @@ def _process_item(item: Item) -> _Outcome:
         mode = _face_mode(item, config, None)
         color = config.channels == 3 or mode != "crop"
         try:
-            image = decode_image(data, color=color, source=item.name)
+            image = decode_image(data, color=color, source=item.name, max_pixels=config.max_pixels)
         except ImageReadError as error:
-            kind = "not_image" if error.reason.startswith("not an image") else "unreadable"
-            outcome.kind, outcome.reason = kind, error.reason
+            outcome.kind, outcome.reason = error.kind, error.reason
             return outcome
     outcome.pixel_hash = hashlib.sha1(
         np.ascontiguousarray(image).tobytes() + str(image.shape).encode()
@@ -177,7 +216,7 @@ def _face_mode(item: Item, config: PrepareConfig, shape: tuple[int, ...] | None)
         return "crop"
     if shape is None:
         return "detect"  # decode in colour until the size is known
-    return "crop" if max(shape[:2]) <= config.crop_max_side else "detect"
+    return "crop" if looks_like_crop(shape, config.crop_max_side) else "detect"
 
 
 def _run_items(
@@ -197,7 +236,10 @@ def _run_items(
         context = multiprocessing.get_context(method)
         chunk = max(16, min(256, len(items) // (workers * 16)))
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(config, True)
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(config, True, os.getpid()),
         ) as pool:
             for outcome in pool.map(_process_item, items, chunksize=chunk):
                 yield outcome
@@ -320,10 +362,19 @@ def prepare(
     config = config or PrepareConfig()
     config.validate()
     source, out_dir = Path(source), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(
-            f"{out_dir}: already exists; choose another --out or pass --overwrite"
+    if not source.exists():
+        raise FileNotFoundError(
+            f"{source}: source not found; give an image folder, a fer2013.csv file or a "
+            "FER+ folder (see data/README.md for how to obtain them)"
         )
+    with output_folder(out_dir, "prepare", overwrite=overwrite, inputs=[source]) as staging:
+        manifest = _prepare_into(source, staging, config, progress)
+    return PrepareResult(out_dir=out_dir, manifest=manifest)
+
+
+def _prepare_into(
+    source: Path, staging: Path, config: PrepareConfig, progress: bool
+) -> dict[str, Any]:
     started = time.perf_counter()
     listing = list_source(source, config.format, config.ferplus_mode)
     items = listing.items
@@ -345,7 +396,7 @@ def prepare(
     if not kept:
         raise NoUsableImagesError(_no_usable_message(source, skipped))
 
-    split_origin = _assign_splits(kept, config)
+    split_origin, warnings = _assign_splits(kept, config)
     duplicates = _find_duplicates(kept)
     if config.dedupe:
         kept, dropped = _dedupe(kept)
@@ -355,74 +406,59 @@ def prepare(
     class_index = {name: index for index, name in enumerate(classes)}
     splits = [split for split in SPLIT_ORDER if any(item.split == split for item, _ in kept)]
 
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=_parent(out_dir)))
-    try:
-        split_summary = {}
-        for split in splits:
-            members = [(item, outcome) for item, outcome in kept if item.split == split]
-            labels = np.array([class_index[item.label] for item, _ in members], dtype=np.int64)
-            arrays = {
-                "images": np.stack([outcome.face for _, outcome in members]),
-                "labels": labels,
-                "paths": np.array([item.name for item, _ in members]),
-            }
-            if config.soft_labels:
-                arrays["soft_labels"] = _soft_labels(members, class_index, len(classes))
-            _write_split(temporary / f"{split}.npz", arrays, config.compress)
-            counts = np.bincount(labels, minlength=len(classes))
-            split_summary[split] = {
-                "file": f"{split}.npz",
-                "count": len(members),
-                "per_class": {name: int(counts[i]) for i, name in enumerate(classes)},
-            }
-        manifest = {
-            "ferkit_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "source": str(source.resolve()),
-            "format": listing.format,
-            "source_hash": _source_hash(listing, list(zip(items, outcomes, strict=True))),
-            "classes": classes,
-            "class_names_in_source": {
-                name: sorted(listing.source_names.get(name, {name})) for name in classes
-            },
-            "image_shape": [config.size, config.size, config.channels],
-            "settings": asdict(config),
-            "split_origin": split_origin,
-            "splits": split_summary,
-            "face_modes": dict(Counter(outcome.mode for _, outcome in kept)),
-            "skipped_counts": dict(sorted(Counter(s.kind for s in skipped).items())),
-            "skipped": [s.as_dict() for s in skipped],
-            "duplicates": duplicates,
-            "seconds": round(time.perf_counter() - started, 2),
+    split_summary = {}
+    for split in splits:
+        members = [(item, outcome) for item, outcome in kept if item.split == split]
+        labels = np.array([class_index[item.label] for item, _ in members], dtype=np.int64)
+        arrays = {
+            "images": np.stack([outcome.face for _, outcome in members]),
+            "labels": labels,
+            "paths": np.array([item.name for item, _ in members]),
         }
-        (temporary / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _move_into_place(temporary, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return PrepareResult(out_dir=out_dir, manifest=manifest)
+        if config.soft_labels:
+            arrays["soft_labels"] = _soft_labels(members, class_index, len(classes))
+        _write_split(staging / f"{split}.npz", arrays, config.compress)
+        counts = np.bincount(labels, minlength=len(classes))
+        split_summary[split] = {
+            "file": f"{split}.npz",
+            "count": len(members),
+            "per_class": {name: int(counts[i]) for i, name in enumerate(classes)},
+        }
+    manifest = {
+        "ferkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": path_text(source.resolve()),
+        "format": listing.format,
+        "source_hash": _source_hash(listing, list(zip(items, outcomes, strict=True))),
+        "classes": classes,
+        "class_names_in_source": {
+            name: sorted(listing.source_names.get(name, {name})) for name in classes
+        },
+        "image_shape": [config.size, config.size, config.channels],
+        "settings": asdict(config),
+        "split_origin": split_origin,
+        "splits": split_summary,
+        "warnings": warnings,
+        "face_modes": dict(Counter(outcome.mode for _, outcome in kept)),
+        "skipped_counts": dict(sorted(Counter(s.kind for s in skipped).items())),
+        "failed": sum(s.kind in FAILURE_KINDS for s in skipped),
+        "skipped": [s.as_dict() for s in skipped],
+        "duplicates": duplicates,
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
-def _parent(out_dir: Path) -> Path:
-    parent = out_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return parent
+def _assign_splits(
+    kept: list[tuple[Item, _Outcome]], config: PrepareConfig
+) -> tuple[str, list[str]]:
+    """Keep the source's splits; split seeded and stratified where it has none.
 
-
-def _move_into_place(temporary: Path, out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: appeared while preparing; pass --overwrite")
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        temporary.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        temporary.rename(out_dir)
-
-
-def _assign_splits(kept: list[tuple[Item, _Outcome]], config: PrepareConfig) -> str:
-    """Keep the source's splits; split seeded and stratified where it has none."""
+    Returns:
+        How the splits came about, and warnings about requested splits that ended empty.
+    """
     has_splits = any(item.split for item, _ in kept)
     if not has_splits:
         val = 0.1 if config.val_fraction is None else config.val_fraction
@@ -432,7 +468,8 @@ def _assign_splits(kept: list[tuple[Item, _Outcome]], config: PrepareConfig) -> 
             kept, stratified_split(labels, val, test, config.seed), strict=True
         ):
             item.split = split
-        return f"seeded stratified split (seed {config.seed}, val {val}, test {test})"
+        origin = f"seeded stratified split (seed {config.seed}, val {val}, test {test})"
+        return origin, _empty_split_warnings(kept, {"val": val, "test": test})
     # A source with splits that lacks val or test can have them carved out of train,
     # but only on request: the source's own split is what papers report against.
     carve = {}
@@ -442,7 +479,7 @@ def _assign_splits(kept: list[tuple[Item, _Outcome]], config: PrepareConfig) -> 
     if "test" not in present and config.test_fraction:
         carve["test"] = config.test_fraction
     if not carve or "train" not in present:
-        return "source"
+        return "source", []
     train = [item for item, _ in kept if item.split == "train"]
     labels = np.array([item.label for item in train])
     assignment = stratified_split(
@@ -450,7 +487,27 @@ def _assign_splits(kept: list[tuple[Item, _Outcome]], config: PrepareConfig) -> 
     )
     for item, split in zip(train, assignment, strict=True):
         item.split = split
-    return f"source, with {' and '.join(sorted(carve))} carved from train (seed {config.seed})"
+    origin = f"source, with {' and '.join(sorted(carve))} carved from train (seed {config.seed})"
+    return origin, _empty_split_warnings(kept, carve)
+
+
+def _empty_split_warnings(
+    kept: list[tuple[Item, _Outcome]], fractions: dict[str, float]
+) -> list[str]:
+    """Say which requested splits ended up empty, and why."""
+    warnings = []
+    for split, fraction in fractions.items():
+        if fraction <= 0 or any(item.split == split for item, _ in kept):
+            continue
+        sizes = Counter(item.label for item, _ in kept)
+        smallest_needed = next(n for n in range(1, 1_000_000) if round(n * fraction) >= 1)
+        warnings.append(
+            f"the {split} split is empty: {fraction:g} of each class rounds to no image when a "
+            f"class has fewer than {smallest_needed} (largest class here: "
+            f"{max(sizes.values())}); add images, or pass a larger --{split}-fraction "
+            f"(ferkit train carves a validation split from train when there is none)"
+        )
+    return warnings
 
 
 def _class_list(kept: list[tuple[Item, _Outcome]]) -> list[str]:
@@ -486,6 +543,15 @@ def _no_usable_message(source: Path, skipped: list[Skipped]) -> str:
 def format_summary(result: PrepareResult, max_examples: int = 5) -> str:
     """A readable summary of a prepare run, for the end of the CLI output."""
     manifest = result.manifest
+    tail = (
+        [f"  {format_memory(manifest['peak_memory_mb'])}"] if "peak_memory_mb" in manifest else []
+    )
+    failed = manifest.get("failed", 0)
+    if failed:
+        tail.append(
+            f"  {failed} input(s) failed (kinds: {', '.join(sorted(FAILURE_KINDS & set(manifest['skipped_counts'])))}); "
+            "the run completed without them (exit status 3)"
+        )
     lines = [
         f"Prepared {manifest['format']} source {manifest['source']}",
         f"  into {result.out_dir}  ({manifest['seconds']} s, splits: {manifest['split_origin']})",
@@ -494,6 +560,8 @@ def format_summary(result: PrepareResult, max_examples: int = 5) -> str:
     for split, info in manifest["splits"].items():
         per_class = ", ".join(f"{name} {count}" for name, count in info["per_class"].items())
         lines.append(f"  {split:<5} {info['count']:>7} faces  ({per_class})")
+    for warning in manifest.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     duplicates = manifest["duplicates"]
     if duplicates["groups_within_split"] or duplicates["groups_across_splits"]:
         lines.append(
@@ -516,4 +584,4 @@ def format_summary(result: PrepareResult, max_examples: int = 5) -> str:
                 lines.append(f"      {entry['path']}: {entry['reason']}")
             if len(entries) > max_examples:
                 lines.append(f"      ... and {len(entries) - max_examples} more")
-    return "\n".join(lines)
+    return "\n".join(lines + tail)

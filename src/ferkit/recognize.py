@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 
 from ferkit.faces import DEFAULT_DETECTOR, Face, align_and_crop, make_detector
-from ferkit.images import read_image
+from ferkit.images import (
+    DEFAULT_CROP_MAX_SIDE,
+    DEFAULT_MAX_PIXELS,
+    FACE_MODES,
+    ImageReadError,
+    looks_like_crop,
+    read_image,
+    resize_face,
+)
+
+BATCH_ERRORS = ("record", "raise")
 
 
 @dataclass
@@ -25,7 +35,7 @@ class FaceResult:
     """One face found in an image and what it expresses."""
 
     box: tuple[int, int, int, int]  # x, y, width, height in the image's pixels
-    detector_confidence: float
+    detector_confidence: float | None  # None when the image was taken as a face crop
     label: str
     probabilities: dict[str, float]  # calibrated, one per class, summing to 1
     landmarks: dict[str, tuple[float, float]] | None = field(default=None)
@@ -46,7 +56,9 @@ class FaceResult:
                 "y": y,
                 "width": w,
                 "height": h,
-                "detector_confidence": round(self.detector_confidence, 4),
+                "detector_confidence": None
+                if self.detector_confidence is None
+                else round(self.detector_confidence, 4),
                 "label": self.label,
                 **{f"p_{name}": round(p, 4) for name, p in self.probabilities.items()},
             }
@@ -58,6 +70,36 @@ class FaceResult:
 
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # path, array or PIL image
+
+
+class ImageResult(list):
+    """The faces found in one image of a batch: a list of :class:`FaceResult`, plus
+    ``error`` (why the image could not be used, else None), ``face_mode`` (``crop`` when
+    the whole image was taken as one face, else ``detect``) and the image's size."""
+
+    def __init__(
+        self,
+        faces: list[FaceResult] = (),
+        *,
+        error: str | None = None,
+        face_mode: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        super().__init__(faces)
+        self.error = error
+        self.face_mode = face_mode
+        self.width = width
+        self.height = height
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"ImageResult(error={self.error!r})"
+        return f"ImageResult({list.__repr__(self)})"
 
 
 class EmotionRecognizer:
@@ -73,6 +115,12 @@ class EmotionRecognizer:
         backend: classifier runtime (``auto``, ``keras``, ``onnx``, ``onnx-int8``,
             ``tflite``); ``auto`` uses ONNX Runtime when the model has an ONNX file, so
             the bundled model predicts without importing TensorFlow.
+        faces: ``auto`` (small, roughly square images are taken as ready-cut face crops,
+            others go through the detector), ``crop`` (every image is one face) or
+            ``detect`` (always run the detector).
+        crop_max_side: in ``auto`` mode, the longest side of an image taken as a crop.
+        max_pixels: pixel budget of a decoded image file (see
+            :func:`ferkit.images.decode_image`).
     """
 
     def __init__(
@@ -81,40 +129,75 @@ class EmotionRecognizer:
         detector: str = DEFAULT_DETECTOR,
         margin: float = 0.15,
         backend: str = "auto",
+        faces: str = "auto",
+        crop_max_side: int = DEFAULT_CROP_MAX_SIDE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         from ferkit.runtime import load_classifier
 
+        _check_choice("faces", faces, FACE_MODES)
+        if margin < 0:
+            raise ValueError(f"margin must be zero or positive, not {margin}")
         self.model = load_classifier(model, backend)
         self.classes = self.model.classes
         self.detector = make_detector(detector)
         self.margin = margin
+        self.faces = faces
+        self.crop_max_side = crop_max_side
+        self.max_pixels = max_pixels
         self.size, _, self.channels = self.model.image_shape
 
     def _to_rgb(self, image: ImageInput, color_order: str) -> np.ndarray:
         if isinstance(image, str | os.PathLike):
-            return read_image(Path(image), color=True)
+            return read_image(Path(image), color=True, max_pixels=self.max_pixels)
         if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+            if image.size[0] < 1 or image.size[1] < 1:
+                raise ValueError(f"the PIL image is empty ({image.size}); pass a real image")
             return np.asarray(image.convert("RGB"))
-        array = np.asarray(image)
+        if not isinstance(image, np.ndarray):
+            raise TypeError(
+                f"an image must be a file path, a uint8 NumPy array (HxW, HxWx3 or HxWx4) or "
+                f"a PIL image, not {type(image).__name__}"
+            )
+        array = image
         if array.dtype != np.uint8:
             raise ValueError(
-                f"image arrays must be uint8, not {array.dtype}; scale to 0..255 first"
+                f"image arrays must be uint8, not {array.dtype}; scale to 0..255 and use "
+                "array.astype(np.uint8)"
+            )
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ValueError(
+                f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}"
+            )
+        if array.size == 0:
+            raise ValueError(
+                f"the image array is empty (shape {array.shape}); pass a decoded image of at "
+                "least 1x1 pixels"
             )
         if array.ndim == 2:
             return np.repeat(array[:, :, None], 3, axis=2)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise ValueError(f"image array must be HxW, HxWx3 or HxWx4, not {array.shape}")
         array = array[:, :, :3]
         if color_order.upper() == "BGR":
             array = array[:, :, ::-1]
-        elif color_order.upper() != "RGB":
-            raise ValueError(f"color_order must be 'RGB' or 'BGR', not {color_order!r}")
         return np.ascontiguousarray(array)
 
+    def _face_mode(self, rgb: np.ndarray, faces: str | None) -> str:
+        mode = faces or self.faces
+        if mode == "auto":
+            return "crop" if looks_like_crop(rgb.shape, self.crop_max_side) else "detect"
+        return mode
+
     def _crops(
-        self, rgb: np.ndarray, faces: list[Face] | None = None
+        self, rgb: np.ndarray, faces: list[Face] | None = None, mode: str = "detect"
     ) -> tuple[list[Face], np.ndarray]:
-        """Detect (unless ``faces`` are given) and cut out every face."""
+        """Detect (unless ``faces`` are given, or ``mode`` is ``crop``) and cut out every
+        face."""
+        if mode == "crop" and faces is None:
+            height, width = rgb.shape[:2]
+            crop = resize_face(rgb, self.size, self.channels)
+            return [Face(box=(0, 0, width, height), confidence=None)], crop[None]
         if faces is None:
             faces = self.detector.detect(rgb)
         crops = [
@@ -136,27 +219,86 @@ class EmotionRecognizer:
             for face, row in zip(faces, probabilities, strict=True)
         ]
 
-    def predict(self, image: ImageInput, *, color_order: str = "RGB") -> list[FaceResult]:
+    def predict(
+        self, image: ImageInput, *, color_order: str = "RGB", faces: str | None = None
+    ) -> ImageResult:
         """Results for every face in one image (an empty list when there is none).
 
         Args:
             image: a file path, a ``uint8`` array (``color_order`` says RGB or BGR, as
                 OpenCV gives), or a PIL image.
+            faces: override the recogniser's ``faces`` mode for this call.
+
+        Raises:
+            FileNotFoundError, ImageReadError: the file is missing or cannot be decoded.
+            TypeError, ValueError: the argument is not an image (the message says what
+                to pass).
         """
-        return self.predict_batch([image], color_order=color_order)[0]
+        return self.predict_batch([image], color_order=color_order, faces=faces, errors="raise")[0]
 
     def predict_batch(
-        self, images: list[ImageInput], *, color_order: str = "RGB"
-    ) -> list[list[FaceResult]]:
-        """Like :meth:`predict` for several images, classifying all their faces in one batch."""
-        detections = [self._crops(self._to_rgb(image, color_order)) for image in images]
-        all_crops = [crops for _, crops in detections]
+        self,
+        images: list[ImageInput],
+        *,
+        color_order: str = "RGB",
+        faces: str | None = None,
+        errors: str = "record",
+    ) -> list[ImageResult]:
+        """Like :meth:`predict` for several images, classifying all their faces in one batch.
+
+        Args:
+            errors: ``record`` (default): an image that cannot be used (missing file,
+                corrupt data, wrong array) gets an :class:`ImageResult` whose ``error``
+                says why, and every other image is still classified; ``raise``: the
+                first such image raises its error.
+
+        Returns:
+            One :class:`ImageResult` (a list of :class:`FaceResult`) per image, in order.
+        """
+        if isinstance(images, str | os.PathLike | np.ndarray) or hasattr(images, "convert"):
+            raise TypeError(
+                "predict_batch takes a list of images; for one image call predict(image)"
+            )
+        _check_choice("errors", errors, BATCH_ERRORS)
+        _check_choice("color_order", str(color_order).upper(), ("RGB", "BGR"))
+        if faces is not None:
+            _check_choice("faces", faces, FACE_MODES)
+        detections: list[tuple[list[Face], np.ndarray] | None] = []
+        results: list[ImageResult] = []
+        for image in images:
+            try:
+                rgb = self._to_rgb(image, color_order)
+                mode = self._face_mode(rgb, faces)
+                found, crops = self._crops(rgb, mode=mode)
+            except (FileNotFoundError, ImageReadError, TypeError, ValueError, OSError) as error:
+                if errors == "raise":
+                    raise
+                detections.append(None)
+                results.append(ImageResult(error=_describe_error(error)))
+                continue
+            except Exception as error:  # a detector failing on one odd image
+                if errors == "raise":
+                    raise
+                detections.append(None)
+                results.append(
+                    ImageResult(error=f"face detection failed: {type(error).__name__}: {error}")
+                )
+                continue
+            detections.append((found, crops))
+            height, width = rgb.shape[:2]
+            results.append(ImageResult(face_mode=mode, width=width, height=height))
+        all_crops = [detection[1] for detection in detections if detection is not None]
         probabilities = (
-            self.model.predict_proba(np.concatenate(all_crops)) if all_crops else np.zeros((0,))
+            self.model.predict_proba(np.concatenate(all_crops))
+            if all_crops
+            else np.zeros((0, len(self.classes)))
         )
-        results, start = [], 0
-        for faces, crops in detections:
-            results.append(self._results(faces, probabilities[start : start + len(crops)]))
+        start = 0
+        for detection, result in zip(detections, results, strict=True):
+            if detection is None:
+                continue
+            found, crops = detection
+            result.extend(self._results(found, probabilities[start : start + len(crops)]))
             start += len(crops)
         return results
 
@@ -203,6 +345,23 @@ class EmotionRecognizer:
             smoothing_s=smoothing_s,
             max_frames=max_frames,
         )
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _describe_error(error: BaseException) -> str:
+    """One line saying why an input could not be used (no path prefix for file errors,
+    since the caller knows which input it was)."""
+    if isinstance(error, ImageReadError):
+        return error.reason
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, OSError) and error.strerror:
+        return f"unreadable: {error.strerror}"
+    return str(error)
 
 
 def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> Any:

@@ -16,13 +16,12 @@ Every runtime is a :class:`ferkit.bundle.Classifier` (``predict_logits``,
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ferkit.bundle import Classifier
+from ferkit.bundle import Classifier, ModelLoadError, error_summary, read_metadata
 
 BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite")
 
@@ -43,12 +42,22 @@ class OnnxModel(Classifier):
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
         self.source = Path(path)
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.classes = list(classes)
+        self.temperature = float(temperature)
+        try:
+            self._session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:
+            raise ModelLoadError(
+                f"{path}: not a loadable ONNX model ({error_summary(error)}); the file is damaged "
+                "or not ONNX: export it again with 'ferkit export --format onnx'"
+            ) from None
         face_input = self._session.get_inputs()[0]
         self._input = face_input.name
         self.image_shape = tuple(int(d) for d in face_input.shape[1:])
-        self.classes = list(classes)
-        self.temperature = float(temperature)
+        outputs = self._session.get_outputs()[0].shape
+        self.check_outputs(outputs[-1] if outputs and isinstance(outputs[-1], int) else None)
 
     def _run(self, faces: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: faces})[0]
@@ -67,13 +76,21 @@ class TFLiteModel(Classifier):
         from ai_edge_litert.interpreter import Interpreter
 
         self.source = Path(path)
-        self._interpreter = Interpreter(str(path), num_threads=threads or os.cpu_count() or 1)
-        detail = self._interpreter.get_input_details()[0]
-        self._input = detail["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self.image_shape = tuple(int(d) for d in detail["shape"][1:])
         self.classes = list(classes)
         self.temperature = float(temperature)
+        try:
+            self._interpreter = Interpreter(str(path), num_threads=threads or os.cpu_count() or 1)
+        except Exception as error:
+            raise ModelLoadError(
+                f"{path}: not a loadable TensorFlow Lite model ({error_summary(error)}); export "
+                "it again with 'ferkit export --format tflite'"
+            ) from None
+        detail = self._interpreter.get_input_details()[0]
+        self._input = detail["index"]
+        output = self._interpreter.get_output_details()[0]
+        self._output = output["index"]
+        self.image_shape = tuple(int(d) for d in detail["shape"][1:])
+        self.check_outputs(int(output["shape"][-1]))
         self._batch = -1
 
     def _run(self, faces: np.ndarray) -> np.ndarray:
@@ -95,18 +112,6 @@ def _model_folder(model: str | os.PathLike[str] | None) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _read_metadata(folder: Path) -> tuple[list[str], float]:
-    labels, calibration = folder / "labels.json", folder / "calibration.json"
-    if not labels.is_file():
-        raise FileNotFoundError(
-            f"{folder}: no labels.json beside the model, so its outputs cannot be named"
-        )
-    temperature = (
-        json.loads(calibration.read_text())["temperature"] if calibration.is_file() else 1.0
-    )
-    return list(json.loads(labels.read_text())), float(temperature)
-
-
 def load_classifier(
     model: str | os.PathLike[str] | None = None, backend: str = "auto", *, verify: bool = True
 ) -> Classifier:
@@ -120,8 +125,10 @@ def load_classifier(
         FileNotFoundError: the model has no file for that runtime (the message says how
             to export one).
         ChecksumError: a bundled file does not match its checksum.
+        ModelLoadError: the model file is damaged, or its outputs disagree with
+            ``labels.json``.
     """
-    from ferkit.bundle import CHECKSUMS, load_model, verify_checksums
+    from ferkit.bundle import load_model, verify_or_warn
     from ferkit.export import ONNX_FILE, ONNX_INT8_FILE, TFLITE_FILE
 
     if backend not in BACKENDS:
@@ -148,9 +155,9 @@ def load_classifier(
                 f"{file}: missing; write it with 'ferkit export --model {folder} {export} "
                 f"--out {folder}'"
             )
-    if verify and (folder / CHECKSUMS).is_file():
-        verify_checksums(folder)
-    classes, temperature = _read_metadata(folder)
+    if verify:
+        verify_or_warn(folder)
+    classes, temperature = read_metadata(folder)
     if backend == "tflite":
         return TFLiteModel(file, classes, temperature)
     return OnnxModel(file, classes, temperature)

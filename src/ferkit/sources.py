@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +109,7 @@ def _is_ferplus_split(folder: Path) -> bool:
 def _is_fer2013_csv(path: Path) -> bool:
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         header = handle.readline().lower()
     return "emotion" in header and "pixels" in header
 
@@ -252,27 +254,86 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+# --- CSV rows ----------------------------------------------------------------------------
+
+#: Longest text of a bad value quoted in a reason, so a huge field makes a short message.
+_QUOTE_LIMIT = 20
+
+
+class _MalformedRow(ValueError):
+    """A CSV row that cannot be read; the message is the reason."""
+
+
+def _quote(text: str) -> str:
+    """``repr`` of a value for a reason, shortened when long."""
+    if len(text) <= _QUOTE_LIMIT:
+        return repr(text)
+    return f"{text[:_QUOTE_LIMIT]!r}... ({len(text)} characters)"
+
+
+def _split_csv_line(line: str) -> list[str]:
+    """Split one line of a CSV file into fields.
+
+    Lines are split one at a time, so one bad line (a field over the ``csv`` module's size
+    limit, a stray quote) costs that row only and every later row is still read. The
+    files read here never quote a field across lines.
+    """
+    try:
+        return next(csv.reader([line]), [])
+    except csv.Error as error:
+        raise _MalformedRow(f"cannot split the line into fields ({error})") from None
+
+
+def _row_problem(error: Exception) -> str:
+    if isinstance(error, _MalformedRow):
+        return str(error)
+    return f"cannot parse the row ({type(error).__name__}: {error})"
+
+
+def _is_blank(fields: list[str]) -> bool:
+    return all(not field.strip() for field in fields)
+
+
+def _is_ascii_digits(text: str) -> bool:
+    # str.isdigit alone also accepts other scripts' digits ('٣', '３', '²').
+    return text.isascii() and text.isdigit()
+
+
 # --- fer2013.csv -----------------------------------------------------------------------
+
+_FER2013_SIDE = 48
+_DIGITS_AS_D = bytes.maketrans(b"0123456789", b"d" * 10)
 
 
 def _list_fer2013_csv(path: Path) -> SourceListing:
+    """List ``fer2013.csv``: one item per good row, a ``malformed_row`` record per bad one.
+
+    A row is good when its emotion is one ASCII integer 0..6, its pixels are 48x48
+    space-separated ASCII integers 0..255 and its Usage (when the column exists) names a
+    split. The header may start with a UTF-8 byte-order mark; its column names are read
+    regardless of case and surrounding spaces.
+
+    Raises:
+        ValueError: the header does not name the columns emotion and pixels.
+    """
     listing = SourceListing(format="fer2013-csv", classes=sorted(FER2013_CSV_CLASSES))
     listing.hashed_files[path.name] = _sha1_file(path)
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-        reader = csv.reader(handle)
-        header = [column.strip().lower() for column in next(reader, [])]
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         try:
+            header = [column.strip().lower() for column in _split_csv_line(handle.readline())]
             emotion_column, pixels_column = header.index("emotion"), header.index("pixels")
         except ValueError:
             raise ValueError(f"{path}: header must name the columns emotion and pixels") from None
         usage_column = header.index("usage") if "usage" in header else None
-        for row_number, row in enumerate(reader, start=2):
+        for row_number, line in enumerate(handle, start=2):
             name = f"{path.name}:row {row_number}"
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            problem, item = _parse_fer2013_row(row, emotion_column, pixels_column, usage_column)
-            if problem:
-                listing.skipped.append(Skipped(name, "malformed_row", problem))
+            try:
+                row = _split_csv_line(line)
+                if _is_blank(row):
+                    continue
+                item = _parse_fer2013_row(row, emotion_column, pixels_column, usage_column)
+            except Exception as error:  # one bad row must never end the listing
+                listing.skipped.append(Skipped(name, "malformed_row", _row_problem(error)))
                 continue
             item.name = name
             listing.items.append(item)
@@ -283,30 +344,48 @@ def _list_fer2013_csv(path: Path) -> SourceListing:
 
 def _parse_fer2013_row(
     row: list[str], emotion_column: int, pixels_column: int, usage_column: int | None
-) -> tuple[str | None, Item | None]:
+) -> Item:
+    """Read one fer2013.csv row, raising :class:`_MalformedRow` with the reason."""
     needed = max(emotion_column, pixels_column, usage_column or 0) + 1
     if len(row) < needed:
-        return f"row has {len(row)} fields, expected at least {needed}", None
+        raise _MalformedRow(f"row has {len(row)} fields, expected at least {needed}")
     emotion_text = row[emotion_column].strip()
-    if not emotion_text.isdigit() or int(emotion_text) >= len(FER2013_CSV_CLASSES):
-        return f"emotion {emotion_text!r} is not an integer 0..6", None
-    try:
-        values = np.array(row[pixels_column].split(), dtype=np.int64)
-    except ValueError:
-        return "pixels are not all integers", None
-    if values.size != 48 * 48:
-        return f"pixels has {values.size} values, expected 2304 (48x48)", None
-    if values.min() < 0 or values.max() > 255:
-        return "pixel values outside 0..255", None
+    # The length bound keeps int() away from huge digit strings.
+    if (
+        not _is_ascii_digits(emotion_text)
+        or len(emotion_text) > 3
+        or int(emotion_text) >= len(FER2013_CSV_CLASSES)
+    ):
+        raise _MalformedRow(f"emotion {_quote(emotion_text)} is not an integer 0..6")
+    values = _parse_pixels(row[pixels_column])
     split = None
     if usage_column is not None:
         usage = row[usage_column].strip()
         split = split_alias(usage)
         if usage and split is None:
-            return f"Usage {usage!r} is not Training, PublicTest or PrivateTest", None
-    pixels = values.astype(np.uint8).reshape(48, 48)
+            raise _MalformedRow(f"Usage {_quote(usage)} is not Training, PublicTest or PrivateTest")
+    pixels = values.astype(np.uint8).reshape(_FER2013_SIDE, _FER2013_SIDE)
     label = FER2013_CSV_CLASSES[int(emotion_text)]
-    return None, Item(name="", label=label, split=split, pixels=pixels, tight_crop=True)
+    return Item(name="", label=label, split=split, pixels=pixels, tight_crop=True)
+
+
+def _parse_pixels(text: str) -> np.ndarray:
+    """Read 48x48 space-separated pixel values, each one to three ASCII digits 0..255."""
+    tokens = text.split()
+    if len(tokens) != _FER2013_SIDE * _FER2013_SIDE:
+        raise _MalformedRow(f"pixels has {len(tokens)} values, expected 2304 (48x48)")
+    # The whole field is checked at once, as bytes: a loop over the 2304 values would
+    # cost as much as parsing them. Each digit becomes a "d", anything non-ASCII a "?".
+    shape = text.encode("ascii", "replace").translate(_DIGITS_AS_D)
+    if shape.translate(None, b"d \t") or b"dddd" in shape:
+        bad = next((t for t in tokens if not _is_ascii_digits(t) or len(t) > 3), None)
+        if bad is None:
+            raise _MalformedRow("pixel values must be separated by spaces")
+        raise _MalformedRow(f"pixel {_quote(bad)} is not an integer 0..255")
+    values = np.array(tokens, dtype=np.int64)
+    if values.max() > 255:
+        raise _MalformedRow("pixel values outside 0..255")
+    return values
 
 
 # --- FER+ ------------------------------------------------------------------------------
@@ -365,6 +444,41 @@ def _list_ferplus(source: Path, mode: str = "plurality") -> SourceListing:
     return listing
 
 
+#: Most votes one FER+ row may hold in all. FER+ has ten annotators per image; the bound
+#: leaves room for re-annotated variants and keeps the normalised soft labels finite.
+FERPLUS_MAX_VOTES = 1000
+
+# A plain decimal number: ASCII digits, no sign, exponent, underscore, nan or inf.
+_PLAIN_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+# Characters that turn a name into a path: separators, a drive ("C:x.png"), NUL.
+_PATH_CHARACTERS = frozenset("/\\:\0")
+
+
+def _parse_votes(fields: list[str]) -> np.ndarray:
+    """Read one row's FER+ vote counts, raising :class:`_MalformedRow` for bad ones.
+
+    Each count must be a plain decimal number >= 0 (FER+ writes whole numbers 0..10;
+    fractional vote shares are accepted too) and the counts must sum to at most
+    :data:`FERPLUS_MAX_VOTES`. That rules out ``nan`` and ``inf``, which would break the
+    vote rule and the soft labels.
+    """
+    rule = f"vote counts must be finite numbers >= 0 summing to at most {FERPLUS_MAX_VOTES}"
+    texts = [text.strip() for text in fields]
+    for text in texts:
+        if not _PLAIN_NUMBER.fullmatch(text):
+            raise _MalformedRow(f"{rule}, not {_quote(text)}")
+    votes = np.array([float(text) for text in texts], dtype=np.float64)
+    total = votes.sum()
+    if not math.isfinite(total) or total > FERPLUS_MAX_VOTES:
+        raise _MalformedRow(f"{rule}; these sum to {total:g}")
+    return votes
+
+
+def _is_plain_file_name(name: str) -> bool:
+    """True for a file name that stays inside its folder: no path, drive or ``..``."""
+    return name not in ("", ".", "..") and not _PATH_CHARACTERS.intersection(name)
+
+
 def _parse_face_box(text: str) -> tuple[int, int, int, int] | None:
     """FER+ writes the face box as "(x, y, w, h)"."""
     numbers = text.strip().strip("()").split(",")
@@ -372,52 +486,61 @@ def _parse_face_box(text: str) -> tuple[int, int, int, int] | None:
         return None
     try:
         box = tuple(int(float(number)) for number in numbers)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, nan, inf
         return None
     return box if box[2] > 0 and box[3] > 0 else None  # type: ignore[return-value]
+
+
+def _parse_ferplus_row(row: list[str]) -> tuple[str, np.ndarray, tuple[int, int, int, int]]:
+    """Read one label.csv row into (image name, votes, face box).
+
+    Raises:
+        _MalformedRow: the row is not ``image name, "(x, y, w, h)", ten vote counts``.
+    """
+    if len(row) != 2 + len(FERPLUS_VOTE_COLUMNS):
+        raise _MalformedRow(f"row has {len(row)} fields, expected 12")
+    image_name = row[0].strip()
+    if not _is_plain_file_name(image_name):
+        raise _MalformedRow(
+            "image name must be a file name inside the split folder, not a path "
+            f"({_quote(image_name)})"
+        )
+    votes = _parse_votes(row[2:])
+    box = _parse_face_box(row[1])
+    if box is None:
+        raise _MalformedRow(f"face box {_quote(row[1])} is not (x, y, w, h)")
+    return image_name, votes, box
 
 
 def _list_ferplus_split(
     folder: Path, root: Path, split: str | None, mode: str, listing: SourceListing
 ) -> None:
+    """List one FER+ split folder from its header-less ``label.csv``.
+
+    A row whose image name is a path rather than a file name in ``folder``, whose counts
+    break the rule of :func:`_parse_votes` or whose face box is not four numbers is a
+    ``malformed_row``; the other rows are still listed.
+    """
     label_file = folder / "label.csv"
     prefix = "" if folder == root else f"{folder.name}/"
     listing.hashed_files[f"{prefix}label.csv"] = _sha1_file(label_file)
     labelled: set[str] = set()
     # Votes come in FERPLUS_EMOTIONS order; items carry them in the sorted class order.
     to_sorted = [FERPLUS_EMOTIONS.index(label) for label in sorted(FERPLUS_EMOTIONS)]
-    with open(label_file, newline="", encoding="utf-8", errors="replace") as handle:
-        for row_number, row in enumerate(csv.reader(handle), start=1):
+    with open(label_file, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        for row_number, line in enumerate(handle, start=1):
             where = f"{prefix}label.csv:row {row_number}"
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != 2 + len(FERPLUS_VOTE_COLUMNS):
-                listing.skipped.append(
-                    Skipped(
-                        where, "malformed_row", f"row has {len(row)} fields, expected 12", split
-                    )
-                )
-                continue
-            image_name = row[0].strip()
+            row: list[str] = []
             try:
-                votes = np.array([float(value) for value in row[2:]], dtype=np.float64)
-            except ValueError:
-                listing.skipped.append(
-                    Skipped(where, "malformed_row", "vote counts are not all numbers", split)
-                )
-                continue
-            if (votes < 0).any():
-                listing.skipped.append(
-                    Skipped(where, "malformed_row", "negative vote count", split)
-                )
-                continue
-            box = _parse_face_box(row[1])
-            if box is None:
-                listing.skipped.append(
-                    Skipped(
-                        where, "malformed_row", f"face box {row[1]!r} is not (x, y, w, h)", split
-                    )
-                )
+                row = _split_csv_line(line)
+                if _is_blank(row):
+                    continue
+                image_name, votes, box = _parse_ferplus_row(row)
+            except Exception as error:  # one bad row must never end the listing
+                listing.skipped.append(Skipped(where, "malformed_row", _row_problem(error), split))
+                # Its row accounts for the image, which is not also reported as unlabelled.
+                if row:
+                    labelled.add(row[0].strip())
                 continue
             labelled.add(image_name)
             name = prefix + image_name

@@ -33,17 +33,19 @@ import numpy as np
 from ferkit.train import (
     BEST_CHECKPOINT,
     CONFIG_NAME,
-    STATE_NAME,
     TrainConfig,
     TrainResult,
     _epoch_order,
     _targets,
-    _write_json,
     class_weights,
+    commit_epoch,
     load_run_data,
     open_run,
     record_epoch,
     removed_on_failure,
+    save_atomic,
+    verify_checkpoint,
+    write_json,
     write_run_config,
 )
 
@@ -380,6 +382,7 @@ def train_torch(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     time_budget: float | None = None,
     device: str | None = None,
     stop_after_epochs: int | None = None,
@@ -399,7 +402,7 @@ def train_torch(
 
     started_call = time.perf_counter()
     run_dir = Path(run_dir)
-    config, state, finished = open_run(config, run_dir, resume)
+    config, state, finished = open_run(config, run_dir, resume, overwrite)
     if finished is not None:
         return finished
     config.engine = "torch"
@@ -427,11 +430,18 @@ def train_torch(
         if config.init_from and not resume:
             source = _torch_init_weights(config.init_from)
             load_torch_from_keras_weights(module, source)
-            _write_json(run_dir / "init.json", {"source": str(source)})
-    if resume and (run_dir / LAST_TORCH_CHECKPOINT).exists():
-        saved = torch.load(run_dir / LAST_TORCH_CHECKPOINT, map_location=device)
-        module.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+            write_json(run_dir / "init.json", {"source": str(source)})
+    checkpoint = verify_checkpoint(run_dir, state, LAST_TORCH_CHECKPOINT) if resume else None
+    if checkpoint is not None:
+        try:
+            saved = torch.load(checkpoint, map_location=device)
+            module.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except Exception as error:
+            raise ValueError(
+                f"{checkpoint}: cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
+                "restore it, or start the run again with --overwrite"
+            ) from None
 
     train_images = torch.from_numpy(train_split.images).to(device)
     train_targets = torch.from_numpy(_targets(train_split, config.soft_labels)).to(device)
@@ -547,12 +557,14 @@ def train_torch(
         )
         if improved:
             save_keras_weights(module, run_dir / BEST_WEIGHTS)
-        torch.save(
-            {"model": module.state_dict(), "optimizer": optimizer.state_dict()},
-            run_dir / (LAST_TORCH_CHECKPOINT + ".tmp"),
+        commit_epoch(
+            run_dir,
+            state,
+            lambda path: torch.save(
+                {"model": module.state_dict(), "optimizer": optimizer.state_dict()}, path
+            ),
+            LAST_TORCH_CHECKPOINT,
         )
-        (run_dir / (LAST_TORCH_CHECKPOINT + ".tmp")).replace(run_dir / LAST_TORCH_CHECKPOINT)
-        _write_json(run_dir / STATE_NAME, state)
         epochs_this_call += 1
         patience = config.early_stopping_patience
         if patience and state["wait"] >= patience:
@@ -595,5 +607,5 @@ def ensure_keras_checkpoint(run_dir: str | Path) -> bool:
     run_dir = Path(run_dir)
     if (run_dir / BEST_CHECKPOINT).exists() or not (run_dir / BEST_WEIGHTS).exists():
         return False
-    keras_model_from_run(run_dir).save(run_dir / BEST_CHECKPOINT)
+    save_atomic(keras_model_from_run(run_dir).save, run_dir / BEST_CHECKPOINT)
     return True

@@ -12,7 +12,11 @@ A run folder holds everything needed to understand, resume and use the run::
     metrics.json       final validation metrics and training time
 
 Each epoch's shuffling comes from ``seed + epoch`` and the optimizer state is saved every
-epoch, so ``--resume`` continues exactly where a killed run stopped.
+epoch, so ``--resume`` continues exactly where a killed run stopped. Every file is written
+atomically; the last checkpoint is first saved complete under a temporary name, then
+``state.json`` records its SHA-256, then it replaces the previous one, so a kill or a full
+disk at any moment leaves a run that resumes from its last complete epoch. Resuming checks
+the checkpoint against ``state.json`` and refuses, with the fix, when they disagree.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 import yaml
 
 from ferkit.data import PreparedDataset, Split
+from ferkit.outputs import locked, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class TrainConfig:
     input_pipeline: str = "auto"  # auto (tf.data on TensorFlow, else numpy) | tf.data | numpy
     init_from: str | None = None  # start from a model's weights: .keras file, run, "default"
     temperature_scaling: bool = True
+    val_fraction: float = 0.1  # share of train carved out as val when the data has no val
     engine: str = "keras"  # keras | torch (ferkit_cnn on PyTorch; see ferkit.torch_train)
     seed: int = 0
 
@@ -416,10 +422,9 @@ def initialise_from(model: Any, source: str | os.PathLike[str]) -> dict[str, Any
     return {"source": str(path), "loaded": loaded, "fresh": fresh}
 
 
-def _write_json(path: Path, value: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)  # atomic: a kill never leaves half a state file
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a kill never leaves half a state file."""
+    write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def _seed_variables(model: Any) -> list[Any]:
@@ -429,14 +434,15 @@ def _seed_variables(model: Any) -> list[Any]:
     return [variable for variable in model.variables if "seed_generator_state" in variable.path]
 
 
-def _save_seed_states(model: Any, path: Path) -> None:
-    _write_json(path, [np.asarray(variable).tolist() for variable in _seed_variables(model)])
+def _seed_states(model: Any) -> list[Any]:
+    return [np.asarray(variable).tolist() for variable in _seed_variables(model)]
 
 
-def _restore_seed_states(model: Any, path: Path) -> None:
-    if not path.exists():
-        return
-    states = json.loads(path.read_text())
+def _restore_seed_states(model: Any, states: list[Any] | None, path: Path) -> None:
+    if states is None:  # runs written before the states moved into state.json
+        if not path.exists():
+            return
+        states = json.loads(path.read_text())
     variables = _seed_variables(model)
     if len(states) != len(variables):
         logger.warning("%s: random-state count differs from the model's; not restored", path)
@@ -474,7 +480,146 @@ def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, float]]:
 
 def write_run_config(run_dir: Path, config: TrainConfig) -> None:
     """Write the run's resolved ``config.yaml``."""
-    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
+    write_atomic(run_dir / CONFIG_NAME, yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
+
+
+def _pending(path: Path) -> Path:
+    """Where a checkpoint is saved before it replaces ``path`` (Keras needs the suffix)."""
+    return path.with_name(f".pending-{path.name}")
+
+
+def save_atomic(save: Any, path: Path) -> None:
+    """Save a checkpoint through a temporary name: the previous file stays whole until
+    the new one is complete."""
+    pending = _pending(path)
+    try:
+        save(pending)
+        os.replace(pending, path)
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+
+
+def commit_epoch(run_dir: Path, state: dict[str, Any], save_last: Any, last_name: str) -> None:
+    """Save the last checkpoint and the state of a completed epoch, for both engines.
+
+    The checkpoint is saved complete under a temporary name, ``state.json`` then records
+    its SHA-256, and only then does it replace the previous checkpoint:
+    :func:`verify_checkpoint` can tell which file belongs to the state whenever the
+    process was killed.
+    """
+    from ferkit.bundle import sha256_file
+
+    last = run_dir / last_name
+    pending = _pending(last)
+    try:
+        save_last(pending)
+    except BaseException:
+        pending.unlink(missing_ok=True)
+        raise
+    state["checkpoint"] = {"file": last_name, "sha256": sha256_file(pending)}
+    write_json(run_dir / STATE_NAME, state)
+    os.replace(pending, last)
+
+
+def verify_checkpoint(run_dir: Path, state: dict[str, Any], last_name: str) -> Path | None:
+    """The checkpoint to resume from, checked against ``state.json``.
+
+    Returns None for a run that has completed no epoch (it starts from its initial
+    weights). Completes the rename of a checkpoint that was saved and recorded when the
+    process was killed.
+
+    Raises:
+        ValueError: the checkpoint is missing or is not the one the state recorded
+            (truncated, replaced, or from another run); the message says what to do.
+    """
+    from ferkit.bundle import sha256_file
+
+    if state["epoch"] < 1:
+        return None
+    last = run_dir / last_name
+    pending = _pending(last)
+    expected = (state.get("checkpoint") or {}).get("sha256")
+    restart = (
+        f"restore it from a backup, or start the run again with 'ferkit train --out {run_dir} "
+        "--overwrite' (same settings)"
+    )
+    if expected is None:  # a run written before checkpoints were recorded in the state
+        if last.is_file():
+            return last
+        raise ValueError(
+            f"{last}: missing, but {STATE_NAME} says {state['epoch']} epoch(s) were trained; "
+            f"resuming would silently restart from random weights. {restart}"
+        )
+    if last.is_file() and sha256_file(last) == expected:
+        pending.unlink(missing_ok=True)
+        return last
+    if pending.is_file() and sha256_file(pending) == expected:
+        os.replace(pending, last)  # the process was killed between the state and the rename
+        logger.info("%s: completed the interrupted save of the last checkpoint", last)
+        return last
+    what = "missing" if not last.is_file() else "not the checkpoint recorded in state.json"
+    raise ValueError(
+        f"{last}: {what} (epoch {state['epoch']}); it is truncated, replaced or from "
+        f"another run, so the run cannot be resumed from it. {restart}"
+    )
+
+
+def check_resume_overrides(run_dir: str | os.PathLike[str], overrides: dict[str, Any]) -> None:
+    """Refuse settings given with ``--resume`` that differ from the run's own.
+
+    A resumed run continues with its ``config.yaml``; a changed setting would be
+    silently ignored, or would break the learning-rate schedule halfway.
+
+    Raises:
+        ValueError: naming each differing setting and what to do instead.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_NAME).is_file():
+        return
+    saved = asdict(TrainConfig.from_yaml(run_dir / CONFIG_NAME))
+    given = {name: value for name, value in overrides.items() if value is not None}
+    given.update({name: value for name, value in given.pop("model", {}).items()})
+    if isinstance(given.get("weights"), str) and given["weights"].lower() == "none":
+        given["weights"] = None
+    differing = []
+    for name, value in given.items():
+        current = saved["model"][name] if name not in saved else saved[name]
+        if current != value:
+            differing.append(f"{name} {current!r} -> {value!r}")
+    if not differing:
+        return
+    finished = False
+    if (run_dir / STATE_NAME).is_file():
+        finished = bool(json.loads((run_dir / STATE_NAME).read_text()).get("finished"))
+    extend = ""
+    if "epochs" in overrides and overrides["epochs"] is not None:
+        extend = (
+            " --resume cannot extend a run: its learning-rate schedule was planned for its "
+            "own epochs. To train longer, start a new run from this one's weights: "
+            f"ferkit train --init-from {run_dir} --epochs N --out NEW_RUN"
+        )
+    raise ValueError(
+        f"{run_dir}: --resume continues the run with its own settings (config.yaml), but "
+        f"these differ: {', '.join(differing)}{' (the run has finished)' if finished else ''}."
+        f"{extend or ' Drop them, or start a new run with --out NEW_RUN.'}"
+    )
+
+
+#: Files and folders a run writes (what ``--overwrite`` removes, and nothing else).
+RUN_FILES = (
+    CONFIG_NAME, STATE_NAME, HISTORY_NAME, "labels.json", "calibration.json", "metrics.json",
+    "init.json", "checkpoints", "checksums.json",
+)  # fmt: skip
+
+
+def _remove_run(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def record_epoch(run_dir: Path, state: dict[str, Any], row: dict[str, float]) -> bool:
@@ -491,20 +636,26 @@ def record_epoch(run_dir: Path, state: dict[str, Any], row: dict[str, float]) ->
 
 
 def open_run(
-    config: TrainConfig, run_dir: Path, resume: bool
+    config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool = False
 ) -> tuple[TrainConfig, dict[str, Any], TrainResult | None]:
     """Start or reopen a run folder: the config to use, the state, and the result of a run
     that has already finished (nothing left to do), for both training engines.
 
     Raises:
-        FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
+        FileExistsError: ``run_dir`` holds a run and neither ``resume`` nor
+            ``overwrite`` is set.
         FileNotFoundError: resuming a folder without a run.
     """
+    if resume and overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it: choose one")
     if not resume:
         if (run_dir / STATE_NAME).exists() or (run_dir / CONFIG_NAME).exists():
-            raise FileExistsError(
-                f"{run_dir}: holds a run already; pass --resume to continue it or choose another --out"
-            )
+            if not overwrite:
+                raise FileExistsError(
+                    f"{run_dir}: holds a run already; pass --resume to continue it, "
+                    "--overwrite to replace it, or choose another --out"
+                )
+            _remove_run(run_dir)  # only the run's own files: anything else stays
         state = {
             "epoch": 0,
             "best_score": None,
@@ -551,6 +702,66 @@ def removed_on_failure(run_dir: Path, resume: bool) -> Iterator[None]:
         raise
 
 
+def carve_validation(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split ``split`` into (train, val), stratified and seeded: ``fraction`` of each class
+    with at least two faces goes to val (at least one face of each such class).
+
+    Raises:
+        ValueError: no class has two faces, so nothing can be held out.
+    """
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(split.labels):
+        members = np.flatnonzero(split.labels == label)
+        if len(members) < 2:
+            continue
+        take = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        held_out.append(rng.choice(members, take, replace=False))
+    if not held_out:
+        raise ValueError(
+            f"split {split.name!r} has no class with two faces, so no validation split can be "
+            "carved from it; prepare more data"
+        )
+    val_indices = np.sort(np.concatenate(held_out))
+    train_indices = np.setdiff1d(np.arange(len(split)), val_indices)
+    return _subset(split, train_indices), _subset(split, val_indices)
+
+
+def run_splits(
+    config: TrainConfig, data: PreparedDataset, announce: bool = False
+) -> tuple[Split, Split]:
+    """The training and validation faces of a run, limited as configured.
+
+    When the data has no ``val_split`` (a small folder that ``prepare`` could not split),
+    ``val_fraction`` of the training faces is carved out as validation, seeded, the same
+    way on every call (resume, finish, bundle).
+    """
+    train_split = data.split(config.train_split)
+    if config.val_split in data.splits:
+        val_split = data.split(config.val_split)
+    elif config.val_fraction > 0:
+        train_split, val_split = carve_validation(train_split, config.val_fraction, config.seed)
+        if announce:
+            logger.warning(
+                "%s has no %r split: validating on %d faces (%g of each class, seed %d) "
+                "carved from %r, which trains on the other %d",
+                config.data, config.val_split, len(val_split), config.val_fraction,
+                config.seed, config.train_split, len(train_split),
+            )  # fmt: skip
+    else:
+        raise ValueError(
+            f"{config.data}: no {config.val_split!r} split (it has {', '.join(data.splits)}); "
+            "choose one with val_split, or set val_fraction to carve one from train"
+        )
+    train_split = _subset(
+        train_split, stratified_subset(train_split.labels, config.limit_train, config.seed)
+    )
+    val_split = _subset(
+        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
+    )
+    return train_split, val_split
+
+
 def load_run_data(
     config: TrainConfig, run_dir: Path, resume: bool, state: dict[str, Any]
 ) -> tuple[PreparedDataset, Split, Split, Any]:
@@ -559,14 +770,7 @@ def load_run_data(
     from ferkit.model_config import ModelConfig
 
     data = PreparedDataset(config.data)
-    train_split = data.split(config.train_split)
-    val_split = data.split(config.val_split)
-    train_split = _subset(
-        train_split, stratified_subset(train_split.labels, config.limit_train, config.seed)
-    )
-    val_split = _subset(
-        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
-    )
+    train_split, val_split = run_splits(config, data, announce=not resume)
     image_shape = data.manifest["image_shape"]
     model_config = ModelConfig(
         **{
@@ -582,8 +786,8 @@ def load_run_data(
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if not resume:
         write_run_config(run_dir, config)
-        _write_json(run_dir / "labels.json", data.classes)
-        _write_json(run_dir / STATE_NAME, state)
+        write_json(run_dir / "labels.json", data.classes)
+        write_json(run_dir / STATE_NAME, state)
     return data, train_split, val_split, model_config
 
 
@@ -592,6 +796,7 @@ def train(
     run_dir: str | os.PathLike[str],
     *,
     resume: bool = False,
+    overwrite: bool = False,
     verbose: int | None = None,
     stop_after_epochs: int | None = None,
     time_budget: float | None = None,
@@ -602,6 +807,7 @@ def train(
         config: settings; ignored on resume in favour of the run's own ``config.yaml``.
         run_dir: the run folder to create, or to continue with ``resume``.
         resume: continue the run in ``run_dir`` from its last completed epoch.
+        overwrite: replace the run in ``run_dir`` (only the run's own files are removed).
         verbose: Keras verbosity (default: a progress bar on a terminal, a line per
             epoch otherwise).
         stop_after_epochs: end this call after that many epochs, as if the process had
@@ -612,9 +818,24 @@ def train(
     Raises:
         FileExistsError: ``run_dir`` holds a run and ``resume`` is false.
         FileNotFoundError: resuming a folder without a run.
-        ValueError: ``time_budget`` with the Keras engine.
+        ValueError: ``time_budget`` with the Keras engine; a checkpoint that does not
+            match the run's state on resume.
+        OutputLockedError: another process is training into ``run_dir``.
     """
     run_dir = Path(run_dir)
+    with locked(run_dir):
+        return _train(config, run_dir, resume, overwrite, verbose, stop_after_epochs, time_budget)
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    verbose: int | None,
+    stop_after_epochs: int | None,
+    time_budget: float | None,
+) -> TrainResult:
     engine = config.engine
     if resume and (run_dir / CONFIG_NAME).is_file():
         engine = TrainConfig.from_yaml(run_dir / CONFIG_NAME).engine
@@ -625,6 +846,7 @@ def train(
             config,
             run_dir,
             resume=resume,
+            overwrite=overwrite,
             stop_after_epochs=stop_after_epochs,
             time_budget=time_budget,
         )
@@ -637,7 +859,7 @@ def train(
 
     from ferkit.models import build_model, set_vgg16_trainable_blocks
 
-    config, state, finished = open_run(config, run_dir, resume)
+    config, state, finished = open_run(config, run_dir, resume, overwrite)
     if finished is not None:
         return finished
     config.validate()
@@ -648,13 +870,14 @@ def train(
         steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
         strategy = _strategy(config)
         with strategy.scope():
-            if resume and (run_dir / LAST_CHECKPOINT).exists():
-                model = keras.models.load_model(run_dir / LAST_CHECKPOINT)
-                _restore_seed_states(model, run_dir / LAST_RNG)
+            checkpoint = verify_checkpoint(run_dir, state, LAST_CHECKPOINT) if resume else None
+            if checkpoint is not None:
+                model = _load_checkpoint(keras, checkpoint)
+                _restore_seed_states(model, state.get("rng"), run_dir / LAST_RNG)
             else:
                 model = build_model(model_config)
                 if config.init_from:
-                    _write_json(run_dir / "init.json", initialise_from(model, config.init_from))
+                    write_json(run_dir / "init.json", initialise_from(model, config.init_from))
                 phase = 2 if state["epoch"] >= config.epochs else 1
                 compile_model(model, config, steps_per_epoch, phase)
     weights = (
@@ -694,22 +917,31 @@ def train(
         row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         row["seconds"] = round(seconds, 2)
         if record_epoch(run_dir, state, row):
-            model.save(run_dir / BEST_CHECKPOINT)
-        model.save(run_dir / LAST_CHECKPOINT)
-        _save_seed_states(model, run_dir / LAST_RNG)
-        _write_json(run_dir / STATE_NAME, state)
+            save_atomic(model.save, run_dir / BEST_CHECKPOINT)
+        state["rng"] = _seed_states(model)
+        commit_epoch(run_dir, state, model.save, LAST_CHECKPOINT)
         epochs_this_call += 1
         patience = config.early_stopping_patience
         if patience and state["wait"] >= patience and epoch + 1 < config.epochs:
             logger.info("early stopping: no val improvement for %d epochs", patience)
             state["epoch"] = max(state["epoch"], config.epochs)  # skip to fine-tuning, if any
-            _write_json(run_dir / STATE_NAME, state)
+            write_json(run_dir / STATE_NAME, state)
         stopping = stop_after_epochs is not None and epochs_this_call >= stop_after_epochs
         if stopping and state["epoch"] < config.total_epochs:
             return TrainResult(run_dir, {"interrupted_after_epoch": state["epoch"]})
 
     metrics = finish_run(run_dir, config, val_split, state)
     return TrainResult(run_dir, metrics)
+
+
+def _load_checkpoint(keras: Any, path: Path) -> Any:
+    try:
+        return keras.models.load_model(path)
+    except Exception as error:
+        raise ValueError(
+            f"{path}: cannot be loaded ({type(error).__name__}: {str(error)[:200]}); the "
+            "file is damaged. Restore it, or start the run again with --overwrite"
+        ) from None
 
 
 def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
@@ -732,15 +964,11 @@ def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
         )
     config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
     state = json.loads((run_dir / STATE_NAME).read_text())
-    data = PreparedDataset(config.data)
-    val_split = data.split(config.val_split)
-    val_split = _subset(
-        val_split, stratified_subset(val_split.labels, config.limit_val, config.seed)
-    )
+    _, val_split = run_splits(config, PreparedDataset(config.data))
     metrics = finish_run(run_dir, config, val_split, state)
     if state["epoch"] < config.total_epochs:
         metrics["finished_early"] = f"after epoch {state['epoch']} of {config.total_epochs}"
-        _write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "metrics.json", metrics)
     return TrainResult(run_dir, metrics)
 
 
@@ -755,6 +983,7 @@ def finish_run(
     """Calibrate the best model on validation and write ``metrics.json``."""
     import keras
 
+    from ferkit.bundle import write_checksums
     from ferkit.calibration import expected_calibration_error, fit_temperature, softmax
 
     model = keras.models.load_model(run_dir / BEST_CHECKPOINT)
@@ -769,7 +998,7 @@ def finish_run(
         "ece_after": after,
         "split": config.val_split,
     }
-    _write_json(run_dir / "calibration.json", calibration)
+    write_json(run_dir / "calibration.json", calibration)
     predictions = logits.argmax(axis=1)
     metrics = {
         "val_accuracy": float((predictions == labels).mean()),
@@ -782,9 +1011,10 @@ def finish_run(
     }
     if state.get("trained_on"):
         metrics["trained_on"] = state["trained_on"]
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
+    write_checksums(run_dir, [BEST_CHECKPOINT, "labels.json", "calibration.json"])
     state["finished"] = True
-    _write_json(run_dir / STATE_NAME, state)
+    write_json(run_dir / STATE_NAME, state)
     return metrics
 
 
