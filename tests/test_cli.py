@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -53,10 +54,11 @@ def test_prepare_command_writes_manifest_and_prints_summary(tmp_path, capsys):
             "0",
         ]
     )
-    assert status == 0
+    assert status == 3  # completed, with the broken file listed
     output = capsys.readouterr().out
     assert "classes (2): angry, happy" in output
     assert "anger/broken.jpg" in output and "unreadable: 1" in output
+    assert "exit status 3" in output and "peak memory" in output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["splits"]["val"]["count"] == 2
 
@@ -71,8 +73,50 @@ def test_prepare_command_errors_name_the_problem(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_command(tmp_path, capsys):
-    assert main(["demo", "--dir", str(tmp_path), "--per-class", "10"]) == 0
+def test_demo_runs_on_the_shipped_photos_and_says_what_next(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
     output = capsys.readouterr().out
-    assert "classes (4): angry, happy, sad, surprise" in output
-    assert (tmp_path / "prepared" / "manifest.json").is_file()
+    assert "justin.jpg: 1 face: happy" in output
+    assert "selfie-many-people.jpg" in output
+    assert f"Results are in {out}" in output and "Next, try:" in output
+    assert output.count("  ferkit ") >= 3
+    assert (out / "annotated" / "justin.jpg").is_file()
+    assert (out / "annotated" / "selfie-many-people.jpg").is_file()
+
+
+def test_help_shows_every_default():
+    from ferkit.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not action.option_strings or action.required or action.help == argparse.SUPPRESS:
+                continue
+            if isinstance(action, argparse._StoreTrueAction | argparse._HelpAction):
+                continue
+            text = sub.formatter_class(name)._get_help_string(action)
+            if "default" not in text:
+                missing.append(f"ferkit {name} {action.option_strings[0]}: {text}")
+    assert not missing, "\n".join(missing)
+    train_help = subparsers.choices["train"].format_help()
+    assert "(default: 60, or the --config file's)" in " ".join(train_help.split())
+    predict_help = " ".join(subparsers.choices["predict"].format_help().split())
+    assert "results/predictions/YYYYmmdd-HHMMSS" in predict_help and "exit status" in predict_help
+
+
+def test_only_ferkits_own_messages_reach_the_terminal(tmp_path):
+    from conftest import require_shared
+
+    photo = require_shared("samples") / "justin.jpg"
+    argv = ["-m", "ferkit", "predict", str(photo), "--out", str(tmp_path / "a"), "--quiet"]
+    quiet = _run(*argv, cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""  # no TensorFlow, CUDA or LiteRT start-up lines
+    mtcnn = _run(*argv[:-3], "--out", str(tmp_path / "b"), "--detector", "mtcnn", "--quiet")
+    assert mtcnn.returncode == 0 and mtcnn.stderr == "", mtcnn.stderr
+    verbose = _run("-m", "ferkit", "-v", *argv[2:4], "--out", str(tmp_path / "c"), "--quiet")
+    assert verbose.returncode == 0
+    assert "INFO" in verbose.stderr  # the libraries' lines are there when asked for

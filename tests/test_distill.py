@@ -85,6 +85,7 @@ def test_bad_requests_are_refused_with_the_reason(teachers, tmp_path):
     with pytest.raises(ValueError, match="classes"):
         write_teacher_labels(data, ["default"], tmp_path / "d")
     (tmp_path / "taken").mkdir()
-    with pytest.raises(FileExistsError, match="exists"):
+    (tmp_path / "taken" / "mine.txt").write_text("a file of the user's")
+    with pytest.raises(FileExistsError, match="already holds files"):
         write_teacher_labels(data, runs, tmp_path / "taken")
     assert not list(tmp_path.glob(".soft-labels-*"))  # no half-written folder left

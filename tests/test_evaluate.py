@@ -148,7 +148,7 @@ class TestRealData:
             os.symlink(samples / target, tmp_path / "photos" / name)  # read in place
         out = tmp_path / "eval"
         argv = ["evaluate", "--data", str(tmp_path / "photos"), "--out", str(out), "--quiet"]
-        assert main(argv) == 0
+        assert main(argv) == 3  # completed; the file that is not an image is a failed input
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["faces"] == 2
         assert metrics["skipped"]["counts"] == {"no_face": 1, "not_image": 1}

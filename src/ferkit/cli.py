@@ -28,15 +28,28 @@ EXIT_STATUSES = (
 )
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default (settings that come from --config say so)."""
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows every option's default (settings that come from --config say so) and wraps
+    the description paragraph by paragraph."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n\n".join(
+            textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                          break_on_hyphens=False,
+                          subsequent_indent=indent)
+            for paragraph in text.split("\n\n")
+        )  # fmt: skip
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if (
             "(default" in text
             or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
         ):
             return text
         return f"{text} (default: %(default)s)"
@@ -63,7 +76,8 @@ def _overwrite_flag(parser: argparse.ArgumentParser, what: str = "results") -> N
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help=f"replace the {what} of an earlier run of this command in --out",
+        help=f"replace the {what} that an earlier run of this command wrote in --out "
+        "(nothing else is ever replaced)",
     )
 
 
@@ -125,7 +139,12 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         help="share of each class for val: used when the source has no splits (default "
         "0.1), or to carve val out of train when the source has no val split",
     )
-    parser.add_argument("--test-fraction", type=float, default=None, help="as --val-fraction")
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="as --val-fraction (default: 0.1 when the source has no splits)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
     parser.add_argument(
         "--soft-labels", action="store_true", help="keep FER+ vote distributions as soft labels"
@@ -177,54 +196,58 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 3 if result.manifest["failed"] else 0
 
 
+SAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "samples"
+
+
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         formatter_class=_HelpFormatter,
-        help="generate a small dataset (with some bad files) and prepare it",
+        help="recognise the expressions in photos (yours, or two real photos shipped with "
+        "ferkit) and show where the annotated results are",
         description=(
-            "Generate a small image-folder dataset of drawn faces in several formats, "
-            "including a corrupt file, a non-image and an empty class, then run prepare on "
-            "it and print the summary. Needs no download and no data."
+            "Run the bundled model on your photos, or, without any, on two real photos that "
+            "ship with ferkit (a portrait and a group selfie; MIT-licensed, see "
+            "ferkit/assets/samples/README.md). Writes annotated images, predictions.csv and "
+            "summary.json, prints what it found, where the files are and what to try next."
         ),
+        epilog=EXIT_STATUSES,
     )
-    parser.add_argument("--dir", type=Path, default=Path("results/demo"), help="work folder")
-    parser.add_argument("--per-class", type=int, default=40, help="images per class")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("photos", nargs="*", help="your photos, folders or URLs (optional)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: a new results/demo/...)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from collections import Counter
+    from ferkit.outputs import default_run_folder
+    from ferkit.predict import predict
 
-    from ferkit.bundle import bundled_model_available, load_model
-    from ferkit.data import PreparedDataset
-    from ferkit.prepare import PrepareConfig, format_summary, prepare
-    from ferkit.synthetic import make_image_folder
-
-    source = args.dir / "source"
-    make_image_folder(source, per_class=args.per_class, seed=args.seed, with_bad_files=True)
-    print(f"Generated a demo dataset of drawn faces in {source}")
-    result = prepare(
-        source, args.dir / "prepared", PrepareConfig(seed=args.seed, faces="crop"), overwrite=True
+    photos = args.photos or [str(path) for path in sorted(SAMPLES_DIR.glob("*.jpg"))]
+    out = args.out or default_run_folder(Path("results") / "demo")
+    which = "your photos" if args.photos else "two real photos shipped with ferkit"
+    print(f"Recognising facial expressions in {which} with the bundled model:")
+    summary = predict(
+        photos, out, annotate=True, progress=not args.quiet, echo=lambda line: print(f"  {line}")
     )
-    print(format_summary(result))
-    if not bundled_model_available():
-        print("\n(no bundled model in this installation: skipping classification)")
-        return 0
-    model = load_model()
-    data = PreparedDataset(result.out_dir)
-    print(f"\nClassifying the prepared faces with the bundled model ({', '.join(model.classes)}):")
-    print("(drawn cartoons are not real faces: this shows the pipeline end to end, not accuracy)")
-    for split_name in data.splits:
-        split = data.split(split_name)
-        predicted = model.predict_proba(split.images).argmax(axis=1)
-        for index, name in enumerate(data.classes):
-            members = predicted[split.labels == index]
-            counts = Counter(model.classes[p] for p in members).most_common(3)
-            shares = ", ".join(f"{label} {count / len(members):.0%}" for label, count in counts)
-            print(f"  {split_name:<5} drawn {name:<9} -> {shares}")
-    return 0
+    annotated = [entry["annotated"] for entry in summary.sources if entry.get("annotated")]
+    print(f"\nResults are in {out}/")
+    for name in annotated:
+        print(f"  {out / name}   (boxes, labels and probabilities drawn on the photo)")
+    print(f"  {out / 'predictions.csv'}   (one row per face: box, label, probabilities)")
+    print(f"  {out / 'summary.json'}   (every input's status)")
+    print(
+        "\nNext, try:\n"
+        "  ferkit predict YOUR_PHOTO.jpg --annotate      your own photos, folders or URLs\n"
+        "  ferkit predict YOUR_VIDEO.mp4 --annotate      videos: tracked faces, smoothed labels"
+        " and an emotion-over-time plot (or --camera 0 for a webcam)\n"
+        "  ferkit evaluate --data LABELLED_FOLDER --out results/eval\n"
+        "                                                accuracy report on your own labelled"
+        " photos (one sub-folder per expression)"
+    )
+    return summary.exit_status()
 
 
 def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
@@ -298,9 +321,15 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXIT_STATUSES,
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--config", type=Path, help="YAML settings (see configs/)")
+    parser.add_argument(
+        "--config", type=Path, help="YAML settings, see configs/ (default: none: built-in settings)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    _overwrite_flag(parser, "run")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (only the run's own files are removed)",
+    )
     parser.add_argument(
         "--finish",
         action="store_true",
@@ -327,7 +356,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         ("--seed", int, "seed of initialisation, shuffling and augmentation"),
     ):
         name = flag[2:].replace("-", "_")
-        default = "" if name == "time_budget" else " " + _train_default(name)
+        default = " (default: none)" if name == "time_budget" else " " + _train_default(name)
         parser.add_argument(flag, type=kind, help=f"{text}{default}")
     parser.add_argument(
         "--class-weighting",
@@ -481,7 +510,8 @@ def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--card-notes",
         type=Path,
-        help="Markdown file appended to the model card (other experiments, measured timings)",
+        help="Markdown file appended to the model card (other experiments, measured timings; "
+        "default: none)",
     )
     parser.set_defaults(handler=_run_bundle)
 
@@ -555,7 +585,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         help="also write images/videos with boxes, labels and probability bars, and an "
         "emotion-over-time plot per video, to OUT/annotated/",
     )
-    parser.add_argument("--camera", type=int, default=None, help="read this webcam (0 = first)")
+    parser.add_argument(
+        "--camera", type=int, default=None, help="read this webcam (0 = first; default: none)"
+    )
     parser.add_argument(
         "--model",
         type=Path,
@@ -590,7 +622,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--smoothing", type=float, default=0.5, help="video: smoothing time constant (s)"
     )
-    parser.add_argument("--max-frames", type=int, default=None, help="video/webcam frame limit")
+    parser.add_argument(
+        "--max-frames", type=int, default=None, help="video/webcam frame limit (default: none)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_predict)
 
@@ -759,12 +793,15 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="file format")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     _overwrite_flag(parser, "export")
-    parser.add_argument("--quantize", choices=["int8"], default=None, help="ONNX only")
+    parser.add_argument(
+        "--quantize", choices=["int8"], default=None, help="ONNX only (default: none, float32)"
+    )
     parser.add_argument(
         "--calibration-data",
         type=Path,
         default=None,
-        help="prepared dataset whose train faces calibrate int8 (from 'ferkit prepare')",
+        help="prepared dataset whose train faces calibrate int8 (from 'ferkit prepare'; default: "
+        "none)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration sample")
     parser.set_defaults(handler=_run_export)

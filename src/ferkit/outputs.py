@@ -331,13 +331,21 @@ def default_run_folder(root: str | os.PathLike[str]) -> Path:
 
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory, in MB, of this process and of the largest of its finished
-    worker processes (what a batch run reports, so that its memory bound can be checked)."""
+    worker processes (what a batch run reports, so that its memory bound can be checked).
+
+    This process's own peak comes from ``/proc/self/status`` (VmHWM) where there is one:
+    ``getrusage`` would also count the memory of the parent it was forked from.
+    """
     try:
         import resource
     except ImportError:  # not on this platform
         return {}
     scale = 1 / 2**20 if os.uname().sysname == "Darwin" else 1 / 1024  # bytes vs KiB
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        own = int(line.split()[1]) / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
     return {"process": round(own, 1), "largest_worker": round(children, 1)}
 

@@ -510,7 +510,7 @@ def _predict_image(
 ) -> dict[str, Any]:
     from PIL import Image
 
-    from ferkit.annotate import draw_results
+    from ferkit.annotate import STILL_IMAGE_MIN_SIDE, draw_results
 
     if source.error:
         return _error_entry(source, source.error, writer)
@@ -561,7 +561,8 @@ def _predict_image(
         folder.mkdir(exist_ok=True)
         suffix = ".jpg" if source.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
         target = _unique_name(folder, path_text(source.path.stem), suffix, used_names)
-        Image.fromarray(draw_results(rgb, faces)).save(target, quality=92)
+        drawn = draw_results(rgb, faces, min_side=STILL_IMAGE_MIN_SIDE)
+        Image.fromarray(drawn).save(target, quality=92)
         entry["annotated"] = f"annotated/{target.name}"
     return entry
 

@@ -269,7 +269,10 @@ class EmotionRecognizer:
             try:
                 rgb = self._to_rgb(image, color_order)
                 mode = self._face_mode(rgb, faces)
-                found, crops = self._crops(rgb, mode=mode)
+                # Still images get the detector's thorough search (faces cut by the frame
+                # too); video frames (ferkit.video) keep the single fast search.
+                still = self.detector.detect(rgb, thorough=True) if mode == "detect" else None
+                found, crops = self._crops(rgb, still, mode=mode)
             except (FileNotFoundError, ImageReadError, TypeError, ValueError, OSError) as error:
                 if errors == "raise":
                     raise

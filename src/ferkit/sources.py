@@ -27,6 +27,7 @@ from ferkit.classes import (
     canonical_name,
 )
 from ferkit.images import is_image_path
+from ferkit.outputs import path_text
 
 FORMATS = ("folder", "fer2013-csv", "ferplus")
 
@@ -214,8 +215,8 @@ def _list_class_folders(folder: Path, root: Path, split: str | None, listing: So
                     )
                 )
             continue
-        label = canonical_name(child.name)
-        listing.source_names.setdefault(label, set()).add(child.name)
+        label = canonical_name(path_text(child.name))
+        listing.source_names.setdefault(label, set()).add(path_text(child.name))
         files = sorted(
             path
             for path in child.rglob("*")
@@ -251,7 +252,9 @@ def _list_class_folders(folder: Path, root: Path, split: str | None, listing: So
 
 
 def _relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """The name shown for a file in reports: its path inside the source, as readable
+    text even when the file name is not valid UTF-8 (see :func:`ferkit.outputs.path_text`)."""
+    return path_text(path.relative_to(root).as_posix())
 
 
 # --- CSV rows ----------------------------------------------------------------------------

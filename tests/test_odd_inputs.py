@@ -1,0 +1,227 @@
+"""One odd input never stops a batch: a folder mixing real photos with every kind of odd
+file runs through ``predict`` and ``prepare`` with the good ones classified, each odd one
+listed with its reason, exit status 3, and memory bounded; the Python batch API records
+per-item errors; bad arguments say what to pass."""
+
+import csv
+import functools
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest import require_shared
+from PIL import Image
+
+from ferkit.cli import main
+
+pytestmark = pytest.mark.real_data
+
+LATIN1_NAME = os.fsdecode(b"caf\xe9.jpg")  # not valid UTF-8
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Good photos and 48x48 crops beside every odd input a user has reported."""
+    samples = require_shared("samples")
+    crops = require_shared("datasets", "fer2013", "val", "happy")
+    root = tmp_path_factory.mktemp("mixed")
+    photos = root / "photos" / "happy"  # a class folder, so prepare reads it too
+    photos.mkdir(parents=True)
+    shutil.copy(samples / "justin.jpg", photos / "justin.jpg")
+    shutil.copy(samples / "couple.jpg", photos / "couple.jpg")
+    shutil.copy(samples / "justin.jpg", photos / LATIN1_NAME)
+    for crop in sorted(crops.iterdir())[:2]:
+        shutil.copy(crop, photos / crop.name)
+    _png(photos / "line.png", np.full((1, 3000, 3), 128, np.uint8))  # 3000x1
+    _png(photos / "column.png", np.full((3000, 1), 128, np.uint8))  # 1x3000
+    huge = Image.new("L", (20000, 20000))  # 400 megapixels, a few hundred KB as PNG
+    huge.save(photos / "huge.png")
+    del huge
+    (photos / "truncated.jpg").write_bytes((samples / "justin.jpg").read_bytes()[:3000])
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "page.jpg").write_text("<html>not an image</html>")
+    return root / "photos", photos
+
+
+def _peak_mb(stderr: str) -> float:
+    """The run's peak memory bound: its own peak plus its workers' (at most two here)."""
+    line = next(line for line in stderr.splitlines() if line.startswith("peak "))
+    own, worker = (float(value) for value in line.split()[1:])
+    return own + 2 * worker
+
+
+# Runs the CLI and prints its peak memory, measured by the same function the CLI reports.
+RUN_MEASURED = (
+    "import sys; from ferkit.cli import main; from ferkit.outputs import peak_memory_mb; "
+    "code = main(sys.argv[1:]); peak = peak_memory_mb(); "
+    "print('peak', peak['process'], peak['largest_worker'], file=sys.stderr); sys.exit(code)"
+)
+
+
+def test_predict_completes_a_mixed_folder(mixed, tmp_path):
+    root, _ = mixed
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", RUN_MEASURED, "predict", str(root), "--out", str(out)]
+    run = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 3, run.stderr  # completed, with failures listed
+    assert "peak memory" in run.stdout
+    assert _peak_mb(run.stderr) < 1500
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {os.path.basename(entry["source"]): entry for entry in summary["sources"]}
+    assert by_name["justin.jpg"]["labels"] == ["happy"]
+    assert len(by_name["couple.jpg"]["labels"]) == 2
+    crops = [e for name, e in by_name.items() if name.startswith("PublicTest")]
+    assert len(crops) == 2 and all(e["face_mode"] == "crop" and e["faces"] == 1 for e in crops)
+    latin1 = by_name["caf\\xe9.jpg"]
+    assert latin1["labels"] == ["happy"] and latin1["source_bytes_hex"].endswith("636166e92e6a7067")
+    for name in ("line.png", "column.png"):
+        assert by_name[name]["status"] == "no_face"
+    assert "pixels" in by_name["huge.png"]["reason"]
+    for name in ("huge.png", "truncated.jpg", "empty.jpg", "page.jpg"):
+        assert by_name[name]["status"] == "error" and by_name[name]["reason"], name
+    assert summary["failed"] == 4 and summary["exit_status"] == 3
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert any(row["source"].endswith("caf\\xe9.jpg") for row in rows)
+
+
+def test_prepare_completes_a_mixed_folder(mixed, tmp_path):
+    root, _ = mixed
+    out = tmp_path / "prepared"
+    command = [sys.executable, "-c", RUN_MEASURED, "prepare", str(root), "--out", str(out)]
+    run = subprocess.run(
+        [*command, "--detector", "blazeface-full", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 3, run.stderr
+    assert "peak memory" in run.stdout
+    assert _peak_mb(run.stderr) < 1500
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["splits"]) == ["train"]  # too few images for val/test, as warned
+    assert manifest["splits"]["train"]["count"] == 5  # justin, its Latin-1 copy, couple, 2 crops
+    assert any("val split is empty" in warning for warning in manifest["warnings"])
+    skipped = {os.path.basename(entry["path"]): entry for entry in manifest["skipped"]}
+    assert skipped["huge.png"]["kind"] == "too_large"
+    assert skipped["line.png"]["kind"] == "no_face" and skipped["column.png"]["kind"] == "no_face"
+    for name in ("truncated.jpg", "empty.jpg"):
+        assert skipped[name]["kind"] == "unreadable"
+    assert skipped["page.jpg"]["kind"] == "not_image"
+    assert "happy/caf\\xe9.jpg" in np.load(out / "train.npz")["paths"].tolist()
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    from ferkit import EmotionRecognizer
+
+    return EmotionRecognizer()
+
+
+def test_predict_batch_records_errors_and_keeps_the_rest(recognizer):
+    samples = require_shared("samples")
+    results = recognizer.predict_batch(
+        [
+            samples / "justin.jpg",
+            samples / "missing.jpg",
+            np.zeros((0, 0, 3), np.uint8),
+            42,
+            np.zeros((4, 3000, 3), np.uint8),
+            samples / "no-faces.jpg",
+        ]
+    )
+    assert [r.ok for r in results] == [True, False, False, False, True, True]
+    assert results[0][0].label == "happy"
+    assert "no such file" in results[1].error
+    assert "empty" in results[2].error
+    assert "not int" in results[3].error
+    assert list(results[4]) == [] and list(results[5]) == []
+
+
+def test_bad_arguments_say_what_to_pass(recognizer):
+    with pytest.raises(ValueError, match=r"empty .* at least 1x1"):
+        recognizer.predict(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(TypeError, match="list of images"):
+        recognizer.predict_batch("photo.jpg")
+    with pytest.raises(TypeError, match="uint8 NumPy array"):
+        recognizer.predict([[1, 2]])
+    with pytest.raises(ValueError, match="astype"):
+        recognizer.predict(np.zeros((5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="errors must be one of record, raise"):
+        recognizer.predict_batch([], errors="ignore")
+    with pytest.raises(ValueError, match="faces must be one of"):
+        recognizer.predict_batch([], faces="magic")
+    with pytest.raises(FileNotFoundError):
+        recognizer.predict("missing.jpg")
+
+
+def test_face_crops_auto_crop_and_detect(recognizer, tmp_path, capsys):
+    crops = sorted(require_shared("datasets", "fer2013", "val", "happy").iterdir())[:12]
+    auto = recognizer.predict_batch(crops)
+    assert all(len(r) == 1 and r.face_mode == "crop" for r in auto)
+    assert np.mean([r[0].label == "happy" for r in auto]) > 0.5
+    assert auto[0][0].box == (0, 0, 48, 48) and auto[0][0].detector_confidence is None
+    detected = recognizer.predict_batch(crops, faces="detect")
+    assert all(r.face_mode == "detect" and len(r) <= 1 for r in detected)
+    # a run where most images have no face found suggests --faces crop
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    samples = require_shared("samples")
+    for index in range(3):
+        shutil.copy(samples / "no-faces.jpg", folder / f"{index}.jpg")
+    shutil.copy(samples / "justin.jpg", folder / "justin.jpg")
+    assert main(["predict", str(folder), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert "no face was found in 3 of 4 images" in capsys.readouterr().out
+    assert "--faces crop" in json.loads((tmp_path / "o" / "summary.json").read_text())["hints"][0]
+
+
+def test_large_jpeg_is_decoded_reduced_and_others_refused():
+    from ferkit.images import ImageReadError, decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8000, 6000), (90, 60, 30)).save(buffer, "JPEG")
+    array = decode_image(buffer.getvalue(), max_pixels=10_000_000)
+    assert array.shape[0] * array.shape[1] <= 10_000_000 and array.shape[1] == 2000
+    buffer = io.BytesIO()
+    Image.new("RGB", (5000, 3000)).save(buffer, "PNG")
+    with pytest.raises(ImageReadError, match=r"pixel budget .* --max-pixels") as caught:
+        decode_image(buffer.getvalue(), max_pixels=10_000_000)
+    assert caught.value.kind == "too_large"
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_urls_are_downloaded_or_explained(tmp_path):
+    samples = require_shared("samples")
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(samples / "justin.jpg", served / "justin.jpg")
+    handler = functools.partial(_Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        out = tmp_path / "out"
+        argv = ["predict", f"{base}/justin.jpg", f"{base}/gone.jpg", "s3://bucket/x.jpg"]
+        assert main([*argv, "--out", str(out), "--quiet"]) == 3
+    finally:
+        server.shutdown()
+    sources = json.loads((out / "summary.json").read_text())["sources"]
+    assert sources[0]["labels"] == ["happy"]
+    assert "HTTP 404" in sources[1]["reason"]
+    assert "s3:// URLs are not read" in sources[2]["reason"]

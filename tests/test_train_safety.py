@@ -1,0 +1,148 @@
+"""Training never loses or silently corrupts a run: atomic checkpoints, verified resume,
+no silent restart, refused changes on --resume, --overwrite that keeps the user's files,
+and a validation split carved from train when the data has none."""
+
+import json
+
+import pytest
+from conftest import tiny_train_config
+
+from ferkit.cli import main
+from ferkit.prepare import PrepareConfig, prepare
+from ferkit.synthetic import make_image_folder
+from ferkit.train import LAST_CHECKPOINT, STATE_NAME, TrainConfig, read_history, train
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    root = tmp_path_factory.mktemp("drawn")
+    source = make_image_folder(root / "src", per_class=40)
+    return prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
+
+
+@pytest.fixture(scope="module")
+def stopped_run(drawn, tmp_path_factory):
+    """A 3-epoch run stopped after its first epoch (as if killed), kept pristine."""
+    run = tmp_path_factory.mktemp("runs") / "stopped"
+    train(tiny_train_config(drawn, epochs=3, seed=3), run, verbose=0, stop_after_epochs=1)
+    return run
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / run.name)
+
+
+def test_state_records_the_checkpoint_it_belongs_to(stopped_run):
+    from ferkit.bundle import sha256_file
+
+    state = json.loads((stopped_run / STATE_NAME).read_text())
+    assert state["epoch"] == 1
+    assert state["checkpoint"]["sha256"] == sha256_file(stopped_run / LAST_CHECKPOINT)
+    assert not list((stopped_run / "checkpoints").glob(".pending-*"))
+
+
+def test_truncated_checkpoint_is_refused_with_the_fix(stopped_run, tmp_path, capsys):
+    run = _copy(stopped_run, tmp_path)
+    checkpoint = run / LAST_CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "last.keras" in error and "cannot be resumed" in error and "--overwrite" in error
+    assert "File not found" not in error
+
+
+def test_missing_checkpoint_never_restarts_silently(stopped_run, tmp_path):
+    run = _copy(stopped_run, tmp_path)
+    (run / LAST_CHECKPOINT).unlink()
+    with pytest.raises(ValueError, match="missing"):
+        train(TrainConfig(), run, resume=True, verbose=0)
+    # an older run whose state did not record the checkpoint is refused the same way
+    state = json.loads((run / STATE_NAME).read_text())
+    del state["checkpoint"]
+    (run / STATE_NAME).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="silently restart from random weights"):
+        train(TrainConfig(), run, resume=True, verbose=0)
+    assert [row["epoch"] for row in read_history(run)] == [1]
+
+
+def test_a_kill_between_state_and_rename_is_completed_on_resume(stopped_run, tmp_path):
+    """The new checkpoint was saved and recorded, but the rename never happened."""
+    run = _copy(stopped_run, tmp_path)
+    last = run / LAST_CHECKPOINT
+    pending = last.with_name(f".pending-{last.name}")
+    last.rename(pending)
+    last.write_bytes(b"an older checkpoint")
+    result = train(TrainConfig(), run, resume=True, verbose=0)
+    assert result.metrics["epochs_trained"] == 3
+    assert [row["epoch"] for row in read_history(run)] == [1, 2, 3]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(stopped_run, tmp_path, monkeypatch):
+    import keras
+
+    run = _copy(stopped_run, tmp_path)
+    before = (run / LAST_CHECKPOINT).read_bytes()
+    original = keras.Model.save
+
+    def full_disk(self, path, *args, **kwargs):
+        original(self, path, *args, **kwargs)
+        with open(path, "r+b") as handle:  # half written, then the disk is full
+            handle.truncate(500)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(TrainConfig(), run, resume=True, verbose=0)
+    monkeypatch.undo()
+    assert (run / LAST_CHECKPOINT).read_bytes() == before
+    assert not list((run / "checkpoints").glob(".pending-*"))
+    state = json.loads((run / STATE_NAME).read_text())
+    assert state["epoch"] == 1
+    assert train(TrainConfig(), run, resume=True, verbose=0).metrics["epochs_trained"] == 3
+
+
+def test_resume_refuses_changed_settings(stopped_run, capsys):
+    status = main(["train", "--out", str(stopped_run), "--resume", "--epochs", "10"])
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "epochs 3 -> 10" in error and "--init-from" in error
+    assert main(["train", "--out", str(stopped_run), "--resume", "--batch-size", "64"]) == 2
+    assert "batch_size 32 -> 64" in capsys.readouterr().err
+    assert json.loads((stopped_run / STATE_NAME).read_text())["epoch"] == 1
+
+
+def test_overwrite_replaces_the_run_and_keeps_the_users_files(drawn, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.md").write_text("my notes")
+    train(tiny_train_config(drawn, epochs=1), run, verbose=0)
+    assert main(["train", "--out", str(run), "--data", str(drawn), "--epochs", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    config = tiny_train_config(drawn, epochs=1, seed=5)
+    result = train(config, run, overwrite=True, verbose=0)
+    assert result.metrics["epochs_trained"] == 1
+    assert TrainConfig.from_yaml(run / "config.yaml").seed == 5
+    assert (run / "notes.md").read_text() == "my notes"
+
+
+def test_train_carves_validation_when_the_data_has_none(tmp_path, caplog):
+    source = make_image_folder(tmp_path / "src", per_class=4)
+    prepared = prepare(source, tmp_path / "prepared", PrepareConfig(faces="crop"), progress=False)
+    assert list(prepared.manifest["splits"]) == ["train"]
+    warnings = prepared.manifest["warnings"]
+    assert any("val split is empty" in w for w in warnings)
+    assert any("test split is empty" in w for w in warnings)
+    with caplog.at_level("WARNING", logger="ferkit"):
+        result = train(tiny_train_config(prepared.out_dir), tmp_path / "run", verbose=0)
+    assert "carved from 'train'" in caplog.text
+    assert result.metrics["val_faces"] == 4  # one of each class's four
+    # resume, finish and bundle see the same split
+    from ferkit.data import PreparedDataset
+    from ferkit.train import run_splits
+
+    config = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
+    train_split, val_split = run_splits(config, PreparedDataset(prepared.out_dir))
+    assert len(val_split) == 4
+    assert len(train_split) == prepared.manifest["splits"]["train"]["count"] - 4
