@@ -62,6 +62,19 @@ def test_damaged_bundle_is_refused(finished_run, tmp_path):
     assert "reinstall ferkit" not in str(caught.value)  # a folder of the user's
 
 
+def test_bundle_replaces_only_an_earlier_bundle(finished_run, tmp_path):
+    run, _ = finished_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("irreplaceable")
+    with pytest.raises(FileExistsError, match="replaces only an earlier bundle"):
+        bundle_run(run, mine)
+    assert (mine / "thesis.tex").read_text() == "irreplaceable"
+    first = bundle_run(run, tmp_path / "bundle")
+    assert bundle_run(run, first) == first  # an earlier bundle is replaced
+    assert load_model(first).classes
+
+
 def test_unfinished_run_cannot_be_bundled(finished_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="bundle only a finished run"):
         bundle_run(tmp_path, tmp_path / "dest")

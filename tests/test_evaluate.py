@@ -1,6 +1,8 @@
 """ferkit evaluate and compare: metrics against scikit-learn, the report on real data,
 photos through the detector, and class mapping."""
 
+import contextlib
+import io
 import json
 import os
 
@@ -95,8 +97,17 @@ class TestRealData:
         _, result = fer2013_prepared
         out = tmp_path_factory.mktemp("eval") / "fer2013_val"
         argv = ["evaluate", "--data", str(result.out_dir), "--split", "val", "--out", str(out)]
-        assert main([*argv, "--tta", "--quiet"]) == 0
+        bars = io.StringIO()
+        with contextlib.redirect_stderr(bars):  # progress bars go to stderr
+            assert main([*argv, "--tta"]) == 0
+        type(self).progress = bars.getvalue()
         return result, out, json.loads((out / "metrics.json").read_text())
+
+    def test_every_stage_shows_progress(self, val_report):
+        # classification batches, the TTA views, then each plot (Grad-CAM included)
+        for stage in ("classify", "TTA views", "plots"):
+            assert f"{stage}:" in type(self).progress, stage
+        assert "saliency" in type(self).progress
 
     def test_accuracy_equals_an_independent_count(self, val_report):
         from ferkit.data import load_split

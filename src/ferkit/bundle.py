@@ -299,12 +299,14 @@ def bundle_run(
     Raises:
         FileNotFoundError: the run has no best checkpoint or no metrics (unfinished).
         ValueError: the model file would exceed the 20 MB budget.
+        FileExistsError: ``dest`` holds something other than an earlier bundle.
     """
     import keras
 
     import ferkit.models  # noqa: F401
 
     run_dir, dest = Path(run_dir), Path(dest)
+    _check_replaceable_bundle(dest)
     for needed in ("checkpoints/best.keras", "metrics.json", "labels.json", "config.yaml"):
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"{run_dir / needed}: missing; bundle only a finished run")
@@ -332,15 +334,37 @@ def bundle_run(
         if model_card is not None:
             (staging / "MODEL_CARD.md").write_text(model_card)
         write_checksums(staging)
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _check_replaceable_bundle(dest)  # again: something may have appeared meanwhile
         staging.chmod(0o755)  # mkdtemp makes it private; an installed package must be readable
-        staging.rename(dest)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            dest.rename(old)
+            staging.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return dest
+
+
+def _check_replaceable_bundle(dest: Path) -> None:
+    """A bundle replaces only an earlier bundle (its model file and checksums), never a
+    folder of the user's.
+
+    Raises:
+        FileExistsError: ``dest`` holds anything else.
+    """
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise FileExistsError(f"--dest {dest} is a file; give a folder path")
+    if any(dest.iterdir()) and not bundled_model_available(dest):
+        raise FileExistsError(
+            f"--dest {dest} holds files but no bundled model (model.keras and "
+            f"{CHECKSUMS}); a bundle replaces only an earlier bundle. Choose another --dest"
+        )
 
 
 def accuracy_floor(accuracy: float) -> float:

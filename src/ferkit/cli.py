@@ -528,9 +528,12 @@ def _run_bundle(args: argparse.Namespace) -> int:
     )
     from ferkit.data import PreparedDataset
     from ferkit.export import add_runtimes_to_bundle
+    from ferkit.train import TrainConfig, run_splits
 
     config = yaml.safe_load((args.run / "config.yaml").read_text())
-    val = PreparedDataset(config["data"]).split(config["val_split"])
+    _, val = run_splits(
+        TrainConfig.from_yaml(args.run / "config.yaml"), PreparedDataset(config["data"])
+    )
     loaded = load_model(args.run)
     accuracy = float((loaded.predict_proba(val.images).argmax(axis=1) == val.labels).mean())
     card = write_model_card(args.run, val, loaded)
