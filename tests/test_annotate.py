@@ -228,3 +228,13 @@ def test_real_group_selfie_keeps_every_face_visible():
         for other in panels:
             if other is not panel:
                 assert not touches(panel.rect, other.face_box)
+
+
+def test_upscaling_for_legibility_is_bounded():
+    """A face on a 3000x10 strip: drawing must not blow the image up to millions of pixels."""
+    from ferkit.annotate import MAX_DRAWN_SIDE
+
+    strip = np.zeros((10, 3000, 3), np.uint8)
+    drawn = draw_results(strip, [face((0, 0, 10, 10), happy=0.9)], min_side=STILL_IMAGE_MIN_SIDE)
+    assert max(drawn.shape[:2]) <= MAX_DRAWN_SIDE
+    assert draw_results(strip, [], min_side=STILL_IMAGE_MIN_SIDE).shape == strip.shape

@@ -124,3 +124,9 @@ def test_card_names_the_hardware_of_a_gpu_parent_and_appends_notes(finished_run,
     assert "min on 1 NVIDIA H200 GPU, torch engine" in card
     assert "## How it was trained\nTwo steps." in card
     assert card.index("## Limitations") < card.index("## How it was trained")
+
+
+def test_bundle_into_a_new_nested_folder(finished_run, tmp_path):
+    run, _ = finished_run
+    dest = bundle_run(run, tmp_path / "not" / "yet" / "there")
+    assert load_model(dest).classes

@@ -72,5 +72,25 @@ def test_corrupt_model_file_is_a_one_line_error(copy, tmp_path):
     )
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
-    assert run.stderr.strip().count("\n") == 0  # one line
-    assert "not a loadable ONNX model" in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert "unverified" in lines[0]  # the folder has no checksums.json: said first
+    (error,) = lines[1:]  # then one line says what is wrong
+    assert "not a loadable ONNX model" in error and error.startswith("ferkit predict: error:")
+
+
+def test_bad_metadata_names_the_file(copy):
+    (copy / "checksums.json").unlink()
+    (copy / "calibration.json").write_text('{"temperature": "hot"}')
+    with pytest.raises(ModelLoadError, match=r"calibration.json: bad calibration"):
+        load_classifier(copy, "onnx")
+    (copy / "calibration.json").unlink()
+    (copy / "labels.json").write_text("not json")
+    with pytest.raises(ModelLoadError, match=r"labels.json: bad class list"):
+        load_classifier(copy, "onnx")
+
+
+def test_a_file_that_is_no_model_is_named(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(ValueError, match=r"photo.jpg: not a model file"):
+        load_classifier(photo)

@@ -52,6 +52,8 @@ def mixed(tmp_path_factory):
     (photos / "truncated.jpg").write_bytes((samples / "justin.jpg").read_bytes()[:3000])
     (photos / "empty.jpg").write_bytes(b"")
     (photos / "page.jpg").write_text("<html>not an image</html>")
+    shutil.copy(samples / "test.mp4", photos / os.fsdecode(b"clip\xff.mp4"))  # OpenCV-hostile
+    (photos / "gone.jpg").symlink_to(root / "nowhere.jpg")  # a dangling link
     return root / "photos", photos
 
 
@@ -89,9 +91,12 @@ def test_predict_completes_a_mixed_folder(mixed, tmp_path):
     for name in ("line.png", "column.png"):
         assert by_name[name]["status"] == "no_face"
     assert "pixels" in by_name["huge.png"]["reason"]
-    for name in ("huge.png", "truncated.jpg", "empty.jpg", "page.jpg"):
+    for name in ("huge.png", "truncated.jpg", "empty.jpg", "page.jpg", "gone.jpg"):
         assert by_name[name]["status"] == "error" and by_name[name]["reason"], name
-    assert summary["failed"] == 4 and summary["exit_status"] == 3
+    assert "symbolic link" in by_name["gone.jpg"]["reason"]
+    video = by_name["clip\\xff.mp4"]
+    assert video["status"] == "ok" and video["frames"] == 115
+    assert summary["failed"] == 5 and summary["exit_status"] == 3
     with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert any(row["source"].endswith("caf\\xe9.jpg") for row in rows)
@@ -120,6 +125,7 @@ def test_prepare_completes_a_mixed_folder(mixed, tmp_path):
     for name in ("truncated.jpg", "empty.jpg"):
         assert skipped[name]["kind"] == "unreadable"
     assert skipped["page.jpg"]["kind"] == "not_image"
+    assert skipped["gone.jpg"]["reason"] == "broken or looping symbolic link"
     assert "happy/caf\\xe9.jpg" in np.load(out / "train.npz")["paths"].tolist()
 
 
@@ -225,3 +231,48 @@ def test_urls_are_downloaded_or_explained(tmp_path):
     assert sources[0]["labels"] == ["happy"]
     assert "HTTP 404" in sources[1]["reason"]
     assert "s3:// URLs are not read" in sources[2]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--smoothing", "nan"), ("--smoothing", "-1"), ("--max-pixels", "0"),
+     ("--max-frames", "0"), ("--every", "0"), ("--camera", "-1")],
+)  # fmt: skip
+def test_bad_option_values_are_refused_up_front(option, value, tmp_path, capsys):
+    photo = require_shared("samples") / "justin.jpg"
+    out = tmp_path / "out"
+    assert main(["predict", str(photo), option, value, "--out", str(out), "--quiet"]) == 2
+    assert "must be" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_in_a_video_keeps_what_was_done_and_says_so(recognizer, tmp_path):
+    from ferkit.predict import predict
+
+    samples = require_shared("samples")
+    calls = {"n": 0}
+    classify = recognizer.model.predict_proba
+
+    def interrupted_after_ten(faces, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            raise KeyboardInterrupt
+        return classify(faces, *args, **kwargs)
+
+    recognizer.model.predict_proba = interrupted_after_ten
+    try:
+        out = tmp_path / "out"
+        summary = predict(
+            [str(samples / "woman2.mp4"), str(samples / "justin.jpg")], out,
+            recognizer=recognizer, progress=False,
+        )  # fmt: skip
+    finally:
+        recognizer.model.predict_proba = classify
+    assert summary.exit_status() == 130
+    video, image = json.loads((out / "summary.json").read_text())["sources"]
+    assert video["status"] == "ok" and "stopped by Ctrl-C after" in video["reason"]
+    assert "of 464 frames" in video["reason"]
+    assert image["status"] == "skipped"
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["source"].endswith("woman2.mp4")]
+    assert len(rows) == video["faces"] == 10

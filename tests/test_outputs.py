@@ -209,3 +209,103 @@ def test_refusals_come_before_any_work(dataset, tmp_path):
         from ferkit.prepare import prepare
 
         prepare(dataset, out)
+
+
+def test_overwrite_never_takes_a_users_folder_for_an_old_output(tmp_path):
+    """A folder of the user's that happens to hold a file named like one of ferkit's."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    (folder / "thesis.docx").write_text("irreplaceable")
+    with (
+        pytest.raises(OutputExistsError, match="ferkit did not write"),
+        output_folder(folder, "predict", overwrite=True),
+    ):
+        pass
+    assert (folder / "thesis.docx").read_text() == "irreplaceable"
+
+
+def test_stale_cleanup_touches_only_its_own_folder(tmp_path):
+    """An --out whose name holds glob characters removes only its own stale folders."""
+    other = tmp_path / ".run1.tmp-12345"
+    other.mkdir()
+    mine = tmp_path / ".run[1].tmp-99999"
+    mine.mkdir()
+    with output_folder(tmp_path / "run[1]", "predict") as staging:
+        (staging / "x").write_text("")
+    assert other.is_dir() and not mine.exists()
+
+
+def test_a_non_utf8_glob_or_url_is_recorded(tmp_path):
+    raw_glob = os.fsdecode(tmp_path.as_posix().encode() + b"/caf\xe9*.jpg")
+    raw_url = os.fsdecode(b"ftp://host/caf\xe9.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", raw_glob, raw_url, "--out", str(out), "--quiet"]) == 3
+    sources = json.loads((out / "summary.json").read_text())["sources"]
+    assert [s["status"] for s in sources] == ["error", "error"]
+    assert "caf\\xe9" in sources[0]["source"] and "matched no file" in sources[0]["reason"]
+
+
+def test_ferkits_own_warnings_reach_the_terminal(tmp_path):
+    """Library noise is hidden, but ferkit's warnings are not (an unverified model)."""
+    import shutil
+
+    from ferkit.bundle import DEFAULT_MODEL_DIR
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("model.onnx", "labels.json", "calibration.json"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, model / name)
+    photo = write_gray(tmp_path / "face.png", 90, seed=3)
+    run = subprocess.run(
+        [sys.executable, "-m", "ferkit", "predict", str(photo), "--model", str(model),
+         "--out", str(tmp_path / "o"), "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "unverified" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_overwrite_refuses_to_delete_files_added_to_an_earlier_output(tmp_path, capsys):
+    photo = write_gray(tmp_path / "face.png", 90, seed=2)
+    out = tmp_path / "out"
+    argv = ["predict", str(photo), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    (out / "my_analysis").mkdir()
+    (out / "my_analysis" / "notes.md").write_text("work")
+    assert main([*argv, "--overwrite"]) == 2
+    assert "my_analysis/notes.md" in capsys.readouterr().err
+    assert (out / "my_analysis" / "notes.md").read_text() == "work"
+    (out / "my_analysis" / "notes.md").unlink()
+    (out / "my_analysis").rmdir()
+    assert main([*argv, "--overwrite"]) == 0  # only ferkit's own files: replaced
+
+
+def test_bad_out_paths_are_refused_before_any_work(tmp_path, capsys):
+    photo = write_gray(tmp_path / "face.png", 90, seed=2)
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    for out in (dangling, link):
+        assert main(["predict", str(photo), "--out", str(out), "--quiet"]) == 2
+        assert "symbolic link" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*.tmp-*")) and list(real.iterdir()) == []
+
+
+def test_a_closed_stdout_does_not_lose_the_results(tmp_path):
+    samples = require_shared("samples")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "ferkit", "predict", str(samples / "justin.jpg"),
+               str(samples / "couple.jpg"), "--out", str(out), "--quiet"]  # fmt: skip
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    run = subprocess.run(
+        command, stdout=reader.stdin, stderr=subprocess.PIPE, text=True, timeout=120
+    )
+    reader.stdin.close()
+    reader.wait()
+    assert run.returncode == 0, run.stderr
+    assert "Broken pipe" not in run.stderr
+    assert len(json.loads((out / "summary.json").read_text())["sources"]) == 2

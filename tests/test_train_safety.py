@@ -28,10 +28,10 @@ def stopped_run(drawn, tmp_path_factory):
     return run
 
 
-def _copy(run, tmp_path):
+def _copy(run, folder):
     import shutil
 
-    return shutil.copytree(run, tmp_path / run.name)
+    return shutil.copytree(run, folder / run.name)
 
 
 def test_state_records_the_checkpoint_it_belongs_to(stopped_run):
@@ -114,10 +114,22 @@ def test_resume_refuses_changed_settings(stopped_run, capsys):
 
 
 def test_overwrite_replaces_the_run_and_keeps_the_users_files(drawn, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("my notes")
+    (mine / "config.yaml").write_text("my: own settings\n")
+    argv = ["train", "--data", str(drawn), "--epochs", "1", "--out", str(mine)]
+    assert main(argv) == 2  # a folder of the user's is not a run
+    assert main([*argv, "--overwrite"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    (mine / "config.yaml").unlink()
+    assert main(argv) == 2
+    assert "holds files but no ferkit run" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.md"]
+
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "notes.md").write_text("my notes")
     train(tiny_train_config(drawn, epochs=1), run, verbose=0)
+    (run / "notes.md").write_text("my notes")
     assert main(["train", "--out", str(run), "--data", str(drawn), "--epochs", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     config = tiny_train_config(drawn, epochs=1, seed=5)
@@ -146,3 +158,37 @@ def test_train_carves_validation_when_the_data_has_none(tmp_path, caplog):
     train_split, val_split = run_splits(config, PreparedDataset(prepared.out_dir))
     assert len(val_split) == 4
     assert len(train_split) == prepared.manifest["splits"]["train"]["count"] - 4
+
+
+def test_resume_accepts_unchanged_settings_and_refuses_a_config_file(stopped_run, tmp_path, capsys):
+    run = _copy(stopped_run, tmp_path)
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    argv = ["train", "--out", str(run), "--resume", "--epochs", "3", "--data", config.data]
+    assert main([*argv, "--batch-size", "32"]) == 0  # the run's own values: fine
+    assert [row["epoch"] for row in read_history(run)] == [1, 2, 3]
+    assert main(["train", "--out", str(run), "--resume", "--config", str(run / "config.yaml")]) == 2
+    assert "drop --config" in capsys.readouterr().err
+
+
+def test_damaged_run_files_are_named_with_the_fix(stopped_run, tmp_path, capsys):
+    for content in ("[1, 2]", '{"epoch": "x"}', '{"epoch": -4}', "{bad json"):
+        run = _copy(stopped_run, tmp_path / f"case{abs(hash(content))}")
+        (run / STATE_NAME).write_text(content)
+        assert main(["train", "--out", str(run), "--resume"]) == 2
+        error = capsys.readouterr().err
+        assert "state.json: damaged" in error and "--overwrite" in error, error
+    run = _copy(stopped_run, tmp_path / "yaml")
+    (run / "config.yaml").write_text("epochs: [1,\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "config.yaml: not valid YAML" in capsys.readouterr().err
+
+
+def test_a_run_never_goes_into_its_data_and_overwrite_spares_user_checkpoints(
+    drawn, stopped_run, tmp_path, capsys
+):
+    assert main(["train", "--data", str(drawn), "--out", str(drawn / "run")]) == 2
+    assert "lies inside the input" in capsys.readouterr().err
+    run = _copy(stopped_run, tmp_path)
+    (run / "checkpoints" / "my_backup.keras").write_bytes(b"mine")
+    train(tiny_train_config(drawn, epochs=1), run, overwrite=True, verbose=0)
+    assert (run / "checkpoints" / "my_backup.keras").read_bytes() == b"mine"

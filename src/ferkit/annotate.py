@@ -39,6 +39,8 @@ TEXT_HEIGHT_FRACTION = 1 / 50
 # ``draw_results(..., min_side=STILL_IMAGE_MIN_SIDE)``), which leaves room for legible
 # panels on thumbnails; video frames keep their size.
 STILL_IMAGE_MIN_SIDE = 720
+# Upscaling for legibility stops when the longer side reaches this many pixels.
+MAX_DRAWN_SIDE = 4096
 # Where every place covers another face or its own, a panel may hide this share of its own
 # face (the box) before a smaller panel is preferred.
 OWN_FACE_SHARE = 0.25
@@ -352,8 +354,9 @@ def draw_results(
     Args:
         image: ``uint8`` RGB, any size.
         faces: :class:`ferkit.recognize.FaceResult` objects.
-        min_side: first upscale the image so that its shorter side has at least this many
-            pixels; ``0`` keeps its size, which video writers need.
+        min_side: first upscale an image with faces so that its shorter side has at least
+            this many pixels (its longer side never beyond :data:`MAX_DRAWN_SIDE`); ``0``
+            keeps its size, which video writers need.
             :data:`STILL_IMAGE_MIN_SIDE` suits still images.
         margin: near-tie margin, see :func:`is_uncertain`.
 
@@ -365,8 +368,11 @@ def draw_results(
     canvas = np.ascontiguousarray(image).copy()
     height, width = canvas.shape[:2]
     scale = 1.0
-    if min_side and min(height, width) < min_side:
-        scale = min_side / min(height, width)
+    if faces and min_side and min(height, width) < min_side:
+        # Never beyond MAX_DRAWN_SIDE on the longer side: a 3000x1 strip must not become
+        # millions of pixels wide.
+        scale = min(min_side / min(height, width), MAX_DRAWN_SIDE / max(height, width))
+        scale = max(scale, 1.0)
         size = (round(width * scale), round(height * scale))
         canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_CUBIC)
     panels = layout_panels(canvas.shape, faces, margin=margin, scale=scale)

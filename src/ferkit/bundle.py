@@ -272,13 +272,24 @@ def read_metadata(folder: Path) -> tuple[list[str], float]:
             raise ValueError("expected a JSON list of class names")
         if len(set(classes)) != len(classes) or not classes:
             raise ValueError("class names must be unique and at least one")
-        temperature = 1.0
-        if calibration.is_file():
-            temperature = float(json.loads(calibration.read_text())["temperature"])
-            if not np.isfinite(temperature) or temperature <= 0:
-                raise ValueError(f"temperature must be a positive number, not {temperature}")
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{folder}: bad model metadata: {error}") from None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{labels}: bad class list ({error})") from None
+    temperature = 1.0
+    if not calibration.is_file():
+        logger.warning(
+            "%s: no calibration.json beside the model, so its probabilities are not "
+            "calibrated (temperature 1)",
+            folder,
+        )
+        return list(classes), temperature
+    try:
+        temperature = float(json.loads(calibration.read_text())["temperature"])
+        if not np.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, not {temperature}")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(
+            f'{calibration}: bad calibration ({error}); expected {{"temperature": T}} with T > 0'
+        ) from None
     return list(classes), temperature
 
 
@@ -310,9 +321,8 @@ def bundle_run(
     for needed in ("checkpoints/best.keras", "metrics.json", "labels.json", "config.yaml"):
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"{run_dir / needed}: missing; bundle only a finished run")
-    staging = Path(
-        tempfile.mkdtemp(prefix=".bundle-", dir=dest.parent if dest.parent.exists() else None)
-    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         model = keras.models.load_model(run_dir / "checkpoints" / "best.keras", compile=False)
         model.save(staging / MODEL_FILE)  # no optimizer state: a third of the size

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import os
 import sys
@@ -425,10 +426,12 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     }  # fmt: skip
     if args.resume:
-        given = {name: value for name, value in overrides.items() if value is not None}
         if args.config:
-            given = {**vars(TrainConfig.from_yaml(args.config)), **given}
-        check_resume_overrides(args.out, {**given, "arch": args.arch, "weights": args.weights})
+            raise ValueError(
+                "--resume continues the run with its own config.yaml; drop --config (or start "
+                "a new run with --out NEW_RUN)"
+            )
+        check_resume_overrides(args.out, {**overrides, "arch": args.arch, "weights": args.weights})
     config = (
         TrainConfig.from_yaml(args.config, **overrides)
         if args.config
@@ -746,7 +749,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from ferkit.prepare import FAILURE_KINDS
 
     failed = [e for e in metrics["skipped"]["items"] if e["kind"] in FAILURE_KINDS]
-    if failed:
+    if failed and metrics["data"]["prepared_here"]:  # this run's own inputs failed
         print(f"  {len(failed)} input(s) failed, listed in metrics.json (exit status 3)")
         return 3
     return 0
@@ -762,17 +765,24 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXIT_STATUSES,
     )
     parser.add_argument("results", nargs="+", type=Path, help="folders written by evaluate")
-    parser.add_argument("--out", type=Path, default=Path("results/compare"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: a new results/compare/YYYYmmdd-HHMMSS)",
+    )
     _overwrite_flag(parser, "comparison")
     parser.set_defaults(handler=_run_compare)
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from ferkit.compare import compare, format_markdown
+    from ferkit.outputs import default_run_folder
 
-    table = compare(args.results, args.out, overwrite=args.overwrite)
+    out = args.out or default_run_folder(Path("results") / "compare")
+    table = compare(args.results, out, overwrite=args.overwrite)
     print(format_markdown(table))
-    print(f"\nwritten to {args.out}/comparison.csv, .md and .png")
+    print(f"\nwritten to {out}/comparison.csv, .md and .png")
     return 0
 
 
@@ -860,8 +870,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    with _quiet_libraries(args.verbose):
-        return _run(args)
+    original_stdout = sys.stdout
+    sys.stdout = _PipeSafeStdout(sys.stdout)
+    try:
+        with _quiet_libraries(args.verbose):
+            return _run(args)
+    finally:
+        sys.stdout = original_stdout
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -899,18 +914,24 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
     the terminal through a copy of the original descriptor; library warnings and log
     records below ERROR are dropped. Everything is restored afterwards.
     """
-    handler = logging.StreamHandler()  # writes to whatever sys.stderr is at each record
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     if verbose:
+        previous = os.environ.get("FERKIT_VERBOSE")
+        os.environ["FERKIT_VERBOSE"] = "1"  # native libraries' lines too
         try:
             yield
         finally:
             root.removeHandler(handler)
             root.setLevel(previous_level)
+            if previous is None:
+                del os.environ["FERKIT_VERBOSE"]
+            else:
+                os.environ["FERKIT_VERBOSE"] = previous
         return
     handler.addFilter(lambda record: record.name.startswith("ferkit") or record.levelno >= 40)
     for name, value in (("TF_CPP_MIN_LOG_LEVEL", "3"), ("GRPC_VERBOSITY", "ERROR")):
@@ -925,6 +946,8 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
+        if sys.stderr is not saved_stderr:  # a crash of native code is still reported
+            faulthandler.enable(file=sys.stderr)
     except OSError:  # no descriptor 2 to redirect (embedded interpreters): stay as we are
         pass
     try:
@@ -933,6 +956,7 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
             yield
     finally:
         if sys.stderr is not saved_stderr:
+            faulthandler.disable()
             sys.stderr.flush()
             sys.stderr.close()
             sys.stderr = saved_stderr
@@ -941,6 +965,54 @@ def _quiet_libraries(verbose: bool) -> Iterator[None]:
             os.close(saved_fd)
         root.removeHandler(handler)
         root.setLevel(previous_level)
+
+
+class _PipeSafeStdout:
+    """Standard output that a closed reader (``ferkit predict ... | head``) cannot break:
+    the run goes on and writes its results; what it would print is dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._close()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        self._broken = True
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            # Python's own flush at exit must not fail on the closed pipe either.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stderr`` is when a record comes, so
+    ferkit's warnings follow the terminal copy that :func:`_quiet_libraries` installs."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # set by StreamHandler.__init__; ignored
+        pass
 
 
 def _writes_to_fd(stream: Any, fd: int) -> bool:

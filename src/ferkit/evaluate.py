@@ -40,6 +40,7 @@ class EvalData:
     split: str
     source: str
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    prepared_here: bool = False  # a raw source prepared for this evaluation
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()
@@ -127,6 +128,7 @@ def load_eval_data(
             split="all" if whole_source else split,
             source=str(manifest.get("source", data)),
             skipped=skipped,
+            prepared_here=scratch is not None,
         )
     finally:
         if scratch is not None:
@@ -387,6 +389,7 @@ def _evaluate_into(
         "source": evaluation.source,
         "split": evaluation.split,
         "hash": evaluation.content_hash(),
+        "prepared_here": evaluation.prepared_here,
     }
     if tta:
         tta_probabilities = predict_tta(classifier, images, progress=progress)

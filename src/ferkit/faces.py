@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit._tf import native_stderr_silenced
 from ferkit.images import resize_face
 
 
@@ -392,8 +393,11 @@ class BlazeFaceDetector(FaceDetector):
         self.name = "blazeface" if model == "short" else "blazeface-full"
         self.min_confidence = min_confidence
         self.max_side = max_side
-        self._interpreter = Interpreter(str(blazeface_model_path(self.spec.file)), num_threads=1)
-        self._interpreter.allocate_tensors()
+        with native_stderr_silenced():  # LiteRT announces its CPU delegate here
+            self._interpreter = Interpreter(
+                str(blazeface_model_path(self.spec.file)), num_threads=1
+            )
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = sorted(
             self._interpreter.get_output_details(), key=lambda detail: detail["shape"][-1]

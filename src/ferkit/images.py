@@ -18,6 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+#: Video file extensions that ``predict`` reads as videos.
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+)
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 )
@@ -91,7 +95,9 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
 
 
-def _normalise_mode(image: Image.Image, color: bool) -> Image.Image:
+def normalise_mode(image: Image.Image, color: bool) -> Image.Image:
+    """Any PIL image as 8-bit RGB (``color``) or grayscale: 16-bit and float images are
+    rescaled, palettes expanded, transparency put on white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         image = _to_8bit(image)
     if image.mode in ("P", "PA"):
@@ -157,7 +163,7 @@ def decode_image(
             _within_budget(image, max_pixels, source)
             image.load()
             image = ImageOps.exif_transpose(image)
-            image = _normalise_mode(image, color)
+            image = normalise_mode(image, color)
     except ImageReadError:
         raise
     except UnidentifiedImageError:

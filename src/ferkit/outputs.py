@@ -25,6 +25,7 @@ unless told ``--resume`` or ``--overwrite``.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -39,15 +40,9 @@ logger = logging.getLogger(__name__)
 
 MARKER = ".ferkit-output.json"
 
-#: Files by which folders written before the marker existed are recognised, per command.
-_SIGNATURES = {
-    "prepare": ("manifest.json",),
-    "predict": ("summary.json",),
-    "evaluate": ("metrics.json", "report.html"),
-    "compare": ("comparison.csv",),
-    "export": ("export.json",),
-    "soft-labels": ("manifest.json",),
-}
+#: Prepared datasets written before the marker existed are still recognised by their
+#: manifest, which names the ferkit version that wrote it.
+_MANIFEST_COMMANDS = ("prepare", "soft-labels")
 
 
 class OutputExistsError(FileExistsError):
@@ -127,15 +122,34 @@ def written_by(folder: Path) -> str | None:
 def _looks_written_by(folder: Path, command: str) -> bool:
     if written_by(folder) == command:
         return True
-    signature = _SIGNATURES.get(command, ())
-    if not signature or not all((folder / name).is_file() for name in signature):
+    if command not in _MANIFEST_COMMANDS or (folder / MARKER).exists():
         return False
-    if command in ("prepare", "soft-labels"):  # a manifest of ours names ferkit's version
-        try:
-            return "ferkit_version" in json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError):
-            return False
-    return True
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "ferkit_version" in manifest and "splits" in manifest
+
+
+def _files(folder: Path) -> set[str]:
+    """Every file and link below ``folder``, as paths relative to it."""
+    return {
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() or path.is_symlink()
+    }
+
+
+def _written_files(folder: Path) -> set[str]:
+    """The files an earlier ferkit output recorded as its own (with its marker)."""
+    try:
+        recorded = json.loads((folder / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if isinstance(recorded, list):
+        return {str(name) for name in recorded} | {MARKER}
+    # a prepared dataset from before the marker: its manifest and split files
+    return {"manifest.json", MARKER} | {p.name for p in folder.glob("*.npz")}
 
 
 def check_replaceable(out: str | os.PathLike[str], command: str, overwrite: bool) -> None:
@@ -146,6 +160,10 @@ def check_replaceable(out: str | os.PathLike[str], command: str, overwrite: bool
             false; or it holds files that ``ferkit <command>`` did not write.
     """
     out = Path(out)
+    if out.is_symlink():
+        raise OutputExistsError(
+            f"--out {out} is a symbolic link; give the real folder path ({os.path.realpath(out)})"
+        )
     if not out.exists():
         return
     if not out.is_dir():
@@ -164,6 +182,15 @@ def check_replaceable(out: str | os.PathLike[str], command: str, overwrite: bool
             f"--out {out} holds {what}; --overwrite replaces only an earlier "
             f"'ferkit {command}' output. Choose another --out"
         )
+    foreign = sorted(_files(out) - _written_files(out))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise OutputExistsError(
+            f"--out {out} holds files that the earlier 'ferkit {command}' did not write "
+            f"({shown}); --overwrite would delete them. Move them out, or choose another --out"
+        )
 
 
 @contextlib.contextmanager
@@ -174,7 +201,13 @@ def locked(out: str | os.PathLike[str]) -> Iterator[None]:
         OutputLockedError: another process holds it.
     """
     out = Path(out).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(
+            f"--out {out}: cannot create {out.parent} ({error.strerror}); choose a writable "
+            "location"
+        ) from None
     lock_path = out.parent / f".{out.name}.lock"
     try:
         import fcntl
@@ -182,7 +215,13 @@ def locked(out: str | os.PathLike[str]) -> Iterator[None]:
         yield
         return
     while True:
-        handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        except OSError as error:
+            raise OSError(
+                f"--out {out}: cannot write in {out.parent} ({error.strerror}); choose a "
+                "writable location"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -223,7 +262,8 @@ def remove_stale(out: str | os.PathLike[str]) -> list[Path]:
     removed = []
     if not out.parent.is_dir():
         return removed
-    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+    name = glob.escape(out.name)
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
         for stale in out.parent.glob(pattern):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
@@ -274,7 +314,8 @@ def output_folder(
 
 
 def write_marker(folder: Path, command: str, **details: Any) -> None:
-    """Mark ``folder`` as written by ``ferkit <command>``."""
+    """Mark ``folder`` as written by ``ferkit <command>``, listing the files in it, which
+    are all that a later ``--overwrite`` may replace."""
     from ferkit import __version__
 
     record = {
@@ -282,6 +323,7 @@ def write_marker(folder: Path, command: str, **details: Any) -> None:
         "ferkit_version": __version__,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **details,
+        "files": sorted(_files(folder) - {MARKER}),
     }
     write_atomic(folder / MARKER, json.dumps(record, indent=2) + "\n")
 

@@ -21,6 +21,7 @@ import csv
 import glob
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -31,9 +32,14 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ferkit.images import FACE_MODES, IMAGE_EXTENSIONS, ImageReadError, read_image
+from ferkit.images import (
+    FACE_MODES,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ImageReadError,
+    read_image,
+)
 from ferkit.outputs import output_folder, path_hex, path_text, peak_memory_mb
-from ferkit.video import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +73,15 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
     """
     sources: list[Source] = []
     for given in inputs:
-        given = str(given)
+        given = os.fspath(given)
         scheme = _url_scheme(given)
         if scheme in ("http", "https"):
-            sources.append(Source(given, "url", url=given))
+            sources.append(Source(path_text(given), "url", url=given))
             continue
         if scheme is not None:
             sources.append(
                 Source(
-                    given,
+                    path_text(given),
                     "unknown",
                     error=f"{scheme}:// URLs are not read; download the file first and give "
                     "its local path (http and https URLs are downloaded)",
@@ -84,13 +90,18 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
             continue
         path = Path(given)
         if path.is_dir():
-            files = sorted(
+            visible = [
                 p
                 for p in path.rglob("*")
-                if p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
+            files = sorted(p for p in visible if p.is_file())
+            broken = sorted(p for p in visible if p.is_symlink() and not p.exists())
+            sources.extend(
+                Source(path_text(p), "unknown", p, error="broken or looping symbolic link")
+                for p in broken
             )
-            if not files:
+            if not files and not broken:
                 sources.append(
                     Source(path_text(given), "unknown", path, error="folder holds no files")
                 )
@@ -101,13 +112,32 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
             matches = sorted(glob.glob(given, recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file()]
             if not files:
-                sources.append(Source(given, "unknown", error="the pattern matched no file"))
+                sources.append(
+                    Source(path_text(given), "unknown", error="the pattern matched no file")
+                )
             sources.extend(_file_source(p) for p in files)
         else:
+            reason = "broken or looping symbolic link" if path.is_symlink() else None
             sources.append(
-                Source(path_text(given), "unknown", path, error="no such file or folder")
+                Source(
+                    path_text(given), "unknown", path, error=reason or "no such file or folder"
+                )
             )
     return sources
+
+
+def _input_roots(given: str | os.PathLike[str]) -> list[Path]:
+    """What an input reads, for checking ``--out`` against it: the file or folder it
+    names; for a recursive glob (``photos/**/*.jpg``) the folder before its first
+    wildcard, whose whole tree it reads; for another glob, the files it matches."""
+    text = os.fspath(given)
+    wildcard = min((text.find(c) for c in "*?[" if c in text), default=-1)
+    if wildcard < 0:
+        return [Path(text)]
+    if "**" in text:
+        head, _, _ = text[:wildcard].rpartition("/")
+        return [Path(head or ".")]
+    return [Path(match) for match in glob.glob(text)]
 
 
 def _url_scheme(given: str) -> str | None:
@@ -209,7 +239,10 @@ class RecordWriter:
         if fmt not in OUTPUT_FORMATS:
             raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
         self.fmt = fmt
-        self.handle: TextIO = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        # backslashreplace: a name that slipped through unescaped can never stop the run
+        self.handle: TextIO = open(  # noqa: SIM115
+            path, "w", newline="", encoding="utf-8", errors="backslashreplace"
+        )
         self.count = 0
         if fmt == "csv":
             self._csv = csv.DictWriter(self.handle, fieldnames=columns, restval="")
@@ -298,7 +331,8 @@ def predict(
         faces: ``auto``, ``crop`` or ``detect`` (see :class:`EmotionRecognizer`).
         max_pixels: pixel budget of one decoded image (default: the recogniser's).
         recognizer: an existing :class:`EmotionRecognizer` (else one is built from
-            ``model``, ``detector``, ``backend`` and ``faces``).
+            ``model``, ``detector``, ``backend``, ``faces`` and ``max_pixels``, which are
+            then ignored in favour of the recogniser's own settings).
         echo: callable that receives one human-readable line per input (``print``).
 
     Returns:
@@ -317,13 +351,22 @@ def predict(
     for name, value in (("every", every), ("detect_every", detect_every)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, not {value}")
-    if smoothing_s < 0:
-        raise ValueError(f"smoothing must be zero or positive, not {smoothing_s}")
+    if not math.isfinite(smoothing_s) or smoothing_s < 0:
+        raise ValueError(f"smoothing must be a number of seconds, 0 or more, not {smoothing_s}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, not {max_frames}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, not {max_pixels}")
+    if camera is not None and camera < 0:
+        raise ValueError(f"camera index must be 0 or more (0 is the first), not {camera}")
     sources = expand_inputs(list(inputs))
     if camera is None and not sources:
         raise ValueError("nothing to predict on: give image/video files, folders or --camera N")
     given_paths = [
-        given for given in inputs if _url_scheme(str(given)) is None and Path(given).exists()
+        root
+        for given in inputs
+        if _url_scheme(os.fspath(given)) is None
+        for root in _input_roots(given)
     ]
     run = {
         "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
@@ -412,6 +455,16 @@ def _predict_all(
             summary.faces += entry.get("faces", 0)
             summary.sources.append(entry)
             echo(describe(entry))
+            if entry.pop("interrupted", False):  # Ctrl-C in the middle of a video
+                summary.interrupted = True
+                left = sources[position + 1 :]
+                summary.sources.extend(
+                    _error_entry(s, "not processed: the run was interrupted", writer, "skipped")
+                    for s in left
+                )
+                if left:
+                    echo(f"interrupted: {len(left)} input(s) not processed")
+                break
     finally:
         downloads.cleanup()
         if writer is not None:
@@ -652,9 +705,9 @@ def _predict_video(
                 drawn = draw_results(frame.image, last_faces)
                 video_writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
     except KeyboardInterrupt:
-        if source.kind != "camera":
-            raise
-        interrupted = True  # Ctrl-C ends a webcam session; what was seen is kept
+        # Ctrl-C ends a webcam session, or the run in the middle of a video: what was
+        # seen is kept and said to be partial.
+        interrupted = True
     finally:
         bar.close()
         if video_writer is not None:
@@ -694,7 +747,9 @@ def _predict_video(
             "(truncated or corrupt frames)"
         )
     if interrupted:
-        entry["reason"] = "stopped by Ctrl-C"
+        of = f" of {info.frame_count}" if info.frame_count else ""
+        entry["reason"] = f"stopped by Ctrl-C after {frames_read}{of} frames"
+        entry["interrupted"] = source.kind != "camera"  # a webcam ends this way
     if not faces_total and writer is not None:
         writer.write(
             {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import sys
@@ -500,7 +501,9 @@ def _empty_split_warnings(
         if fraction <= 0 or any(item.split == split for item, _ in kept):
             continue
         sizes = Counter(item.label for item, _ in kept)
-        smallest_needed = next(n for n in range(1, 1_000_000) if round(n * fraction) >= 1)
+        smallest_needed = math.ceil(0.5 / fraction)
+        while round(smallest_needed * fraction) < 1:  # round() halves to even
+            smallest_needed += 1
         warnings.append(
             f"the {split} split is empty: {fraction:g} of each class rounds to no image when a "
             f"class has fewer than {smallest_needed} (largest class here: "

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,10 @@ from ferkit.images import (
     DEFAULT_CROP_MAX_SIDE,
     DEFAULT_MAX_PIXELS,
     FACE_MODES,
+    VIDEO_EXTENSIONS,
     ImageReadError,
     looks_like_crop,
+    normalise_mode,
     read_image,
     resize_face,
 )
@@ -138,6 +141,8 @@ class EmotionRecognizer:
         _check_choice("faces", faces, FACE_MODES)
         if margin < 0:
             raise ValueError(f"margin must be zero or positive, not {margin}")
+        if max_pixels < 1 or crop_max_side < 1:
+            raise ValueError("max_pixels and crop_max_side must be at least 1")
         self.model = load_classifier(model, backend)
         self.classes = self.model.classes
         self.detector = make_detector(detector)
@@ -149,11 +154,24 @@ class EmotionRecognizer:
 
     def _to_rgb(self, image: ImageInput, color_order: str) -> np.ndarray:
         if isinstance(image, str | os.PathLike):
-            return read_image(Path(image), color=True, max_pixels=self.max_pixels)
+            path = Path(image)
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", os.fspath(image)):
+                raise ValueError(
+                    f"{image}: URLs are not read here; download the file first ('ferkit "
+                    "predict URL' downloads http(s) URLs)"
+                )
+            if path.is_dir():
+                raise ValueError(
+                    f"{path}: is a folder; pass its image files (ferkit.predict.expand_inputs "
+                    "lists a folder's files)"
+                )
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                raise ValueError(f"{path}: is a video; use predict_video() for videos")
+            return read_image(path, color=True, max_pixels=self.max_pixels)
         if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
             if image.size[0] < 1 or image.size[1] < 1:
                 raise ValueError(f"the PIL image is empty ({image.size}); pass a real image")
-            return np.asarray(image.convert("RGB"))
+            return np.asarray(normalise_mode(image, color=True))
         if not isinstance(image, np.ndarray):
             raise TypeError(
                 f"an image must be a file path, a uint8 NumPy array (HxW, HxWx3 or HxWx4) or "
@@ -255,9 +273,14 @@ class EmotionRecognizer:
         Returns:
             One :class:`ImageResult` (a list of :class:`FaceResult`) per image, in order.
         """
-        if isinstance(images, str | os.PathLike | np.ndarray) or hasattr(images, "convert"):
+        if (
+            isinstance(images, str | os.PathLike | np.ndarray | dict)
+            or hasattr(images, "convert")
+            or not hasattr(images, "__iter__")
+        ):
             raise TypeError(
-                "predict_batch takes a list of images; for one image call predict(image)"
+                "predict_batch takes a list of images (paths, uint8 arrays or PIL images), "
+                f"not {type(images).__name__}; for one image call predict(image)"
             )
         _check_choice("errors", errors, BATCH_ERRORS)
         _check_choice("color_order", str(color_order).upper(), ("RGB", "BGR"))
@@ -370,7 +393,8 @@ def _describe_error(error: BaseException) -> str:
 def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> Any:
     """One row per face, as a pandas DataFrame.
 
-    Accepts ``{source: [FaceResult, ...]}`` (a ``source`` column is added), a list of
+    Accepts ``{source: [FaceResult, ...]}`` (a ``source`` column is added; an
+    :class:`ImageResult` with an ``error`` gives a row with that ``error``), a list of
     :class:`FaceResult` from one image, or the frames of :meth:`EmotionRecognizer.
     predict_video` (``frame`` and ``time_s`` columns are added; consume the generator
     into a list first, or pass a slice of it).
@@ -378,11 +402,15 @@ def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> An
     import pandas as pd
 
     if isinstance(results, dict):
-        rows = [
-            {"source": str(source), "face": index, **face.as_dict()}
-            for source, faces in results.items()
-            for index, face in enumerate(faces)
-        ]
+        rows = []
+        for source, faces in results.items():
+            error = getattr(faces, "error", None)
+            if error is not None:  # an image that could not be used keeps a row
+                rows.append({"source": str(source), "error": error})
+            rows.extend(
+                {"source": str(source), "face": index, **face.as_dict()}
+                for index, face in enumerate(faces)
+            )
     else:
         results = list(results)
         if results and hasattr(results[0], "faces"):  # video frames

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit._tf import native_stderr_silenced
 from ferkit.bundle import Classifier, ModelLoadError, error_summary, read_metadata
 
 BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite")
@@ -96,7 +97,8 @@ class TFLiteModel(Classifier):
     def _run(self, faces: np.ndarray) -> np.ndarray:
         if len(faces) != self._batch:
             self._interpreter.resize_tensor_input(self._input, faces.shape)
-            self._interpreter.allocate_tensors()
+            with native_stderr_silenced():  # LiteRT announces its CPU delegate here
+                self._interpreter.allocate_tensors()
             self._batch = len(faces)
         self._interpreter.set_tensor(self._input, faces)
         self._interpreter.invoke()
@@ -135,6 +137,12 @@ def load_classifier(
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if model is not None and not Path(model).exists():
         raise FileNotFoundError(f"{model}: no such model file or folder")
+    model_suffixes = (".keras", ".h5", ".onnx", ".tflite")
+    if model is not None and Path(model).is_file() and Path(model).suffix not in model_suffixes:
+        raise ValueError(
+            f"{model}: not a model file; give a .keras, .onnx or .tflite file, or a run, "
+            "bundle or export folder"
+        )
     folder = _model_folder(model)
     given_file = Path(model) if model is not None and Path(model).is_file() else None
     if given_file is not None and given_file.suffix in (".onnx", ".tflite"):
@@ -152,8 +160,9 @@ def load_classifier(
             if backend == "onnx-int8":
                 export += " --quantize int8 --calibration-data PREPARED_DIR"
             raise FileNotFoundError(
-                f"{file}: missing; write it with 'ferkit export --model {folder} {export} "
-                f"--out {folder}'"
+                f"{file}: missing; export the model to a folder of its own and load that: "
+                f"'ferkit export --model {folder} {export} --out EXPORT_DIR', then "
+                "--model EXPORT_DIR"
             )
     if verify:
         verify_or_warn(folder)

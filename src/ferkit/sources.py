@@ -217,12 +217,18 @@ def _list_class_folders(folder: Path, root: Path, split: str | None, listing: So
             continue
         label = canonical_name(path_text(child.name))
         listing.source_names.setdefault(label, set()).add(path_text(child.name))
-        files = sorted(
+        visible = [
             path
             for path in child.rglob("*")
-            if path.is_file()
-            and not any(part.startswith(".") for part in path.relative_to(child).parts)
-        )
+            if not any(part.startswith(".") for part in path.relative_to(child).parts)
+        ]
+        files = sorted(path for path in visible if path.is_file())
+        for path in sorted(p for p in visible if p.is_symlink() and not p.exists()):
+            listing.skipped.append(
+                Skipped(
+                    _relative(path, root), "unreadable", "broken or looping symbolic link", split
+                )
+            )
         found = 0
         for path in files:
             name = _relative(path, root)

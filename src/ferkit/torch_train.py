@@ -224,9 +224,7 @@ def save_keras_weights(module: Any, path: str | Path) -> None:
         for layer, layer_weights in keras_weights(module).items()
         for index, array in enumerate(layer_weights)
     }
-    tmp = Path(path).with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    save_atomic(lambda pending: np.savez(pending, **arrays), Path(path))
 
 
 def load_keras_weights(model: Any, path: str | Path) -> None:

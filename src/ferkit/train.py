@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from ferkit.data import PreparedDataset, Split
-from ferkit.outputs import locked, write_atomic
+from ferkit.outputs import MARKER, check_not_overlapping, locked, write_atomic, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,18 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        """Settings from a YAML file, with ``overrides`` (None: not given) on top.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not YAML, not a mapping, or unknown settings (naming the file).
+        """
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected settings as 'name: value' lines")
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
@@ -483,6 +494,36 @@ def write_run_config(run_dir: Path, config: TrainConfig) -> None:
     write_atomic(run_dir / CONFIG_NAME, yaml.safe_dump(_plain(asdict(config)), sort_keys=False))
 
 
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """A run's ``state.json``, checked.
+
+    Raises:
+        FileNotFoundError: no state (no run in ``run_dir``).
+        ValueError: the file is damaged (naming it, with the fix).
+    """
+    path = run_dir / STATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no {STATE_NAME}, so no run to resume; start one without --resume"
+        )
+    try:
+        state = json.loads(path.read_text())
+        valid = (
+            isinstance(state, dict)
+            and isinstance(state.get("epoch"), int)
+            and state["epoch"] >= 0
+            and isinstance(state.get("seconds", 0.0), int | float)
+        )
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"{path}: damaged (not the state ferkit train writes); the run cannot be resumed. "
+            f"Restore the file, or start the run again with --overwrite"
+        )
+    return state
+
+
 def _pending(path: Path) -> Path:
     """Where a checkpoint is saved before it replaces ``path`` (Keras needs the suffix)."""
     return path.with_name(f".pending-{path.name}")
@@ -571,6 +612,10 @@ def check_resume_overrides(run_dir: str | os.PathLike[str], overrides: dict[str,
     A resumed run continues with its ``config.yaml``; a changed setting would be
     silently ignored, or would break the learning-rate schedule halfway.
 
+    Args:
+        overrides: the settings given on the command line (None: not given); ``arch``
+            and ``weights`` are compared with the run's model settings.
+
     Raises:
         ValueError: naming each differing setting and what to do instead.
     """
@@ -578,48 +623,66 @@ def check_resume_overrides(run_dir: str | os.PathLike[str], overrides: dict[str,
     if not (run_dir / CONFIG_NAME).is_file():
         return
     saved = asdict(TrainConfig.from_yaml(run_dir / CONFIG_NAME))
-    given = {name: value for name, value in overrides.items() if value is not None}
-    given.update({name: value for name, value in given.pop("model", {}).items()})
-    if isinstance(given.get("weights"), str) and given["weights"].lower() == "none":
-        given["weights"] = None
-    differing = []
-    for name, value in given.items():
-        current = saved["model"][name] if name not in saved else saved[name]
-        if current != value:
-            differing.append(f"{name} {current!r} -> {value!r}")
+    differing = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        current = saved[name] if name in saved else saved["model"].get(name)
+        if name == "weights" and str(value).lower() == "none":
+            value = None
+        same = (
+            Path(value).resolve() == Path(current).resolve()
+            if name in ("data", "init_from") and current is not None
+            else current == value
+        )
+        if not same:
+            differing[name] = f"{name} {current!r} -> {value!r}"
     if not differing:
         return
-    finished = False
-    if (run_dir / STATE_NAME).is_file():
-        finished = bool(json.loads((run_dir / STATE_NAME).read_text()).get("finished"))
-    extend = ""
-    if "epochs" in overrides and overrides["epochs"] is not None:
-        extend = (
-            " --resume cannot extend a run: its learning-rate schedule was planned for its "
-            "own epochs. To train longer, start a new run from this one's weights: "
-            f"ferkit train --init-from {run_dir} --epochs N --out NEW_RUN"
-        )
+    extend = (
+        " --resume cannot extend a run: its learning-rate schedule was planned for its own "
+        "epochs. To train longer, start a new run from this one's weights: ferkit train "
+        f"--init-from {run_dir} --epochs N --out NEW_RUN"
+        if "epochs" in differing
+        else " Drop them, or start a new run with --out NEW_RUN."
+    )
     raise ValueError(
         f"{run_dir}: --resume continues the run with its own settings (config.yaml), but "
-        f"these differ: {', '.join(differing)}{' (the run has finished)' if finished else ''}."
-        f"{extend or ' Drop them, or start a new run with --out NEW_RUN.'}"
+        f"these differ: {', '.join(differing.values())}.{extend}"
     )
 
 
-#: Files and folders a run writes (what ``--overwrite`` removes, and nothing else).
+#: Files a run writes: what ``--overwrite`` removes, and nothing else.
 RUN_FILES = (
     CONFIG_NAME, STATE_NAME, HISTORY_NAME, "labels.json", "calibration.json", "metrics.json",
-    "init.json", "checkpoints", "checksums.json",
+    "init.json", "checksums.json", MARKER, LAST_CHECKPOINT, BEST_CHECKPOINT, LAST_RNG,
+    "checkpoints/last.pt", "checkpoints/best.weights.npz",
 )  # fmt: skip
+
+
+def _is_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that ``ferkit train`` wrote (its marker, or for
+    older runs a state, a config and a class list that read back)."""
+    from ferkit.outputs import written_by
+
+    if written_by(run_dir) == "train":
+        return True
+    try:
+        state = json.loads((run_dir / STATE_NAME).read_text())
+        TrainConfig.from_yaml(run_dir / CONFIG_NAME)
+        json.loads((run_dir / "labels.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+    return isinstance(state, dict) and "epoch" in state
 
 
 def _remove_run(run_dir: Path) -> None:
     for name in RUN_FILES:
         path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        _pending(path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # kept when it holds files of the user's
+        (run_dir / "checkpoints").rmdir()
 
 
 def record_epoch(run_dir: Path, state: dict[str, Any], row: dict[str, float]) -> bool:
@@ -655,7 +718,16 @@ def open_run(
                     f"{run_dir}: holds a run already; pass --resume to continue it, "
                     "--overwrite to replace it, or choose another --out"
                 )
+            if not _is_run(run_dir):
+                raise FileExistsError(
+                    f"{run_dir}: holds a config.yaml or state.json that 'ferkit train' did not "
+                    "write; --overwrite replaces only a ferkit run. Choose another --out"
+                )
             _remove_run(run_dir)  # only the run's own files: anything else stays
+        elif run_dir.is_symlink() or (run_dir.is_dir() and any(run_dir.iterdir())):
+            raise FileExistsError(
+                f"{run_dir}: holds files but no ferkit run; train into a new or empty folder"
+            )
         state = {
             "epoch": 0,
             "best_score": None,
@@ -664,13 +736,10 @@ def open_run(
             "seconds": 0.0,
             "finished": False,
         }
+        check_not_overlapping(run_dir, [config.data])
         return config, state, None
-    if not (run_dir / STATE_NAME).is_file():
-        raise FileNotFoundError(
-            f"{run_dir}: no {STATE_NAME}, so no run to resume; start one without --resume"
-        )
+    state = read_state(run_dir)
     config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
-    state = json.loads((run_dir / STATE_NAME).read_text())
     _truncate_history(run_dir / HISTORY_NAME, state["epoch"])
     if state.get("finished"):
         logger.warning("%s: run already finished; nothing to resume", run_dir)
@@ -695,7 +764,7 @@ def removed_on_failure(run_dir: Path, resume: bool) -> Iterator[None]:
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:  # a folder the user made: take back only what the run wrote
-                for name in (CONFIG_NAME, "labels.json", STATE_NAME, "init.json"):
+                for name in (CONFIG_NAME, "labels.json", STATE_NAME, "init.json", MARKER):
                     (run_dir / name).unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
                     (run_dir / "checkpoints").rmdir()
@@ -785,6 +854,7 @@ def load_run_data(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     if not resume:
+        write_marker(run_dir, "train")
         write_run_config(run_dir, config)
         write_json(run_dir / "labels.json", data.classes)
         write_json(run_dir / STATE_NAME, state)
@@ -808,8 +878,8 @@ def train(
         run_dir: the run folder to create, or to continue with ``resume``.
         resume: continue the run in ``run_dir`` from its last completed epoch.
         overwrite: replace the run in ``run_dir`` (only the run's own files are removed).
-        verbose: Keras verbosity (default: a progress bar on a terminal, a line per
-            epoch otherwise).
+        verbose: 0 for no progress bar over each epoch's batches, 1 for one (default:
+            one on a terminal); a line per epoch is printed either way.
         stop_after_epochs: end this call after that many epochs, as if the process had
             been killed (used to test resuming); the run stays resumable.
         time_budget: torch engine only: seconds to fit the run into (see
@@ -888,8 +958,7 @@ def _train(
     val_dataset = make_eval_dataset(
         val_split, config.batch_size, config.soft_labels, numpy=_numpy_pipeline(config)
     )
-    if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
+    show_bar = bool(verbose) if verbose is not None else sys.stderr.isatty()
 
     epochs_this_call = 0
     while state["epoch"] < config.total_epochs:
@@ -901,7 +970,7 @@ def _train(
             logger.info("phase two: top %d VGG16 block(s) unfrozen", config.fine_tune_blocks)
         train_dataset, steps = make_train_dataset(train_split, config, epoch)
         started = time.perf_counter()
-        print(f"epoch {epoch + 1}/{config.total_epochs}", flush=True)
+        bar = _batch_bar(keras, steps, f"epoch {epoch + 1}/{config.total_epochs}", show_bar)
         logs = model.fit(
             train_dataset,
             validation_data=val_dataset,
@@ -910,9 +979,15 @@ def _train(
             steps_per_epoch=steps,
             class_weight=weights,
             shuffle=False,  # the pipeline shuffles, seeded per epoch
-            verbose=verbose,
+            verbose=0,  # ferkit's own bar and line instead of Keras's "Epoch 1/1"
+            callbacks=[bar],
         ).history
         seconds = time.perf_counter() - started
+        print(
+            f"epoch {epoch + 1}/{config.total_epochs} - {seconds:.1f}s - "
+            + " - ".join(f"{key} {values[-1]:.4f}" for key, values in logs.items()),
+            flush=True,
+        )
         row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in logs.items()}}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         row["seconds"] = round(seconds, 2)
@@ -944,6 +1019,24 @@ def _load_checkpoint(keras: Any, path: Path) -> Any:
         ) from None
 
 
+def _batch_bar(keras: Any, steps: int, description: str, show: bool) -> Any:
+    """A Keras callback drawing one epoch's progress over its batches (tqdm)."""
+    from tqdm import tqdm
+
+    class BatchBar(keras.callbacks.Callback):
+        def on_train_begin(self, logs: Any = None) -> None:
+            self.bar = tqdm(total=steps, desc=description, unit="batch", leave=False,
+                            disable=not show)  # fmt: skip
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.bar.update(1)
+
+        def on_train_end(self, logs: Any = None) -> None:
+            self.bar.close()
+
+    return BatchBar()
+
+
 def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
     """End a run early: calibrate its best checkpoint so far and write ``metrics.json``.
 
@@ -963,7 +1056,7 @@ def finish_now(run_dir: str | os.PathLike[str]) -> TrainResult:
             f"{run_dir}: no checkpoints/best.keras yet; train at least one epoch first"
         )
     config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
-    state = json.loads((run_dir / STATE_NAME).read_text())
+    state = read_state(run_dir)
     _, val_split = run_splits(config, PreparedDataset(config.data))
     metrics = finish_run(run_dir, config, val_split, state)
     if state["epoch"] < config.total_epochs:

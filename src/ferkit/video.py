@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from ferkit.faces import Face, _iou_matrix
-
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+from ferkit.images import VIDEO_EXTENSIONS  # noqa: F401  (ferkit.video.VIDEO_EXTENSIONS)
 
 
 @dataclass
@@ -124,6 +123,27 @@ def _corners(box: tuple[int, int, int, int]) -> tuple[float, float, float, float
     return (x, y, x + w, y + h)
 
 
+def _capture_file(cv2: Any, path: Path) -> Any:
+    """``cv2.VideoCapture`` of a file, also when its name is not valid UTF-8 (which
+    OpenCV cannot take: it is opened through a temporary link with a plain name)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ferkit-video-") as folder:
+            link = Path(folder) / f"video{path.suffix.encode('ascii', 'ignore').decode()}"
+            try:
+                link.symlink_to(path.resolve())
+            except OSError:
+                raise ValueError(
+                    f"{path}: the file name is not valid UTF-8, which OpenCV cannot open; "
+                    "rename the file"
+                ) from None
+            return cv2.VideoCapture(str(link))  # the open file outlives the link
+    return cv2.VideoCapture(str(path))
+
+
 def open_video(source: str | os.PathLike[str] | int) -> tuple[Any, VideoInfo]:
     """Open a video file or camera index with OpenCV.
 
@@ -134,6 +154,8 @@ def open_video(source: str | os.PathLike[str] | int) -> tuple[Any, VideoInfo]:
     import cv2
 
     if isinstance(source, int):
+        if source < 0:
+            raise ValueError(f"camera index must be 0 or more (0 is the first), not {source}")
         capture = cv2.VideoCapture(source)
         if not capture.isOpened():
             raise ValueError(
@@ -146,7 +168,7 @@ def open_video(source: str | os.PathLike[str] | int) -> tuple[Any, VideoInfo]:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such video file")
-        capture = cv2.VideoCapture(str(path))
+        capture = _capture_file(cv2, path)
         ok = capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_WIDTH) > 0
         if not ok:
             capture.release()
@@ -212,6 +234,10 @@ def iter_video_results(
     """
     if every < 1 or detect_every < 1:
         raise ValueError("every and detect_every must be at least 1")
+    if not math.isfinite(smoothing_s) or smoothing_s < 0:
+        raise ValueError(f"smoothing_s must be a number of seconds, 0 or more, not {smoothing_s}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, not {max_frames}")
     capture, info = opened or open_video(source)
     frames = iter_frames(capture, info, live=isinstance(source, int), max_frames=max_frames)
     return _generate_results(
