@@ -119,9 +119,7 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
         else:
             reason = "broken or looping symbolic link" if path.is_symlink() else None
             sources.append(
-                Source(
-                    path_text(given), "unknown", path, error=reason or "no such file or folder"
-                )
+                Source(path_text(given), "unknown", path, error=reason or "no such file or folder")
             )
     return sources
 
