@@ -96,6 +96,7 @@ def test_predict_completes_a_mixed_folder(mixed, tmp_path):
     assert "symbolic link" in by_name["gone.jpg"]["reason"]
     video = by_name["clip\\xff.mp4"]
     assert video["status"] == "ok" and video["frames"] == 115
+    assert video["source_bytes_hex"].endswith(b"/clip\xff.mp4".hex())  # videos too
     assert summary["failed"] == 5 and summary["exit_status"] == 3
     with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ferkit.outputs import swap_into_place
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
 MODEL_FILE = "model.keras"
 CHECKSUMS = "checksums.json"
@@ -345,14 +347,7 @@ def bundle_run(
             (staging / "MODEL_CARD.md").write_text(model_card)
         write_checksums(staging)
         _check_replaceable_bundle(dest)  # again: something may have appeared meanwhile
-        staging.chmod(0o755)  # mkdtemp makes it private; an installed package must be readable
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(dest)
+        swap_into_place(staging, dest)  # readable by all: an installed package must be
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -13,12 +13,26 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ferkit.data import PreparedDataset
-from ferkit.outputs import check_not_overlapping, check_replaceable, output_folder
+from ferkit.outputs import output_folder
 from ferkit.prepare import MANIFEST_NAME
+
+
+def _teacher(teacher: str | os.PathLike[str] | None, classes: list[str], source: Any) -> Any:
+    """Load a teacher model and check that it predicts the dataset's classes."""
+    from ferkit.bundle import load_model
+
+    model = load_model(None if teacher in (None, "default") else teacher)
+    if list(model.classes) != list(classes):
+        raise ValueError(
+            f"{teacher or 'default'}: classes {model.classes} differ from {source}'s "
+            f"{classes}; a teacher must predict the same classes"
+        )
+    return model
 
 
 def write_teacher_labels(
@@ -49,7 +63,6 @@ def write_teacher_labels(
             whose classes differ from the dataset's.
         FileExistsError: ``out`` holds files (see ``overwrite``).
     """
-    from ferkit.bundle import load_model
 
     if not teachers:
         raise ValueError("give at least one teacher model")
@@ -59,20 +72,11 @@ def write_teacher_labels(
     unknown = sorted(set(splits) - set(data.splits))
     if unknown:
         raise ValueError(f"{source}: no split {unknown}; it has {data.splits}")
-    out = Path(out)
-    check_not_overlapping(out, [source, *(t for t in teachers if t not in (None, "default"))])
-    check_replaceable(out, "soft-labels", overwrite)
-    models = []
-    for teacher in teachers:
-        model = load_model(None if teacher in (None, "default") else teacher)
-        if list(model.classes) != list(data.classes):
-            raise ValueError(
-                f"{teacher or 'default'}: classes {model.classes} differ from "
-                f"{source}'s {data.classes}; a teacher must predict the same classes"
-            )
-        models.append(model)
-
-    with output_folder(out, "soft-labels", overwrite=overwrite, inputs=[source]) as staging:
+    local_teachers = [t for t in teachers if t not in (None, "default")]
+    inputs = [source, *local_teachers]
+    with output_folder(out, "soft-labels", overwrite=overwrite, inputs=inputs) as staging:
+        # Loaded once the output folder is known to be usable: a refusal comes first.
+        models = [_teacher(teacher, data.classes, source) for teacher in teachers]
         for name in data.splits:
             split = data.split(name)
             targets = split.one_hot() if split.soft_labels is None else split.soft_labels

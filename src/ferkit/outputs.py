@@ -307,7 +307,7 @@ def output_folder(
             if on_complete is not None:
                 on_complete(staging)
             check_replaceable(out, command, overwrite)  # something may have appeared
-            _swap_into_place(staging, out)
+            swap_into_place(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -328,7 +328,9 @@ def write_marker(folder: Path, command: str, **details: Any) -> None:
     write_atomic(folder / MARKER, json.dumps(record, indent=2) + "\n")
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
+def swap_into_place(staging: Path, out: Path) -> None:
+    """Rename a complete staging folder to ``out``, replacing what is there in one step
+    (the old folder is kept until the new one is in place)."""
     staging.chmod(0o755)  # mkdtemp makes it private; results are for the user's tools too
     if out.exists():
         old = out.absolute().parent / f".{out.name}.old-{os.getpid()}"

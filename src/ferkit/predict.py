@@ -532,10 +532,12 @@ def _predict_source(
             suffix = source.path.suffix.lower()
             source.kind = "video" if suffix in VIDEO_EXTENSIONS else "unknown"
         if source.kind in ("video", "camera"):
-            return _predict_video(
+            entry = _predict_video(
                 recognizer, source, writer, out_dir, annotate, used_names, progress, **options
             )
-        return _predict_image(recognizer, source, writer, out_dir, annotate, used_names)
+        else:
+            entry = _predict_image(recognizer, source, writer, out_dir, annotate, used_names)
+        return _with_exact_name(entry, source)
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except Exception as error:
@@ -547,8 +549,13 @@ def _error_entry(source: Source, reason: str, writer: RecordWriter | None, statu
     record = {"source": source.name, "kind": source.kind, "status": status, "reason": reason}
     if writer is not None:
         writer.write(record)
+    return _with_exact_name(record, source)
+
+
+def _with_exact_name(entry: dict[str, Any], source: Source) -> dict[str, Any]:
+    """A summary entry with the file's exact name in hex when ``source`` had to escape it."""
     exact = path_hex(source.path) if source.path is not None else None
-    return {**record, "source_bytes_hex": exact} if exact else record
+    return {**entry, "source_bytes_hex": exact} if exact else entry
 
 
 def _predict_image(
@@ -604,9 +611,6 @@ def _predict_image(
         "labels": [face.label for face in faces],
         "confidence": [round(face.probabilities[face.label], 4) for face in faces],
     }
-    exact = path_hex(source.path)
-    if exact:
-        entry["source_bytes_hex"] = exact
     if annotate and out_dir is not None:
         folder = out_dir / "annotated"
         folder.mkdir(exist_ok=True)

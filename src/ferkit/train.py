@@ -764,10 +764,7 @@ def removed_on_failure(run_dir: Path, resume: bool) -> Iterator[None]:
             if not existed:
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:  # a folder the user made: take back only what the run wrote
-                for name in (CONFIG_NAME, "labels.json", STATE_NAME, "init.json", MARKER):
-                    (run_dir / name).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    (run_dir / "checkpoints").rmdir()
+                _remove_run(run_dir)
         raise
 
 
