@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Quick start, part two (and CI): set up .venv, lint, check formatting, run every test.
+# Quick start, part two (and CI): set up .venv with every extra, and .venv-core with the
+# core install only (a test predicts with it, without TensorFlow); lint, check
+# formatting, run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FERKIT_EXTRAS=dev,torch bash scripts/setup.sh
+FERKIT_EXTRAS=dev,all bash scripts/setup.sh
+FERKIT_VENV=.venv-core FERKIT_EXTRAS= bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest --durations=10 "$@"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.benchmark import shared_dir
-from ferkit.train import TrainConfig
+from ferkit.evaluation.benchmark import shared_dir
+from ferkit.training.config import TrainConfig
 
 SHARED = shared_dir()
 TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
@@ -62,7 +62,7 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def fer2013_prepared(tmp_path_factory):
     """The shared FER2013 prepared once per test session: (source folder, PrepareResult)."""
-    from ferkit.prepare import prepare
+    from ferkit.data.prepare import prepare
 
     source = require_shared("datasets", "fer2013")
     out = tmp_path_factory.mktemp("fer2013") / "prepared"

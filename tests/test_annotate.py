@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import require_shared
 
-from ferkit.annotate import (
+from ferkit.inference.annotate import (
     MIN_TEXT_HEIGHT,
     STILL_IMAGE_MIN_SIDE,
     UNCERTAIN_COLOR,
@@ -20,7 +20,7 @@ from ferkit.annotate import (
     layout_panels,
     panel_style,
 )
-from ferkit.recognize import FaceResult
+from ferkit.inference.results import FaceResult
 
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -232,7 +232,7 @@ def test_real_group_selfie_keeps_every_face_visible():
 
 def test_upscaling_for_legibility_is_bounded():
     """A face on a 3000x10 strip: drawing must not blow the image up to millions of pixels."""
-    from ferkit.annotate import MAX_DRAWN_SIDE
+    from ferkit.inference.annotate import MAX_DRAWN_SIDE
 
     strip = np.zeros((10, 3000, 3), np.uint8)
     drawn = draw_results(strip, [face((0, 0, 10, 10), happy=0.9)], min_side=STILL_IMAGE_MIN_SIDE)

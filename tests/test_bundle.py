@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 from conftest import tiny_train_config
 
-from ferkit.bundle import ChecksumError, bundle_run, load_model, write_model_card
 from ferkit.cli import main
-from ferkit.data import PreparedDataset
-from ferkit.prepare import PrepareConfig, prepare
-from ferkit.synthetic import make_image_folder
-from ferkit.train import train
+from ferkit.data.dataset import PreparedDataset
+from ferkit.data.prepare import PrepareConfig, prepare
+from ferkit.data.synthetic import make_image_folder
+from ferkit.models.folder import ChecksumError, load_model
+from ferkit.release.bundle import bundle_run
+from ferkit.release.model_card import write_model_card
+from ferkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")

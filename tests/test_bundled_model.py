@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ferkit.bundle import DEFAULT_MODEL_DIR, load_model, verify_checksums
-from ferkit.data import PreparedDataset
+from ferkit.data.dataset import PreparedDataset
+from ferkit.models.folder import DEFAULT_MODEL_DIR, load_model, verify_checksums
 
 pytestmark = pytest.mark.real_data
 
@@ -42,7 +42,7 @@ def test_bundled_model_clears_its_floor_on_fer2013_val(fer2013_prepared):
 
 def test_bundled_runtimes_match_their_stated_accuracy(fer2013_prepared):
     """What predict uses by default (ONNX) and the int8 file score what metrics.json says."""
-    from ferkit.runtime import load_classifier
+    from ferkit.inference.runtimes import load_classifier
 
     _, prepared = fer2013_prepared
     val = PreparedDataset(prepared.out_dir).split("val")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ferkit.data import PreparedDataset, load_split
-from ferkit.prepare import PrepareConfig, prepare
-from ferkit.synthetic import make_image_folder
+from ferkit.data.dataset import PreparedDataset, load_split
+from ferkit.data.prepare import PrepareConfig, prepare
+from ferkit.data.synthetic import make_image_folder
 
 
 @pytest.fixture(scope="module")

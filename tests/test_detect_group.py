@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import require_shared
 
-from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES, _iou_matrix, make_detector
+from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES, iou_matrix, make_detector
 from ferkit.images import read_image
 
 
@@ -35,7 +35,7 @@ def test_still_mode_finds_the_group_selfie(detectors, samples):
     faces = detector.detect(image, thorough=True)
     assert len(faces) >= 6
     assert {face.box for face in single} <= {face.box for face in faces}
-    overlap = _iou_matrix(_corners(faces), _corners(faces))
+    overlap = iou_matrix(_corners(faces), _corners(faces))
     assert (overlap[~np.eye(len(faces), dtype=bool)] < 0.3).all()  # no face twice
 
 

@@ -18,7 +18,7 @@ from sklearn.metrics import (
 )
 
 from ferkit.cli import main
-from ferkit.evaluate import compute_metrics, map_classes, tta_views
+from ferkit.evaluation.evaluate import compute_metrics, map_classes, tta_views
 
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
@@ -110,8 +110,8 @@ class TestRealData:
         assert "saliency" in type(self).progress
 
     def test_accuracy_equals_an_independent_count(self, val_report):
-        from ferkit.data import load_split
-        from ferkit.runtime import load_classifier
+        from ferkit.data.dataset import load_split
+        from ferkit.inference.runtimes import load_classifier
 
         result, _, metrics = val_report
         val = load_split(result.out_dir, "val")

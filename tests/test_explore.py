@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.explore import match_faces
+from ferkit.data.explore import match_faces
 
 
 def _jpeg(face: np.ndarray) -> np.ndarray:
@@ -32,8 +32,8 @@ def test_match_faces_recovers_a_shuffled_reencoded_copy():
 def test_fer2013_against_ferplus_val(fer2013_prepared, tmp_path):
     from conftest import require_shared
 
-    from ferkit.data import PreparedDataset
-    from ferkit.explore import class_balance, ensure_prepared, label_agreement
+    from ferkit.data.dataset import PreparedDataset
+    from ferkit.data.explore import class_balance, ensure_prepared, label_agreement
 
     _, result = fer2013_prepared
     fer2013 = PreparedDataset(result.out_dir)

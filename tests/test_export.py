@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from ferkit.bundle import DEFAULT_MODEL_DIR, ChecksumError, load_model
 from ferkit.cli import main
-from ferkit.runtime import OnnxModel, TFLiteModel, load_classifier
+from ferkit.inference.runtimes import OnnxModel, TFLiteModel, load_classifier
+from ferkit.models.folder import DEFAULT_MODEL_DIR, ChecksumError, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def test_cli_export_agrees_with_keras_and_loads(fmt, keras_model, faces, tmp_pat
 def test_int8_needs_calibration_and_onnx(tmp_path):
     assert main(["export", "--format", "onnx", "--quantize", "int8", "--out", str(tmp_path)]) == 2
     with pytest.raises(ValueError, match="ONNX"):
-        from ferkit.export import export_model
+        from ferkit.release.export import export_model
 
         export_model(None, "tflite", tmp_path, quantize="int8", calibration_data=tmp_path)
 
@@ -60,7 +60,7 @@ def test_int8_needs_calibration_and_onnx(tmp_path):
 @pytest.mark.real_data
 def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, tmp_path):
     """int8 from a fresh calibration, and the bundled int8 file, track float32 on val."""
-    from ferkit.data import load_split
+    from ferkit.data.dataset import load_split
 
     _, result = fer2013_prepared
     out = tmp_path / "int8"

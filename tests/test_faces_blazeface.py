@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ferkit.faces import _BLAZEFACE_SPECS, _anchor_centers, _iou_matrix, weighted_nms
+from ferkit.faces import _BLAZEFACE_SPECS, _anchor_centers, iou_matrix, weighted_nms
 
 
 @pytest.mark.parametrize(("model", "count"), [("short", 896), ("full", 2304)])
@@ -23,7 +23,7 @@ def test_short_range_anchors_follow_mediapipe_order():
 
 def test_iou_matrix():
     boxes = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], dtype=float)
-    iou = _iou_matrix(boxes, boxes)
+    iou = iou_matrix(boxes, boxes)
     assert np.allclose(np.diag(iou), 1)
     assert iou[0, 1] == pytest.approx(50 / 150)
     assert iou[0, 2] == 0

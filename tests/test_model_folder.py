@@ -9,8 +9,13 @@ import sys
 
 import pytest
 
-from ferkit.bundle import DEFAULT_MODEL_DIR, ChecksumError, ModelLoadError, bundled_model_available
-from ferkit.runtime import load_classifier
+from ferkit.inference.runtimes import load_classifier
+from ferkit.models.folder import (
+    DEFAULT_MODEL_DIR,
+    ChecksumError,
+    ModelLoadError,
+    bundled_model_available,
+)
 
 pytestmark = pytest.mark.skipif(not bundled_model_available(), reason="no bundled model")
 

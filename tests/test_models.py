@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ferkit.models import (
+from ferkit.models.keras_nets import (
     ARCHITECTURES,
     AugmentConfig,
     ModelConfig,
@@ -77,7 +77,7 @@ def test_vgg16_imagenet_weights_come_through_keras_download(tmp_path, monkeypatc
     from keras.src.applications import vgg16 as keras_vgg16
     from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
 
-    from ferkit.models import VGG16_NOTOP_FILE
+    from ferkit.models.keras_nets import VGG16_NOTOP_FILE
 
     reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(48, 48, 3))
     path = tmp_path / VGG16_NOTOP_FILE  # Keras's file and its legacy HDF5 layout,
@@ -116,7 +116,7 @@ def test_unknown_architecture():
 def test_sharpness_augmentation_is_opt_in_and_symmetric():
     import keras
 
-    from ferkit.models import augmentation
+    from ferkit.models.keras_nets import augmentation
 
     def sharpness_layers(config):
         return [

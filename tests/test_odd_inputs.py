@@ -248,7 +248,7 @@ def test_bad_option_values_are_refused_up_front(option, value, tmp_path, capsys)
 
 
 def test_ctrl_c_in_a_video_keeps_what_was_done_and_says_so(recognizer, tmp_path):
-    from ferkit.predict import predict
+    from ferkit.inference.predict import predict
 
     samples = require_shared("samples")
     calls = {"n": 0}

@@ -13,6 +13,7 @@ import pytest
 from conftest import require_shared, write_gray
 
 from ferkit.cli import main
+from ferkit.data.synthetic import make_image_folder
 from ferkit.outputs import (
     MARKER,
     OutputExistsError,
@@ -22,7 +23,6 @@ from ferkit.outputs import (
     path_hex,
     path_text,
 )
-from ferkit.synthetic import make_image_folder
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -206,7 +206,7 @@ def test_refusals_come_before_any_work(dataset, tmp_path):
     out.mkdir()
     (out / "a").write_text("")
     with pytest.raises(OutputExistsError):
-        from ferkit.prepare import prepare
+        from ferkit.data.prepare import prepare
 
         prepare(dataset, out)
 
@@ -250,7 +250,7 @@ def test_ferkits_own_warnings_reach_the_terminal(tmp_path):
     """Library noise is hidden, but ferkit's warnings are not (an unverified model)."""
     import shutil
 
-    from ferkit.bundle import DEFAULT_MODEL_DIR
+    from ferkit.models.folder import DEFAULT_MODEL_DIR
 
     model = tmp_path / "model"
     model.mkdir()

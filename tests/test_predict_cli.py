@@ -10,7 +10,7 @@ from conftest import require_shared
 from PIL import Image
 
 from ferkit.cli import main
-from ferkit.predict import expand_inputs
+from ferkit.inference.predict import expand_inputs
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
@@ -97,7 +97,7 @@ def test_annotated_outputs_match_inputs(run_csv, inputs):
 
     out, _, _ = run_csv
     samples, _ = inputs
-    from ferkit.annotate import STILL_IMAGE_MIN_SIDE
+    from ferkit.inference.annotate import STILL_IMAGE_MIN_SIDE
 
     for name in ("justin.jpg", "couple.jpg", "no-faces.jpg"):
         with Image.open(out / "annotated" / name) as drawn, Image.open(samples / name) as source:

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from ferkit import sources
 from ferkit.classes import FER2013_CSV_CLASSES
-from ferkit.data import PreparedDataset
-from ferkit.prepare import PrepareConfig, prepare
-from ferkit.sources import list_source
+from ferkit.data import sources
+from ferkit.data.dataset import PreparedDataset
+from ferkit.data.prepare import PrepareConfig, prepare
+from ferkit.data.sources import list_source
 
 
 def _pixels(seed: int) -> np.ndarray:

@@ -3,9 +3,9 @@ import pytest
 from conftest import write_gray
 
 from ferkit.classes import FERPLUS_EMOTIONS
-from ferkit.data import PreparedDataset
-from ferkit.prepare import NoUsableImagesError, PrepareConfig, prepare
-from ferkit.sources import ferplus_label, list_source
+from ferkit.data.dataset import PreparedDataset
+from ferkit.data.prepare import NoUsableImagesError, PrepareConfig, prepare
+from ferkit.data.sources import ferplus_label, list_source
 
 # neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
 ROWS = {

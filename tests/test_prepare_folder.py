@@ -6,9 +6,9 @@ import pytest
 from conftest import write_gray
 from PIL import Image
 
-from ferkit.data import PreparedDataset
-from ferkit.prepare import NoUsableImagesError, PrepareConfig, prepare, stratified_split
-from ferkit.synthetic import make_image_folder
+from ferkit.data.dataset import PreparedDataset
+from ferkit.data.prepare import NoUsableImagesError, PrepareConfig, prepare, stratified_split
+from ferkit.data.synthetic import make_image_folder
 
 
 def _flat_dataset(root: Path, counts: dict[str, int]) -> Path:

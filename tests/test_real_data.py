@@ -8,8 +8,8 @@ from conftest import require_shared
 from PIL import Image
 
 from ferkit.classes import FERPLUS_VOTE_COLUMNS, canonical_name
-from ferkit.data import PreparedDataset
-from ferkit.prepare import PrepareConfig, prepare
+from ferkit.data.dataset import PreparedDataset
+from ferkit.data.prepare import PrepareConfig, prepare
 
 pytestmark = pytest.mark.real_data
 

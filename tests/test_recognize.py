@@ -26,7 +26,7 @@ def any_detector(request):
 
 
 def test_default_uses_onnx_without_tensorflow(recognizer):
-    from ferkit.runtime import OnnxModel
+    from ferkit.inference.runtimes import OnnxModel
 
     assert isinstance(recognizer.model, OnnxModel)
     assert recognizer.detector.name == "blazeface-full"

@@ -18,9 +18,12 @@ import pytest
 import yaml
 from conftest import TINY_MODEL
 
-from ferkit.model_config import AugmentConfig
-from ferkit.torch_train import check_supported, learning_rate_at
-from ferkit.train import TrainConfig, _learning_rate, read_history
+from ferkit.models.config import AugmentConfig
+from ferkit.training.config import TrainConfig
+from ferkit.training.keras_engine import _learning_rate
+from ferkit.training.run_folder import read_history
+from ferkit.training.schedule import learning_rate_at
+from ferkit.training.torch_engine import check_supported
 
 NO_AUGMENT = asdict(AugmentConfig.off())
 
@@ -46,8 +49,8 @@ def run_python(script: str, timeout: int = 600) -> dict:
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    from ferkit.prepare import PrepareConfig, prepare
-    from ferkit.synthetic import make_image_folder
+    from ferkit.data.prepare import PrepareConfig, prepare
+    from ferkit.data.synthetic import make_image_folder
 
     root = tmp_path_factory.mktemp("drawn")
     source = make_image_folder(root / "src", per_class=60)
@@ -83,7 +86,7 @@ def test_unsupported_settings_are_refused_with_the_alternative():
 def test_torch_after_tensorflow_in_one_process_is_refused():
     import tensorflow  # noqa: F401  (the state the guard is for)
 
-    from ferkit.torch_train import import_torch
+    from ferkit.extras import import_torch
 
     if "torch._dynamo" in sys.modules:
         pytest.skip("PyTorch's compiler is already loaded in this process")
@@ -93,7 +96,7 @@ def test_torch_after_tensorflow_in_one_process_is_refused():
 
 def test_time_budget_needs_the_torch_engine(tmp_path, capsys):
     from ferkit.cli import main
-    from ferkit.train import train
+    from ferkit.training.trainer import train
 
     with pytest.raises(ValueError, match="--engine torch"):
         train(TrainConfig(), tmp_path / "api", time_budget=10)
@@ -105,8 +108,8 @@ def test_time_budget_needs_the_torch_engine(tmp_path, capsys):
 def test_sgd_option_on_the_keras_engine():
     import keras
 
-    from ferkit.models import ModelConfig, build_model
-    from ferkit.train import compile_model
+    from ferkit.models.keras_nets import ModelConfig, build_model
+    from ferkit.training.keras_engine import compile_model
 
     model = build_model(ModelConfig(**TINY_MODEL))
     compile_model(model, TrainConfig(optimizer="sgd", learning_rate=0.05), steps_per_epoch=10)
@@ -123,8 +126,8 @@ def test_torch_module_and_keras_model_compute_the_same_logits(tmp_path):
         import json
         import numpy as np
         import torch
-        from ferkit.model_config import ModelConfig
-        from ferkit.torch_train import build_torch_model, save_keras_weights
+        from ferkit.models.config import ModelConfig
+        from ferkit.models.torch_net import build_torch_model, save_keras_weights
 
         config = ModelConfig(widths=(8, 12, 16, 24), blocks_per_stage=3, n_classes=5)
         torch.manual_seed(0)
@@ -140,7 +143,7 @@ def test_torch_module_and_keras_model_compute_the_same_logits(tmp_path):
         with torch.no_grad():
             expected = module(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
         save_keras_weights(module, "{tmp_path}/w.npz")
-        from ferkit.torch_train import load_torch_from_keras_weights
+        from ferkit.models.torch_net import load_torch_from_keras_weights
 
         reloaded = build_torch_model(config)  # init_from's path: Keras layout back to torch
         load_torch_from_keras_weights(reloaded, "{tmp_path}/w.npz")
@@ -148,8 +151,8 @@ def test_torch_module_and_keras_model_compute_the_same_logits(tmp_path):
         with torch.no_grad():
             round_trip = reloaded(torch.from_numpy(faces).permute(0, 3, 1, 2).float()).numpy()
 
-        from ferkit.models import build_model
-        from ferkit.torch_train import load_keras_weights
+        from ferkit.models.keras_nets import build_model
+        from ferkit.models.keras_nets import load_keras_weights
 
         model = build_model(config)
         load_keras_weights(model, "{tmp_path}/w.npz")
@@ -180,7 +183,7 @@ def test_sharpening_matches_keras_random_sharpness():
         import json
         import numpy as np
         import torch
-        from ferkit.torch_train import sharpen
+        from ferkit.training.torch_engine import sharpen
 
         faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1)).astype(np.float32)
         factors = [0.0, 0.3, 1.0]
@@ -222,8 +225,8 @@ def test_torch_run_resumes_exactly_and_finishes_into_a_keras_run(drawn, tmp_path
     run_python(
         f"""
         import json, torch
-        from ferkit.train import TrainConfig
-        from ferkit.torch_train import train_torch
+        from ferkit.training.config import TrainConfig
+        from ferkit.training.torch_engine import train_torch
 
         config = lambda: TrainConfig.from_yaml("{tmp_path}/config.yaml")
         train_torch(config(), "{tmp_path}/whole")
@@ -257,8 +260,8 @@ def test_time_budget_fits_the_planned_epochs(drawn, tmp_path):
     result = run_python(
         f"""
         import json, time, torch
-        from ferkit.train import TrainConfig
-        from ferkit.torch_train import train_torch
+        from ferkit.training.config import TrainConfig
+        from ferkit.training.torch_engine import train_torch
 
         config = TrainConfig(data="{drawn}", model={TINY_MODEL!r}, epochs=1000, batch_size=32,
                              warmup_epochs=1, engine="torch")
@@ -314,8 +317,8 @@ def test_torch_run_starts_from_another_torch_run(drawn, tmp_path):
     run_python(
         f"""
         import json, torch
-        from ferkit.train import TrainConfig
-        from ferkit.torch_train import train_torch
+        from ferkit.training.config import TrainConfig
+        from ferkit.training.torch_engine import train_torch
 
         def config(**overrides):
             values = dict(data="{drawn}", model={TINY_MODEL!r}, epochs=3, batch_size=32,

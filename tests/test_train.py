@@ -13,16 +13,19 @@ from ferkit.calibration import (
     negative_log_likelihood,
     softmax,
 )
-from ferkit.model_config import AugmentConfig
-from ferkit.synthetic import make_image_folder
-from ferkit.train import TrainConfig, class_weights, read_history, stratified_subset, train
+from ferkit.data.synthetic import make_image_folder
+from ferkit.models.config import AugmentConfig
+from ferkit.training.config import TrainConfig
+from ferkit.training.run_folder import read_history
+from ferkit.training.sampling import class_weights, stratified_subset
+from ferkit.training.trainer import train
 
 NO_AUGMENT = asdict(AugmentConfig.off())
 
 
 @pytest.fixture(scope="module")
 def drawn(tmp_path_factory):
-    from ferkit.prepare import PrepareConfig, prepare
+    from ferkit.data.prepare import PrepareConfig, prepare
 
     root = tmp_path_factory.mktemp("drawn")
     source = make_image_folder(root / "src", per_class=60)
@@ -107,7 +110,7 @@ def test_options_balanced_sampling_class_weights_and_mixup(drawn, tmp_path):
 def test_soft_labels_as_targets(drawn, tmp_path):
     from conftest import write_gray
 
-    from ferkit.prepare import PrepareConfig, prepare
+    from ferkit.data.prepare import PrepareConfig, prepare
 
     rng = np.random.default_rng(0)
     for split in ("FER2013Train", "FER2013Valid"):
@@ -132,7 +135,9 @@ def test_mirrored_strategy_on_two_logical_cpus(drawn, tmp_path):
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from ferkit.train import TrainConfig, train, _strategy
+from ferkit.training.config import TrainConfig
+from ferkit.training.trainer import train
+from ferkit.training.keras_engine import _strategy
 import json
 config = TrainConfig(data={str(drawn)!r}, model={TINY_MODEL!r}, epochs=1, batch_size=32, distribute="mirrored")
 assert _strategy(config).num_replicas_in_sync == 2

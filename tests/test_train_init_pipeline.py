@@ -6,15 +6,12 @@ import numpy as np
 import pytest
 from test_train import TINY_MODEL, _config, drawn  # noqa: F401  (fixture)
 
-from ferkit.data import Split
-from ferkit.train import (
-    TrainConfig,
-    _array_batches,
-    _epoch_order,
-    initialise_from,
-    read_history,
-    train,
-)
+from ferkit.data.dataset import Split
+from ferkit.training.config import TrainConfig
+from ferkit.training.keras_engine import _array_batches, initialise_from
+from ferkit.training.run_folder import read_history
+from ferkit.training.sampling import epoch_order
+from ferkit.training.trainer import train
 
 
 def _split(labels):
@@ -28,15 +25,15 @@ def _split(labels):
 def test_epoch_order_is_a_seeded_permutation():
     split = _split([0, 1, 2] * 30)
     config = TrainConfig(batch_size=16)
-    first = _epoch_order(split, config, epoch_seed=5)
+    first = epoch_order(split, config, epoch_seed=5)
     assert sorted(first) == list(range(90))
-    assert np.array_equal(first, _epoch_order(split, config, epoch_seed=5))
-    assert not np.array_equal(first, _epoch_order(split, config, epoch_seed=6))
+    assert np.array_equal(first, epoch_order(split, config, epoch_seed=5))
+    assert not np.array_equal(first, epoch_order(split, config, epoch_seed=6))
 
 
 def test_balanced_sampling_draws_classes_equally():
     split = _split([0] * 400 + [1] * 40 + [2] * 8)
-    order = _epoch_order(split, TrainConfig(batch_size=32, sampling="balanced"), epoch_seed=1)
+    order = epoch_order(split, TrainConfig(batch_size=32, sampling="balanced"), epoch_seed=1)
     assert len(order) == 14 * 32  # whole batches: ceil(448 / 32) steps
     counts = np.bincount(split.labels[order], minlength=3)
     assert counts.min() > 0.8 * len(order) / 3 and counts.max() < 1.2 * len(order) / 3
@@ -80,8 +77,8 @@ def test_numpy_pipeline_trains_and_resumes_exactly(drawn, tmp_path):  # noqa: F8
 def test_init_from_default_copies_the_shipped_model():
     import keras
 
-    from ferkit.bundle import DEFAULT_MODEL_DIR
-    from ferkit.models import ModelConfig, build_model
+    from ferkit.models.folder import DEFAULT_MODEL_DIR
+    from ferkit.models.keras_nets import ModelConfig, build_model
 
     shipped = keras.models.load_model(DEFAULT_MODEL_DIR / "model.keras", compile=False)
     bundle_config = TrainConfig.from_yaml(DEFAULT_MODEL_DIR / "config.yaml")
@@ -109,7 +106,7 @@ def test_init_from_default_copies_the_shipped_model():
 
 
 def test_init_source_resolution(tmp_path):
-    from ferkit.bundle import model_location
+    from ferkit.models.folder import model_location
 
     with pytest.raises(FileNotFoundError, match="no model found"):
         initialise_from(None, tmp_path / "missing")

@@ -8,9 +8,11 @@ import pytest
 from conftest import tiny_train_config
 
 from ferkit.cli import main
-from ferkit.prepare import PrepareConfig, prepare
-from ferkit.synthetic import make_image_folder
-from ferkit.train import LAST_CHECKPOINT, STATE_NAME, TrainConfig, read_history, train
+from ferkit.data.prepare import PrepareConfig, prepare
+from ferkit.data.synthetic import make_image_folder
+from ferkit.training.config import TrainConfig
+from ferkit.training.run_folder import LAST_CHECKPOINT, STATE_NAME, read_history
+from ferkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def _copy(run, folder):
 
 
 def test_state_records_the_checkpoint_it_belongs_to(stopped_run):
-    from ferkit.bundle import sha256_file
+    from ferkit.models.folder import sha256_file
 
     state = json.loads((stopped_run / STATE_NAME).read_text())
     assert state["epoch"] == 1
@@ -151,8 +153,8 @@ def test_train_carves_validation_when_the_data_has_none(tmp_path, caplog):
     assert "carved from 'train'" in caplog.text
     assert result.metrics["val_faces"] == 4  # one of each class's four
     # resume, finish and bundle see the same split
-    from ferkit.data import PreparedDataset
-    from ferkit.train import run_splits
+    from ferkit.data.dataset import PreparedDataset
+    from ferkit.training.sampling import run_splits
 
     config = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
     train_split, val_split = run_splits(config, PreparedDataset(prepared.out_dir))

@@ -9,7 +9,7 @@ import pytest
 from conftest import require_shared
 
 from ferkit.faces import Face
-from ferkit.video import IoUTracker
+from ferkit.inference.video import IoUTracker
 
 
 def _face(x, y, side=50):

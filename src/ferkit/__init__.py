@@ -11,14 +11,20 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "prepare": ("ferkit.prepare", "prepare"),
-    "PrepareConfig": ("ferkit.prepare", "PrepareConfig"),
-    "PreparedDataset": ("ferkit.data", "PreparedDataset"),
-    "load_split": ("ferkit.data", "load_split"),
+    "prepare": ("ferkit.data.prepare", "prepare"),
+    "PrepareConfig": ("ferkit.data.prepare", "PrepareConfig"),
+    "PreparedDataset": ("ferkit.data.dataset", "PreparedDataset"),
+    "load_split": ("ferkit.data.dataset", "load_split"),
     "canonical_name": ("ferkit.classes", "canonical_name"),
-    "EmotionRecognizer": ("ferkit.recognize", "EmotionRecognizer"),
-    "results_to_dataframe": ("ferkit.recognize", "results_to_dataframe"),
-    "load_model": ("ferkit.bundle", "load_model"),
+    "EmotionRecognizer": ("ferkit.inference.recognizer", "EmotionRecognizer"),
+    "results_to_dataframe": ("ferkit.inference.results", "results_to_dataframe"),
+    "FaceResult": ("ferkit.inference.results", "FaceResult"),
+    "ImageResult": ("ferkit.inference.results", "ImageResult"),
+    "load_classifier": ("ferkit.inference.runtimes", "load_classifier"),
+    "TrainConfig": ("ferkit.training.config", "TrainConfig"),
+    "train": ("ferkit.training.trainer", "train"),
+    "evaluate": ("ferkit.evaluation.evaluate", "evaluate"),
+    "load_model": ("ferkit.models.folder", "load_model"),
     "CANONICAL_CLASSES": ("ferkit.classes", "CANONICAL_CLASSES"),
 }
 

@@ -58,7 +58,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 def _train_default(name: str) -> str:
     """'(default: VALUE, or the --config file's)' for a TrainConfig field."""
-    from ferkit.train import TrainConfig
+    from ferkit.training.config import TrainConfig
 
     value = TrainConfig.__dataclass_fields__[name].default
     return f"(default: {value}, or the --config file's)"
@@ -170,7 +170,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from ferkit.prepare import PrepareConfig, format_summary, prepare
+    from ferkit.data.prepare import PrepareConfig, format_summary, prepare
 
     config = PrepareConfig(
         format=args.format,
@@ -223,8 +223,8 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from ferkit.inference.predict import predict
     from ferkit.outputs import default_run_folder
-    from ferkit.predict import predict
 
     photos = args.photos or [str(path) for path in sorted(SAMPLES_DIR.glob("*.jpg"))]
     out = args.out or default_run_folder(Path("results") / "demo")
@@ -282,7 +282,7 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from ferkit.benchmark import (
+    from ferkit.evaluation.benchmark import (
         benchmark_classifier,
         benchmark_models,
         benchmark_prepare,
@@ -410,7 +410,10 @@ def _run_train(args: argparse.Namespace) -> int:
     import json
 
     from ferkit.outputs import locked
-    from ferkit.train import TrainConfig, check_resume_overrides, finish_now, train
+    from ferkit.training.config import TrainConfig
+    from ferkit.training.finish import finish_now
+    from ferkit.training.run_folder import check_resume_overrides
+    from ferkit.training.trainer import train
 
     if args.finish:
         with locked(args.out):
@@ -486,7 +489,7 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_soft_labels(args: argparse.Namespace) -> int:
-    from ferkit.distill import write_teacher_labels
+    from ferkit.training.distill import write_teacher_labels
 
     out = write_teacher_labels(
         args.data,
@@ -522,16 +525,13 @@ def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
 def _run_bundle(args: argparse.Namespace) -> int:
     import yaml
 
-    from ferkit.bundle import (
-        DEFAULT_MODEL_DIR,
-        accuracy_floor,
-        bundle_run,
-        load_model,
-        write_model_card,
-    )
-    from ferkit.data import PreparedDataset
-    from ferkit.export import add_runtimes_to_bundle
-    from ferkit.train import TrainConfig, run_splits
+    from ferkit.data.dataset import PreparedDataset
+    from ferkit.models.folder import DEFAULT_MODEL_DIR, load_model
+    from ferkit.release.bundle import bundle_run
+    from ferkit.release.export import add_runtimes_to_bundle
+    from ferkit.release.model_card import accuracy_floor, write_model_card
+    from ferkit.training.config import TrainConfig
+    from ferkit.training.sampling import run_splits
 
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     _, val = run_splits(
@@ -557,8 +557,8 @@ def _run_bundle(args: argparse.Namespace) -> int:
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
     from ferkit.images import DEFAULT_MAX_PIXELS, FACE_MODES
-    from ferkit.predict import OUTPUT_FORMATS
-    from ferkit.runtime import BACKENDS
+    from ferkit.inference.predict import OUTPUT_FORMATS
+    from ferkit.inference.runtimes import BACKENDS
 
     parser = subparsers.add_parser(
         "predict",
@@ -636,8 +636,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from ferkit.inference.predict import predict
     from ferkit.outputs import default_run_folder, format_memory
-    from ferkit.predict import predict
 
     if not args.inputs and args.camera is None:
         raise ValueError("give image/video files, folders, globs or URLs, or --camera N")
@@ -678,7 +678,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DETECTOR_NAMES
-    from ferkit.runtime import BACKENDS
+    from ferkit.inference.runtimes import BACKENDS
 
     parser = subparsers.add_parser(
         "evaluate",
@@ -718,7 +718,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from ferkit.evaluate import evaluate
+    from ferkit.evaluation.evaluate import evaluate
 
     metrics = evaluate(
         args.model,
@@ -746,7 +746,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if metrics["classes"]["data_classes_unknown_to_model"]:
         print(f"  not scored (unknown to the model): {metrics['faces_of_unknown_classes']}")
     print(f"report: {args.out / 'report.html'}")
-    from ferkit.prepare import FAILURE_KINDS
+    from ferkit.data.prepare import FAILURE_KINDS
 
     failed = [e for e in metrics["skipped"]["items"] if e["kind"] in FAILURE_KINDS]
     if failed and metrics["data"]["prepared_here"]:  # this run's own inputs failed
@@ -776,7 +776,7 @@ def _add_compare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from ferkit.compare import compare, format_markdown
+    from ferkit.evaluation.compare import compare, format_markdown
     from ferkit.outputs import default_run_folder
 
     out = args.out or default_run_folder(Path("results") / "compare")
@@ -787,7 +787,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
-    from ferkit.export import EXPORT_FORMATS
+    from ferkit.release.export import EXPORT_FORMATS
 
     parser = subparsers.add_parser(
         "export",
@@ -823,7 +823,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import json
 
-    from ferkit.export import export_model
+    from ferkit.release.export import export_model
 
     out = export_model(
         args.model,
@@ -880,12 +880,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ferkit.bundle import ChecksumError
+    from ferkit.extras import MissingExtraError
+    from ferkit.models.folder import ChecksumError
     from ferkit.outputs import OutputLockedError
 
     try:
         return args.handler(args)
-    except (OSError, ValueError, KeyError, ChecksumError, OutputLockedError) as error:
+    except (
+        OSError, ValueError, KeyError, ChecksumError, OutputLockedError, MissingExtraError,
+    ) as error:  # fmt: skip
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ferkit {args.command}: error: {message}", file=sys.stderr)
         return 2

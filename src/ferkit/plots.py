@@ -9,23 +9,19 @@ from typing import Any
 import numpy as np
 
 
-def _pyplot() -> Any:
-    """pyplot on the file-only Agg backend, except inside Jupyter (inline figures)."""
-    import sys
+def subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Any, Any]:
+    """A new figure and its axes, made outside pyplot: nothing process-wide changes (no
+    backend is chosen, no figure stays open), so plotting is the same in a script, a
+    server or a notebook (which shows a returned figure inline)."""
+    from matplotlib.figure import Figure
 
-    import matplotlib
-
-    if "ipykernel" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **options)
 
 
 def _figure(ax: Any, size: tuple[float, float]) -> tuple[Any, Any]:
-    plt = _pyplot()
     if ax is None:
-        fig, ax = plt.subplots(figsize=size)
+        fig, ax = subplots(figsize=size)
         return fig, ax
     return ax.figure, ax
 
@@ -120,9 +116,8 @@ def plot_training_curves(history_csv: str | os.PathLike[str]) -> Any:
     """Loss and accuracy per epoch, train against validation, from a run's history.csv."""
     import pandas as pd
 
-    plt = _pyplot()
     history = pd.read_csv(history_csv)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for column, style in ((metric, "-"), (f"val_{metric}", "--")):
             if column in history:
@@ -143,10 +138,9 @@ def plot_face_grid(
 ) -> Any:
     """A grid of face crops with a caption each (mistakes, samples per class), with
     ``heatmaps`` in [0, 1] overlaid when given (saliency)."""
-    plt = _pyplot()
     count = max(1, len(faces))
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(1.7 * columns, 2.0 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for index, (ax, face, caption) in enumerate(zip(axes.ravel(), faces, titles, strict=False)):
@@ -175,8 +169,7 @@ def plot_saliency(
 
 def plot_comparison(table: Any, metrics: list[str]) -> Any:
     """Grouped bars: one group per metric, one bar per evaluation."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) + 2, 4))
+    fig, ax = subplots(figsize=(1.6 * len(metrics) + 2, 4))
     width = 0.8 / max(1, len(table))
     for offset, (name, row) in enumerate(table.iterrows()):
         positions = np.arange(len(metrics)) + offset * width

@@ -1,0 +1,212 @@
+"""Benchmarks that print their figures: medians over repeated runs on this machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+SHARED_ENV = "FERKIT_SHARED"
+
+
+def shared_dir() -> Path:
+    """The shared data folder: ``$FERKIT_SHARED``, else ``../shared`` from the project root."""
+    if os.environ.get(SHARED_ENV):
+        return Path(os.environ[SHARED_ENV])
+    beside_cwd = Path.cwd().resolve().parent / "shared"
+    if beside_cwd.is_dir():
+        return beside_cwd
+    return Path(__file__).resolve().parents[4] / "shared"
+
+
+def benchmark_prepare(source: str | os.PathLike[str], repeats: int = 3, workers: int = 0) -> str:
+    """Time ``prepare`` on a source ``repeats`` times; return a printable report."""
+    from ferkit.data.prepare import PrepareConfig, prepare
+
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: benchmark source not found; set {SHARED_ENV}")
+    times, count = [], 0
+    work = Path(tempfile.mkdtemp(prefix="ferkit-bench-"))
+    try:
+        for repeat in range(repeats):
+            out = work / f"run{repeat}"
+            started = time.perf_counter()
+            result = prepare(source, out, PrepareConfig(workers=workers), progress=False)
+            times.append(time.perf_counter() - started)
+            count = sum(split["count"] for split in result.manifest["splits"].values())
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    median = statistics.median(times)
+    return "\n".join(
+        [
+            f"prepare {source} ({count} faces, {os.cpu_count()} cores, workers={workers or 'auto'})",
+            f"  runs (s): {', '.join(f'{t:.2f}' for t in times)}",
+            f"  median: {median:.2f} s  ({count / median:,.0f} images/s)",
+        ]
+    )
+
+
+def _median_rate(run, count: int, repeats: int) -> float:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def _model_rates(
+    model, images, targets, batch_size: int, repeats: int
+) -> tuple[float, float, float]:
+    def fit() -> None:
+        model.fit(images, targets[: len(images)], batch_size=batch_size, epochs=1, verbose=0)
+
+    def predict_single() -> None:
+        for _ in range(50):
+            model.predict_on_batch(images[:1])
+
+    def predict_batch() -> None:
+        model.predict_on_batch(images[:256])
+
+    for warm_up in (fit, predict_single, predict_batch):  # tracing and allocation
+        warm_up()
+    return (
+        _median_rate(fit, len(images), repeats),
+        _median_rate(predict_single, 50, repeats),
+        _median_rate(predict_batch, 256, repeats),
+    )
+
+
+def benchmark_models(
+    archs: list[str] | None = None, repeats: int = 3, train_batches: int = 8, batch_size: int = 128
+) -> str:
+    """Training images/s and inference faces/s (batch 1 and 256) of each architecture,
+    medians of ``repeats`` runs on random 48x48 faces; return a printable table."""
+    import numpy as np
+
+    from ferkit.models.keras_nets import ARCHITECTURES, ModelConfig, build_model
+    from ferkit.training.config import TrainConfig
+    from ferkit.training.keras_engine import compile_model
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(256, batch_size * train_batches), 48, 48, 1)).astype(
+        "float32"
+    )
+    targets = np.eye(7, dtype="float32")[rng.integers(0, 7, len(images))]
+    # Each architecture at the settings that matter: the shipped default model's (three
+    # blocks a stage), the CPU recipe (two), the larger preset, and VGG16 at 48 px.
+    presets = {
+        "ferkit_cnn": [
+            ("ferkit_cnn shipped (32-256 x3)", {"blocks_per_stage": 3}),
+            ("ferkit_cnn CPU recipe (x2)", {"blocks_per_stage": 2}),
+            ("ferkit_cnn large (48-384)", {"widths": (48, 96, 192, 384)}),
+        ],
+        "vgg16": [("vgg16 @48 px", {"weights": None, "backbone_size": 48})],
+    }
+    lines = [
+        f"models on {os.cpu_count()} cores, 48x48 gray faces, medians of {repeats} runs",
+        f"{'model':<30}{'params':>12}{'train img/s':>14}{'infer b=1 faces/s':>20}"
+        f"{'infer b=256 faces/s':>22}",
+    ]
+    for arch in archs or sorted(ARCHITECTURES):
+        for label, settings in presets.get(arch, [(arch, {})]):
+            model = build_model(ModelConfig(arch=arch, **settings))
+            compile_model(model, TrainConfig(batch_size=batch_size), steps_per_epoch=train_batches)
+            rates = _model_rates(
+                model, images[: batch_size * train_batches], targets, batch_size, repeats
+            )
+            lines.append(
+                f"{label:<30}{model.count_params():>12,}"
+                + "".join(f"{r:>{w},.0f}" for r, w in zip(rates, (14, 20, 22), strict=True))
+            )
+    return "\n".join(lines)
+
+
+def benchmark_classifier(repeats: int = 3, n_faces: int = 2048) -> str:
+    """Faces/s of the bundled classifier on each runtime at batch sizes 1 and 256.
+
+    Medians of ``repeats`` timed passes over random 48x48 faces (the model's cost does
+    not depend on the pixel values); returns a printable table.
+    """
+    import numpy as np
+
+    from ferkit.inference.runtimes import TFLiteModel, load_classifier
+    from ferkit.release.export import export_tflite
+
+    models = {name: load_classifier(None, name) for name in ("keras", "onnx", "onnx-int8")}
+    with tempfile.TemporaryDirectory() as scratch:
+        keras_model = models["keras"]
+        path = export_tflite(keras_model.model, Path(scratch) / "model.tflite")
+        models["tflite"] = TFLiteModel(path, keras_model.classes, keras_model.temperature)
+        shape = keras_model.image_shape
+        faces = np.random.default_rng(0).integers(0, 256, (n_faces, *shape)).astype(np.uint8)
+        lines = [
+            f"bundled classifier on {os.cpu_count()} cores, {shape[0]}x{shape[1]} faces, "
+            f"medians of {repeats} runs",
+            f"{'runtime':<12}{'b=1 faces/s':>14}{'b=256 faces/s':>16}",
+        ]
+        for name, model in models.items():
+            model.predict_logits(faces[:256], batch_size=256)  # warm up
+            single = _median_rate(lambda m=model: m.predict_logits(faces[:200], 1), 200, repeats)
+            batched = _median_rate(lambda m=model: m.predict_logits(faces, 256), n_faces, repeats)
+            lines.append(f"{name:<12}{single:>14,.0f}{batched:>16,.0f}")
+    return "\n".join(lines)
+
+
+VIDEO_PIPELINES = (
+    # (label, detector, backend, detect_every, max_frames)
+    ("blazeface-full + onnx (default)", "blazeface-full", "onnx", 1, None),
+    ("blazeface + onnx", "blazeface", "onnx", 1, None),
+    ("blazeface-full + onnx, detect every 3rd", "blazeface-full", "onnx", 3, None),
+    ("haar + keras (fer-style baseline)", "haar", "keras", 1, None),
+    ("mtcnn + keras", "mtcnn", "keras", 1, 60),
+)
+
+
+def benchmark_video(video: str | os.PathLike[str] | None = None, repeats: int = 3) -> str:
+    """Frames/s of the full pipeline (decode, detect, crop, classify, track, smooth).
+
+    Each pipeline reads the whole video (MTCNN only its first 60 frames: it runs at a
+    few frames/s) ``repeats`` times; medians are shown with the ratio to the Haar +
+    Keras baseline measured in the same run.
+    """
+    from ferkit.inference.recognizer import EmotionRecognizer
+
+    video = Path(video) if video else shared_dir() / "samples" / "woman2.mp4"
+    if not video.is_file():
+        raise FileNotFoundError(f"{video}: no such video; pass one with --video")
+    rates = {}
+    found = {}
+    for label, detector, backend, detect_every, max_frames in VIDEO_PIPELINES:
+        recognizer = EmotionRecognizer(detector=detector, backend=backend)
+        counts: list[int] = []
+
+        def run(
+            recognizer=recognizer, detect_every=detect_every, max_frames=max_frames, counts=counts
+        ):
+            counts.clear()
+            for frame in recognizer.predict_video(
+                video, detect_every=detect_every, max_frames=max_frames
+            ):
+                counts.append(len(frame.faces))
+
+        run()  # warm up
+        frames = len(counts)
+        rates[label] = _median_rate(run, frames, repeats)
+        found[label] = (sum(c >= 1 for c in counts), frames)
+    baseline = rates[VIDEO_PIPELINES[3][0]]
+    lines = [
+        f"full pipeline on {video.name}, {os.cpu_count()} cores, medians of {repeats} runs",
+        f"{'pipeline':<42}{'frames/s':>10}{'x baseline':>12}{'frames with a face':>20}",
+    ]
+    for label, rate in rates.items():
+        with_face, frames = found[label]
+        lines.append(
+            f"{label:<42}{rate:>10,.1f}{rate / baseline:>12.2f}{f'{with_face}/{frames}':>20}"
+        )
+    return "\n".join(lines)

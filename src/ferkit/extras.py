@@ -1,0 +1,105 @@
+"""Optional libraries, imported quietly and only when needed (``ferkit --help`` never
+imports TensorFlow), with the install command when one is missing; and native
+libraries' start-up lines kept off the user's terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Discard what native code writes to the process's standard error during the block
+    (LiteRT's "Created TensorFlow Lite XNNPACK delegate" line when an interpreter is
+    set up). Python's own ``sys.stderr`` is flushed first; ``FERKIT_VERBOSE=1`` keeps
+    everything."""
+    if os.environ.get("FERKIT_VERBOSE"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+#: What each extra adds to the core install (``pip install ferkit``, which predicts,
+#: evaluates and compares with ONNX Runtime and LiteRT).
+EXTRAS = {
+    "train": "TensorFlow, Keras and MTCNN: train, finish, bundle, export, soft labels, the "
+    "Keras runtime and the mtcnn detector",
+    "torch": "PyTorch: the torch training engine",
+    "all": "train and torch",
+}
+
+
+class MissingExtraError(ImportError):
+    """A command needs a library that only an extra of ferkit installs."""
+
+
+def missing_extra(library: str, extra: str, purpose: str) -> MissingExtraError:
+    """The error for a missing optional library, naming the extra that installs it."""
+    return MissingExtraError(
+        f"{purpose} needs {library}, which this installation lacks: pip install "
+        f"'ferkit[{extra}]' (or pip install -r requirements.txt for the whole toolkit)"
+    )
+
+
+def import_tensorflow(purpose: str = "this command") -> ModuleType:
+    """Import and return ``tensorflow`` with its C++ start-up chatter silenced.
+
+    Raises:
+        MissingExtraError: TensorFlow is not installed (``ferkit[train]`` installs it).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise missing_extra("TensorFlow", "train", purpose) from error
+    return tf
+
+
+def import_keras(purpose: str = "this command") -> ModuleType:
+    """Import and return ``keras`` on its configured backend.
+
+    TensorFlow unless ``KERAS_BACKEND`` names another (``jax`` or ``torch``, say, on a
+    GPU machine without TensorFlow); only the TensorFlow backend imports TensorFlow.
+    """
+    if os.environ.setdefault("KERAS_BACKEND", "tensorflow") == "tensorflow":
+        import_tensorflow(purpose)
+    try:
+        import keras
+    except ImportError as error:
+        raise missing_extra("Keras", "train", purpose) from error
+    return keras
+
+
+def import_torch() -> Any:
+    if "tensorflow" in sys.modules and "torch._dynamo" not in sys.modules:
+        # PyTorch's optimizers import torch._dynamo, which crashes the process when
+        # TensorFlow was loaded first (seen with torch 2.14 + TensorFlow 2.21).
+        raise RuntimeError(
+            "the torch engine must load PyTorch before TensorFlow in a process: run it "
+            "through the ferkit train command, or import torch first"
+        )
+    try:
+        import torch
+        import torch._dynamo
+    except ImportError as error:
+        raise missing_extra("PyTorch", "torch", "the torch engine (--engine torch)") from error
+    return torch

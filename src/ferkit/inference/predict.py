@@ -1,0 +1,801 @@
+"""``ferkit predict``: recognise expressions in files, folders, globs, videos and a webcam.
+
+:func:`predict` expands the inputs, runs an :class:`~ferkit.inference.recognizer.EmotionRecognizer`
+over each, and streams one record per face into ``predictions.csv|json|jsonl`` (video
+records carry the frame index, timestamp and track id, and both smoothed and raw
+probabilities). Every input also gets a status: ``ok``, ``no_face`` (an image without a
+face: an empty result, not an error), ``error`` (with the reason: unreadable, not an
+image or video, missing) or ``skipped``. Those rows go into the same file, and
+``summary.json`` repeats them with per-video shares of time per emotion, so a batch never
+loses work on one bad file. ``--annotate`` writes images and videos with boxes, labels
+and probability bars, and an emotion-over-time plot per video.
+
+The output folder follows :mod:`ferkit.outputs` (refused if it holds results, unless
+``overwrite``; written whole or not at all; one writer at a time). http(s) URLs are
+downloaded, bounded in size and time; other URL schemes are reported with the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ferkit.images import (
+    FACE_MODES,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ImageReadError,
+    read_image,
+)
+from ferkit.outputs import output_folder, path_hex, path_text, peak_memory_mb
+
+logger = logging.getLogger(__name__)
+
+
+OUTPUT_FORMATS = ("csv", "json", "jsonl")
+
+
+#: Exit status of a run in which some inputs failed (each is listed in the summary).
+EXIT_COMPLETED_WITH_ERRORS = 3
+
+
+#: Largest download of an http(s) input, and the seconds it may take.
+MAX_DOWNLOAD_BYTES = 200 * 2**20
+
+
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Source:
+    """One input to predict on: a file (image or video), a camera, or a bad input."""
+
+    name: str  # as shown in the output
+    kind: str  # image, video, camera, url, unknown
+    path: Path | None = None
+    url: str | None = None
+    camera: int | None = None
+    error: str | None = None  # set when the input is already known to be unusable
+    opened: Any = None  # a camera's (capture, info), opened once up front
+
+
+def expand_inputs(inputs: list[str]) -> list[Source]:
+    """Files, folders (recursive, sorted, hidden files ignored) and globs, in order.
+
+    Inputs that do not exist, globs that match nothing and files that are neither image
+    nor video (by extension, or by content when the extension is unknown) are returned
+    with ``error`` set rather than raised, so they end up in the output.
+    """
+    sources: list[Source] = []
+    for given in inputs:
+        given = os.fspath(given)
+        scheme = _url_scheme(given)
+        if scheme in ("http", "https"):
+            sources.append(Source(path_text(given), "url", url=given))
+            continue
+        if scheme is not None:
+            sources.append(
+                Source(
+                    path_text(given),
+                    "unknown",
+                    error=f"{scheme}:// URLs are not read; download the file first and give "
+                    "its local path (http and https URLs are downloaded)",
+                )
+            )
+            continue
+        path = Path(given)
+        if path.is_dir():
+            visible = [
+                p
+                for p in path.rglob("*")
+                if not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
+            files = sorted(p for p in visible if p.is_file())
+            broken = sorted(p for p in visible if p.is_symlink() and not p.exists())
+            sources.extend(
+                Source(path_text(p), "unknown", p, error="broken or looping symbolic link")
+                for p in broken
+            )
+            if not files and not broken:
+                sources.append(
+                    Source(path_text(given), "unknown", path, error="folder holds no files")
+                )
+            sources.extend(_file_source(p) for p in files)
+        elif path.is_file():
+            sources.append(_file_source(path))
+        elif any(char in given for char in "*?["):
+            matches = sorted(glob.glob(given, recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            if not files:
+                sources.append(
+                    Source(path_text(given), "unknown", error="the pattern matched no file")
+                )
+            sources.extend(_file_source(p) for p in files)
+        else:
+            reason = "broken or looping symbolic link" if path.is_symlink() else None
+            sources.append(
+                Source(path_text(given), "unknown", path, error=reason or "no such file or folder")
+            )
+    return sources
+
+
+def _input_roots(given: str | os.PathLike[str]) -> list[Path]:
+    """What an input reads, for checking ``--out`` against it: the file or folder it
+    names; for a recursive glob (``photos/**/*.jpg``) the folder before its first
+    wildcard, whose whole tree it reads; for another glob, the files it matches."""
+    text = os.fspath(given)
+    wildcard = min((text.find(c) for c in "*?[" if c in text), default=-1)
+    if wildcard < 0:
+        return [Path(text)]
+    if "**" in text:
+        head, _, _ = text[:wildcard].rpartition("/")
+        return [Path(head or ".")]
+    return [Path(match) for match in glob.glob(text)]
+
+
+def _url_scheme(given: str) -> str | None:
+    """The scheme of an input written as a URL (``https`` of ``https://...``), else None."""
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", given)
+    return match.group(1).lower() if match else None
+
+
+def _file_source(path: Path) -> Source:
+    suffix = path.suffix.lower()
+    kind = (
+        "image"
+        if suffix in IMAGE_EXTENSIONS
+        else "video"
+        if suffix in VIDEO_EXTENSIONS
+        else "unknown"
+    )
+    return Source(path_text(path), kind, path)
+
+
+def download(url: str, folder: Path, max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
+    """Download an http(s) URL into ``folder``, bounded in size and time.
+
+    Raises:
+        ValueError: the download failed, timed out or exceeded ``max_bytes``.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    target = folder / name
+    started = time.monotonic()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "ferkit"})
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            announced = int(response.headers.get("Content-Length") or 0)
+            if announced > max_bytes:
+                raise ValueError(
+                    f"download is {announced / 2**20:.0f} MB, over the "
+                    f"{max_bytes / 2**20:.0f} MB limit; download it yourself and give the file"
+                )
+            received = 0
+            with open(target, "wb") as handle:
+                while block := response.read(1 << 16):
+                    received += len(block)
+                    if received > max_bytes:
+                        raise ValueError(
+                            f"download exceeds the {max_bytes / 2**20:.0f} MB limit; download "
+                            "it yourself and give the file"
+                        )
+                    if time.monotonic() - started > DOWNLOAD_TIMEOUT_S:
+                        raise ValueError(
+                            f"download took over {DOWNLOAD_TIMEOUT_S:.0f} s; download it "
+                            "yourself and give the file"
+                        )
+                    handle.write(block)
+    except urllib.error.HTTPError as error:
+        raise ValueError(f"download failed: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise ValueError(f"download failed ({reason}); check the URL and the network") from None
+    return target
+
+
+@dataclass
+class PredictSummary:
+    """What a prediction run did; also written to ``summary.json``."""
+
+    out: Path | None
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    faces: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    hints: list[str] = field(default_factory=list)
+    peak_memory_mb: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(source["status"] for source in self.sources))
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The inputs that could not be used, each with its reason."""
+        return [source for source in self.sources if source["status"] == "error"]
+
+    def exit_status(self) -> int:
+        """0: every input was processed (an image without a face is not a failure);
+        3: the run completed but some inputs failed; 130: interrupted by Ctrl-C."""
+        if self.interrupted:
+            return 130
+        return EXIT_COMPLETED_WITH_ERRORS if self.failed else 0
+
+
+class RecordWriter:
+    """Streams records to CSV, a JSON array or JSON lines, so memory stays flat."""
+
+    def __init__(self, path: Path, fmt: str, columns: list[str]) -> None:
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
+        self.fmt = fmt
+        # backslashreplace: a name that slipped through unescaped can never stop the run
+        self.handle: TextIO = open(  # noqa: SIM115
+            path, "w", newline="", encoding="utf-8", errors="backslashreplace"
+        )
+        self.count = 0
+        if fmt == "csv":
+            self._csv = csv.DictWriter(self.handle, fieldnames=columns, restval="")
+            self._csv.writeheader()
+        elif fmt == "json":
+            self.handle.write("[\n")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.fmt == "csv":
+            self._csv.writerow(record)
+        else:
+            text = json.dumps(record)
+            if self.fmt == "json":
+                text = ("" if self.count == 0 else ",\n") + text
+            else:
+                text += "\n"
+            self.handle.write(text)
+        self.count += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.handle.write("\n]\n")
+        self.handle.close()
+
+
+def record_columns(classes: list[str]) -> list[str]:
+    """The columns of a prediction record, in order."""
+    return [
+        "source",
+        "kind",
+        "status",
+        "reason",
+        "frame",
+        "time_s",
+        "face",
+        "track_id",
+        "x",
+        "y",
+        "width",
+        "height",
+        "detector_confidence",
+        "label",
+        *[f"p_{name}" for name in classes],
+        "raw_label",
+        *[f"raw_p_{name}" for name in classes],
+    ]
+
+
+def _unique_name(folder: Path, stem: str, suffix: str, used: set[str]) -> Path:
+    name, counter = f"{stem}{suffix}", 2
+    while name in used:
+        name, counter = f"{stem}_{counter}{suffix}", counter + 1
+    used.add(name)
+    return folder / name
+
+
+def predict(
+    inputs: list[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    fmt: str = "csv",
+    annotate: bool = False,
+    camera: int | None = None,
+    model: str | os.PathLike[str] | None = None,
+    detector: str | None = None,
+    backend: str = "auto",
+    faces: str = "auto",
+    max_pixels: int | None = None,
+    every: int = 1,
+    detect_every: int = 1,
+    smoothing_s: float = 0.5,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    recognizer: Any = None,
+    progress: bool = True,
+    echo: Any = None,
+) -> PredictSummary:
+    """Run recognition over inputs and write the records.
+
+    Args:
+        inputs: image/video files, folders, globs, http(s) URLs.
+        out: output folder (``predictions.<fmt>``, ``summary.json``, ``annotated/``), or
+            None to write nothing. It must not hold results already unless ``overwrite``
+            (see :mod:`ferkit.outputs`).
+        camera: also read this webcam index until ``max_frames`` or Ctrl-C.
+        faces: ``auto``, ``crop`` or ``detect`` (see :class:`EmotionRecognizer`).
+        max_pixels: pixel budget of one decoded image (default: the recogniser's).
+        recognizer: an existing :class:`EmotionRecognizer` (else one is built from
+            ``model``, ``detector``, ``backend``, ``faces`` and ``max_pixels``, which are
+            then ignored in favour of the recogniser's own settings).
+        echo: callable that receives one human-readable line per input (``print``).
+
+    Returns:
+        What happened to every input; :meth:`PredictSummary.exit_status` tells a script
+        whether some inputs failed. Ctrl-C ends the run early, keeping what was done.
+
+    Raises:
+        ValueError: bad options, the camera cannot be opened, nothing to do, or ``out``
+            overlaps an input.
+        FileExistsError: ``out`` holds results and ``overwrite`` is false.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces must be one of {FACE_MODES}, not {faces!r}")
+    for name, value in (("every", every), ("detect_every", detect_every)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
+    if not math.isfinite(smoothing_s) or smoothing_s < 0:
+        raise ValueError(f"smoothing must be a number of seconds, 0 or more, not {smoothing_s}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, not {max_frames}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, not {max_pixels}")
+    if camera is not None and camera < 0:
+        raise ValueError(f"camera index must be 0 or more (0 is the first), not {camera}")
+    sources = expand_inputs(list(inputs))
+    if camera is None and not sources:
+        raise ValueError("nothing to predict on: give image/video files, folders or --camera N")
+    given_paths = [
+        root
+        for given in inputs
+        if _url_scheme(os.fspath(given)) is None
+        for root in _input_roots(given)
+    ]
+    run = {
+        "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
+        "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
+        "every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
+        "max_frames": max_frames, "recognizer": recognizer, "progress": progress, "echo": echo,
+    }  # fmt: skip
+    if out is None:
+        return _predict_all(sources, None, **run)
+    with output_folder(out, "predict", overwrite=overwrite, inputs=given_paths) as staging:
+        summary = _predict_all(sources, staging, **run)
+    summary.out = Path(out)
+    return summary
+
+
+def _predict_all(
+    sources: list[Source],
+    out_dir: Path | None,
+    *,
+    fmt: str,
+    annotate: bool,
+    camera: int | None,
+    model: Any,
+    detector: str | None,
+    backend: str,
+    faces: str,
+    max_pixels: int | None,
+    every: int,
+    detect_every: int,
+    smoothing_s: float,
+    max_frames: int | None,
+    recognizer: Any,
+    progress: bool,
+    echo: Any,
+) -> PredictSummary:
+    import tempfile
+
+    from tqdm import tqdm
+
+    from ferkit.inference.recognizer import EmotionRecognizer
+    from ferkit.inference.video import open_video
+
+    if camera is not None:
+        # Opened now so that a missing camera is an error before any work, and kept open.
+        opened = open_video(camera)
+        sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
+    if recognizer is None:
+        kwargs = {"detector": detector} if detector else {}
+        if max_pixels is not None:
+            kwargs["max_pixels"] = max_pixels
+        recognizer = EmotionRecognizer(model, backend=backend, faces=faces, **kwargs)
+    writer = (
+        RecordWriter(out_dir / f"predictions.{fmt}", fmt, record_columns(recognizer.classes))
+        if out_dir
+        else None
+    )
+    summary = PredictSummary(out=out_dir)
+    used_names: set[str] = set()
+    echo = echo or (lambda line: None)
+    started = time.perf_counter()
+    options = {
+        "every": every,
+        "detect_every": detect_every,
+        "smoothing_s": smoothing_s,
+        "max_frames": max_frames,
+    }
+    downloads = tempfile.TemporaryDirectory(prefix="ferkit-download-")
+    try:
+        bar = tqdm(sources, desc="predict", unit="input", disable=not progress or len(sources) < 2)
+        for position, source in enumerate(bar):
+            try:
+                entry = _predict_source(
+                    recognizer, source, writer, out_dir, annotate, used_names, progress,
+                    Path(downloads.name), options,
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                summary.interrupted = True
+                for left in sources[position:]:
+                    summary.sources.append(
+                        _error_entry(left, "not processed: the run was interrupted", writer,
+                                     status="skipped")
+                    )  # fmt: skip
+                echo(f"interrupted: {len(sources) - position} input(s) not processed")
+                break
+            summary.frames += entry.get("frames", 0)
+            summary.faces += entry.get("faces", 0)
+            summary.sources.append(entry)
+            echo(describe(entry))
+            if entry.pop("interrupted", False):  # Ctrl-C in the middle of a video
+                summary.interrupted = True
+                left = sources[position + 1 :]
+                summary.sources.extend(
+                    _error_entry(s, "not processed: the run was interrupted", writer, "skipped")
+                    for s in left
+                )
+                if left:
+                    echo(f"interrupted: {len(left)} input(s) not processed")
+                break
+    finally:
+        downloads.cleanup()
+        if writer is not None:
+            writer.close()
+        summary.seconds = time.perf_counter() - started
+    summary.hints = _hints(summary, recognizer)
+    for hint in summary.hints:
+        echo(f"hint: {hint}")
+    summary.peak_memory_mb = peak_memory_mb()
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "model": path_text(recognizer.model.source),
+                    "detector": recognizer.detector.name,
+                    "faces_mode": recognizer.faces,
+                    "classes": recognizer.classes,
+                    "counts": summary.counts(),
+                    "failed": len(summary.failed),
+                    "exit_status": summary.exit_status(),
+                    "interrupted": summary.interrupted,
+                    "faces": summary.faces,
+                    "frames": summary.frames,
+                    "seconds": round(summary.seconds, 3),
+                    "peak_memory_mb": summary.peak_memory_mb,
+                    "hints": summary.hints,
+                    "sources": summary.sources,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return summary
+
+
+def _hints(summary: PredictSummary, recognizer: Any) -> list[str]:
+    """Advice when the outcome suggests a better setting."""
+    images = [entry for entry in summary.sources if entry["kind"] == "image"]
+    without = [entry for entry in images if entry["status"] == "no_face"]
+    if recognizer.faces != "crop" and len(images) >= 2 and len(without) * 2 > len(images):
+        return [
+            f"no face was found in {len(without)} of {len(images)} images: if they are "
+            "ready-cut face crops, run again with --faces crop"
+        ]
+    return []
+
+
+def _predict_source(
+    recognizer: Any,
+    source: Source,
+    writer: RecordWriter | None,
+    out_dir: Path | None,
+    annotate: bool,
+    used_names: set[str],
+    progress: bool,
+    downloads: Path,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """One input's records and summary entry; an unexpected failure on this input is
+    recorded as its error, so the rest of the batch completes."""
+    try:
+        if source.kind == "url" and source.error is None:
+            try:
+                source.path = download(source.url, downloads)
+            except ValueError as error:
+                return _error_entry(source, str(error), writer)
+            suffix = source.path.suffix.lower()
+            source.kind = "video" if suffix in VIDEO_EXTENSIONS else "unknown"
+        if source.kind in ("video", "camera"):
+            entry = _predict_video(
+                recognizer, source, writer, out_dir, annotate, used_names, progress, **options
+            )
+        else:
+            entry = _predict_image(recognizer, source, writer, out_dir, annotate, used_names)
+        return _with_exact_name(entry, source)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as error:
+        logger.debug("%s failed", source.name, exc_info=True)
+        return _error_entry(source, f"failed: {type(error).__name__}: {error}", writer)
+
+
+def _error_entry(source: Source, reason: str, writer: RecordWriter | None, status: str = "error"):
+    record = {"source": source.name, "kind": source.kind, "status": status, "reason": reason}
+    if writer is not None:
+        writer.write(record)
+    return _with_exact_name(record, source)
+
+
+def _with_exact_name(entry: dict[str, Any], source: Source) -> dict[str, Any]:
+    """A summary entry with the file's exact name in hex when ``source`` had to escape it."""
+    exact = path_hex(source.path) if source.path is not None else None
+    return {**entry, "source_bytes_hex": exact} if exact else entry
+
+
+def _predict_image(
+    recognizer: Any,
+    source: Source,
+    writer: RecordWriter | None,
+    out_dir: Path | None,
+    annotate: bool,
+    used_names: set[str],
+) -> dict[str, Any]:
+    from PIL import Image
+
+    from ferkit.inference.annotate import STILL_IMAGE_MIN_SIDE, draw_results
+
+    if source.error:
+        return _error_entry(source, source.error, writer)
+    try:
+        rgb = read_image(source.path, color=True, max_pixels=recognizer.max_pixels)
+    except ImageReadError as error:
+        reason = error.reason
+        if source.kind in ("unknown", "url") and error.kind == "not_image":
+            reason = f"not an image or video ({error.reason})"
+        return _error_entry(source, reason, writer)
+    except OSError as error:
+        return _error_entry(source, f"unreadable: {error.strerror or error}", writer)
+    source.kind = "image"
+    try:
+        faces = recognizer.predict(rgb)
+    except Exception as error:  # a detector failing on one odd image
+        logger.debug("%s failed", source.name, exc_info=True)
+        return _error_entry(
+            source, f"face detection failed: {type(error).__name__}: {error}", writer
+        )
+    if writer is not None:
+        if not faces:
+            writer.write({"source": source.name, "kind": "image", "status": "no_face"})
+        for index, face in enumerate(faces):
+            writer.write(
+                {
+                    "source": source.name,
+                    "kind": "image",
+                    "status": "ok",
+                    "face": index,
+                    **face.as_dict(),
+                }
+            )
+    entry: dict[str, Any] = {
+        "source": source.name,
+        "kind": "image",
+        "status": "ok" if faces else "no_face",
+        "faces": len(faces),
+        "face_mode": faces.face_mode,
+        "labels": [face.label for face in faces],
+        "confidence": [round(face.probabilities[face.label], 4) for face in faces],
+    }
+    if annotate and out_dir is not None:
+        folder = out_dir / "annotated"
+        folder.mkdir(exist_ok=True)
+        suffix = ".jpg" if source.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+        target = _unique_name(folder, path_text(source.path.stem), suffix, used_names)
+        drawn = draw_results(rgb, faces, min_side=STILL_IMAGE_MIN_SIDE)
+        Image.fromarray(drawn).save(target, quality=92)
+        entry["annotated"] = f"annotated/{target.name}"
+    return entry
+
+
+def _predict_video(
+    recognizer: Any,
+    source: Source,
+    writer: RecordWriter | None,
+    out_dir: Path | None,
+    annotate: bool,
+    used_names: set[str],
+    progress: bool,
+    **options: Any,
+) -> dict[str, Any]:
+    import cv2
+    from tqdm import tqdm
+
+    from ferkit.inference.annotate import draw_results, plot_emotions_over_time
+    from ferkit.inference.video import iter_video_results, open_video
+
+    target = source.camera if source.kind == "camera" else source.path
+    try:
+        opened = source.opened or open_video(target)
+    except (FileNotFoundError, ValueError) as error:
+        return _error_entry(source, str(error).split(": ", 1)[-1], writer)
+    info = opened[1]
+    video_writer, annotated_path = None, None
+    if annotate and out_dir is not None:
+        folder = out_dir / "annotated"
+        folder.mkdir(exist_ok=True)
+        stem = path_text(source.path.stem) if source.path else f"camera{source.camera}"
+        annotated_path = _unique_name(folder, stem, ".mp4", used_names)
+        video_writer = cv2.VideoWriter(
+            str(annotated_path),
+            cv2.VideoWriter_fourcc(*"mp4v"),
+            info.fps,
+            (info.width, info.height),
+        )
+    times: dict[int, list[float]] = defaultdict(list)
+    smoothed: dict[int, list[np.ndarray]] = defaultdict(list)
+    labels: dict[int, Counter] = defaultdict(Counter)
+    frames_read = frames_processed = frames_with_face = faces_total = 0
+    last_faces: list[Any] = []
+    bar = tqdm(
+        total=info.frame_count if options.get("max_frames") is None else options["max_frames"],
+        desc=Path(source.name).name,
+        unit="frame",
+        disable=not progress,
+        leave=False,
+    )
+    interrupted = False
+    try:
+        results = iter_video_results(
+            recognizer,
+            target,
+            keep_frames=video_writer is not None,
+            include_skipped=True,
+            **options,
+        )
+        for frame in results:
+            frames_read += 1
+            bar.update(1)
+            if frame.processed:
+                frames_processed += 1
+                last_faces = frame.faces
+                frames_with_face += bool(frame.faces)
+                for index, face in enumerate(frame.faces):
+                    faces_total += 1
+                    times[face.track_id].append(frame.time_s)
+                    smoothed[face.track_id].append(
+                        np.array([face.probabilities[c] for c in recognizer.classes], np.float32)
+                    )
+                    labels[face.track_id][face.label] += 1
+                    if writer is not None:
+                        writer.write(
+                            {
+                                "source": source.name,
+                                "kind": source.kind,
+                                "status": "ok",
+                                "frame": frame.index,
+                                "time_s": round(frame.time_s, 4),
+                                "face": index,
+                                **face.as_dict(),
+                            }
+                        )
+            if video_writer is not None:
+                drawn = draw_results(frame.image, last_faces)
+                video_writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    except KeyboardInterrupt:
+        # Ctrl-C ends a webcam session, or the run in the middle of a video: what was
+        # seen is kept and said to be partial.
+        interrupted = True
+    finally:
+        bar.close()
+        if video_writer is not None:
+            video_writer.release()
+    shares = {
+        track: {name: count / sum(counter.values()) for name, count in counter.most_common()}
+        for track, counter in labels.items()
+    }
+    overall = Counter()
+    for counter in labels.values():
+        overall.update(counter)
+    entry: dict[str, Any] = {
+        "source": source.name,
+        "kind": source.kind,
+        "status": "ok" if faces_total else "no_face",
+        "frames": frames_read,
+        "frames_processed": frames_processed,
+        "frames_with_face": frames_with_face,
+        "faces": faces_total,
+        "tracks": len(labels),
+        "fps": info.fps,
+        "share_of_time": {
+            name: round(count / sum(overall.values()), 4) for name, count in overall.most_common()
+        },
+        "share_of_time_per_track": {
+            str(track): {name: round(v, 4) for name, v in share.items()}
+            for track, share in shares.items()
+        },
+    }
+    if (
+        info.frame_count is not None
+        and frames_read < info.frame_count
+        and not options.get("max_frames")
+    ):
+        entry["reason"] = (
+            f"stream ended at frame {frames_read} of the {info.frame_count} the file announces "
+            "(truncated or corrupt frames)"
+        )
+    if interrupted:
+        of = f" of {info.frame_count}" if info.frame_count else ""
+        entry["reason"] = f"stopped by Ctrl-C after {frames_read}{of} frames"
+        entry["interrupted"] = source.kind != "camera"  # a webcam ends this way
+    if not faces_total and writer is not None:
+        writer.write(
+            {
+                "source": source.name,
+                "kind": source.kind,
+                "status": "no_face",
+                "reason": entry.get("reason", ""),
+            }
+        )
+    if annotated_path is not None:
+        entry["annotated"] = f"annotated/{annotated_path.name}"
+        figure = plot_emotions_over_time(
+            times, smoothed, recognizer.classes, shares, Path(source.name).name
+        )
+        plot_path = annotated_path.with_name(annotated_path.stem + "_emotions.png")
+        figure.savefig(plot_path, dpi=100)
+
+        entry["emotion_plot"] = f"annotated/{plot_path.name}"
+    return entry
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One readable line about an input's outcome."""
+    name = entry["source"]
+    if entry["status"] in ("error", "skipped"):
+        return f"{name}: {entry['status'].upper()} {entry.get('reason', '')}"
+    if entry["kind"] == "image":
+        if not entry["faces"]:
+            return f"{name}: no face"
+        found = ", ".join(
+            f"{label} ({p:.0%})"
+            for label, p in zip(entry["labels"], entry["confidence"], strict=True)
+        )
+        return f"{name}: {entry['faces']} face{'s' * (entry['faces'] > 1)}: {found}"
+    shares = ", ".join(f"{label} {share:.0%}" for label, share in entry["share_of_time"].items())
+    line = (
+        f"{name}: {entry['frames']} frames, face on {entry['frames_with_face']}, "
+        f"{entry['tracks']} track{'s' * (entry['tracks'] != 1)}; time per emotion: {shares or 'n/a'}"
+    )
+    return line + (f" [{entry['reason']}]" if entry.get("reason") else "")

@@ -1,0 +1,315 @@
+"""Recognise expressions in images: detect faces, align and crop them, classify.
+
+>>> from ferkit import EmotionRecognizer                       # doctest: +SKIP
+>>> recognizer = EmotionRecognizer()                           # the bundled model
+>>> for face in recognizer.predict("photo.jpg"):               # doctest: +SKIP
+...     print(face.box, face.label, face.probabilities["happy"])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferkit.faces import DEFAULT_DETECTOR, Face, align_and_crop, make_detector
+from ferkit.images import (
+    DEFAULT_CROP_MAX_SIDE,
+    DEFAULT_MAX_PIXELS,
+    FACE_MODES,
+    VIDEO_EXTENSIONS,
+    ImageReadError,
+    looks_like_crop,
+    normalise_mode,
+    read_image,
+    resize_face,
+)
+from ferkit.inference.results import FaceResult, ImageInput, ImageResult
+
+BATCH_ERRORS = ("record", "raise")
+
+
+class EmotionRecognizer:
+    """Find faces in images and tell which expression each shows.
+
+    Args:
+        model: ``None`` for the bundled default model, or a run folder, bundle folder,
+            export folder, or ``.keras``/``.onnx``/``.tflite`` file.
+        detector: ``blazeface-full`` (default: fast, finds small and turned faces, aligns
+            by the eyes), ``blazeface`` (short range, fastest), ``mtcnn`` or ``haar``; see
+            :mod:`ferkit.faces` for the measurements behind the default.
+        margin: context kept around each detected face, as a fraction of its size.
+        backend: classifier runtime (``auto``, ``keras``, ``onnx``, ``onnx-int8``,
+            ``tflite``); ``auto`` uses ONNX Runtime when the model has an ONNX file, so
+            the bundled model predicts without importing TensorFlow.
+        faces: ``auto`` (small, roughly square images are taken as ready-cut face crops,
+            others go through the detector), ``crop`` (every image is one face) or
+            ``detect`` (always run the detector).
+        crop_max_side: in ``auto`` mode, the longest side of an image taken as a crop.
+        max_pixels: pixel budget of a decoded image file (see
+            :func:`ferkit.images.decode_image`).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        detector: str = DEFAULT_DETECTOR,
+        margin: float = 0.15,
+        backend: str = "auto",
+        faces: str = "auto",
+        crop_max_side: int = DEFAULT_CROP_MAX_SIDE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        from ferkit.inference.runtimes import load_classifier
+
+        _check_choice("faces", faces, FACE_MODES)
+        if margin < 0:
+            raise ValueError(f"margin must be zero or positive, not {margin}")
+        if max_pixels < 1 or crop_max_side < 1:
+            raise ValueError("max_pixels and crop_max_side must be at least 1")
+        self.model = load_classifier(model, backend)
+        self.classes = self.model.classes
+        self.detector = make_detector(detector)
+        self.margin = margin
+        self.faces = faces
+        self.crop_max_side = crop_max_side
+        self.max_pixels = max_pixels
+        self.size, _, self.channels = self.model.image_shape
+
+    def _to_rgb(self, image: ImageInput, color_order: str) -> np.ndarray:
+        if isinstance(image, str | os.PathLike):
+            path = Path(image)
+            if re.match(r"[A-Za-z][A-Za-z0-9+.-]+://", os.fspath(image)):
+                raise ValueError(
+                    f"{image}: URLs are not read here; download the file first ('ferkit "
+                    "predict URL' downloads http(s) URLs)"
+                )
+            if path.is_dir():
+                raise ValueError(
+                    f"{path}: is a folder; pass its image files (ferkit.inference.predict.expand_inputs "
+                    "lists a folder's files)"
+                )
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                raise ValueError(f"{path}: is a video; use predict_video() for videos")
+            return read_image(path, color=True, max_pixels=self.max_pixels)
+        if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+            if image.size[0] < 1 or image.size[1] < 1:
+                raise ValueError(f"the PIL image is empty ({image.size}); pass a real image")
+            return np.asarray(normalise_mode(image, color=True))
+        if not isinstance(image, np.ndarray):
+            raise TypeError(
+                f"an image must be a file path, a uint8 NumPy array (HxW, HxWx3 or HxWx4) or "
+                f"a PIL image, not {type(image).__name__}"
+            )
+        array = image
+        if array.dtype != np.uint8:
+            raise ValueError(
+                f"image arrays must be uint8, not {array.dtype}; scale to 0..255 and use "
+                "array.astype(np.uint8)"
+            )
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+            raise ValueError(
+                f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, not {array.shape}"
+            )
+        if array.size == 0:
+            raise ValueError(
+                f"the image array is empty (shape {array.shape}); pass a decoded image of at "
+                "least 1x1 pixels"
+            )
+        if array.ndim == 2:
+            return np.repeat(array[:, :, None], 3, axis=2)
+        array = array[:, :, :3]
+        if color_order.upper() == "BGR":
+            array = array[:, :, ::-1]
+        return np.ascontiguousarray(array)
+
+    def _face_mode(self, rgb: np.ndarray, faces: str | None) -> str:
+        mode = faces or self.faces
+        if mode == "auto":
+            return "crop" if looks_like_crop(rgb.shape, self.crop_max_side) else "detect"
+        return mode
+
+    def crop_faces(
+        self, rgb: np.ndarray, faces: list[Face] | None = None, mode: str = "detect"
+    ) -> tuple[list[Face], np.ndarray]:
+        """Detect the faces in ``rgb`` (unless ``faces`` are given, or ``mode`` is
+        ``crop``: the whole image is one face) and cut out each as the classifier's input.
+
+        Returns:
+            The faces and their crops, ``(N, size, size, channels)`` ``uint8``.
+        """
+        if mode == "crop" and faces is None:
+            height, width = rgb.shape[:2]
+            crop = resize_face(rgb, self.size, self.channels)
+            return [Face(box=(0, 0, width, height), confidence=None)], crop[None]
+        if faces is None:
+            faces = self.detector.detect(rgb)
+        crops = [
+            align_and_crop(rgb, face, size=self.size, channels=self.channels, margin=self.margin)
+            for face in faces
+        ]
+        empty = np.zeros((0, self.size, self.size, self.channels), dtype=np.uint8)
+        return faces, np.stack(crops) if crops else empty
+
+    def _results(self, faces: list[Face], probabilities: np.ndarray) -> list[FaceResult]:
+        return [
+            FaceResult.of(f, self.classes, row) for f, row in zip(faces, probabilities, strict=True)
+        ]
+
+    def predict(
+        self, image: ImageInput, *, color_order: str = "RGB", faces: str | None = None
+    ) -> ImageResult:
+        """Results for every face in one image (an empty list when there is none).
+
+        Args:
+            image: a file path, a ``uint8`` array (``color_order`` says RGB or BGR, as
+                OpenCV gives), or a PIL image.
+            faces: override the recogniser's ``faces`` mode for this call.
+
+        Raises:
+            FileNotFoundError, ImageReadError: the file is missing or cannot be decoded.
+            TypeError, ValueError: the argument is not an image (the message says what
+                to pass).
+        """
+        return self.predict_batch([image], color_order=color_order, faces=faces, errors="raise")[0]
+
+    def predict_batch(
+        self,
+        images: list[ImageInput],
+        *,
+        color_order: str = "RGB",
+        faces: str | None = None,
+        errors: str = "record",
+    ) -> list[ImageResult]:
+        """Like :meth:`predict` for several images, classifying all their faces in one batch.
+
+        Args:
+            errors: ``record`` (default): an image that cannot be used (missing file,
+                corrupt data, wrong array) gets an :class:`ImageResult` whose ``error``
+                says why, and every other image is still classified; ``raise``: the
+                first such image raises its error.
+
+        Returns:
+            One :class:`ImageResult` (a list of :class:`FaceResult`) per image, in order.
+        """
+        if (
+            isinstance(images, str | os.PathLike | np.ndarray | dict)
+            or hasattr(images, "convert")
+            or not hasattr(images, "__iter__")
+        ):
+            raise TypeError(
+                "predict_batch takes a list of images (paths, uint8 arrays or PIL images), "
+                f"not {type(images).__name__}; for one image call predict(image)"
+            )
+        _check_choice("errors", errors, BATCH_ERRORS)
+        _check_choice("color_order", str(color_order).upper(), ("RGB", "BGR"))
+        if faces is not None:
+            _check_choice("faces", faces, FACE_MODES)
+        detections: list[tuple[list[Face], np.ndarray] | None] = []
+        results: list[ImageResult] = []
+        for image in images:
+            try:
+                rgb = self._to_rgb(image, color_order)
+                mode = self._face_mode(rgb, faces)
+                # Still images get the detector's thorough search (faces cut by the frame
+                # too); video frames (ferkit.video) keep the single fast search.
+                still = self.detector.detect(rgb, thorough=True) if mode == "detect" else None
+                found, crops = self.crop_faces(rgb, still, mode=mode)
+            except (FileNotFoundError, ImageReadError, TypeError, ValueError, OSError) as error:
+                if errors == "raise":
+                    raise
+                detections.append(None)
+                results.append(ImageResult(error=_describe_error(error)))
+                continue
+            except Exception as error:  # a detector failing on one odd image
+                if errors == "raise":
+                    raise
+                detections.append(None)
+                results.append(
+                    ImageResult(error=f"face detection failed: {type(error).__name__}: {error}")
+                )
+                continue
+            detections.append((found, crops))
+            height, width = rgb.shape[:2]
+            results.append(ImageResult(face_mode=mode, width=width, height=height))
+        all_crops = [detection[1] for detection in detections if detection is not None]
+        probabilities = (
+            self.model.predict_proba(np.concatenate(all_crops))
+            if all_crops
+            else np.zeros((0, len(self.classes)))
+        )
+        start = 0
+        for detection, result in zip(detections, results, strict=True):
+            if detection is None:
+                continue
+            found, crops = detection
+            result.extend(self._results(found, probabilities[start : start + len(crops)]))
+            start += len(crops)
+        return results
+
+    def classify_faces(self, faces: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for face crops already cut out (``(N, H, W, C)`` uint8)."""
+        return self.model.predict_proba(faces)
+
+    def predict_video(
+        self,
+        source: str | os.PathLike[str] | int,
+        *,
+        every: int = 1,
+        detect_every: int = 1,
+        smoothing_s: float = 0.5,
+        max_frames: int | None = None,
+    ) -> Iterator[Any]:
+        """Stream per-frame results of a video file or a camera (an ``int`` index).
+
+        Frames are read, classified and yielded one at a time, so memory stays flat
+        however long the video. Faces are tracked across frames (``track_id``) and their
+        probabilities smoothed over ``smoothing_s`` seconds; the raw values stay in
+        ``raw_probabilities``.
+
+        Args:
+            every: process every N-th frame (the others are read and skipped).
+            detect_every: run the detector on every N-th processed frame and reuse the
+                tracked boxes in between (faster; faces still re-classified each frame).
+            max_frames: stop after this many frames read (a camera runs until then).
+
+        Yields:
+            :class:`ferkit.inference.video.FrameResult` for each processed frame.
+
+        Raises:
+            FileNotFoundError / ValueError: the file is missing or not a readable video,
+                or the camera cannot be opened.
+        """
+        from ferkit.inference.video import iter_video_results
+
+        return iter_video_results(
+            self,
+            source,
+            every=every,
+            detect_every=detect_every,
+            smoothing_s=smoothing_s,
+            max_frames=max_frames,
+        )
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _describe_error(error: BaseException) -> str:
+    """One line saying why an input could not be used (no path prefix for file errors,
+    since the caller knows which input it was)."""
+    if isinstance(error, ImageReadError):
+        return error.reason
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, OSError) and error.strerror:
+        return f"unreadable: {error.strerror}"
+    return str(error)

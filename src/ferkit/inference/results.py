@@ -1,0 +1,145 @@
+"""What prediction returns: a :class:`FaceResult` per face, an :class:`ImageResult` per
+image, and a table of them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ferkit.faces import Face
+
+
+@dataclass
+class FaceResult:
+    """One face found in an image and what it expresses."""
+
+    box: tuple[int, int, int, int]  # x, y, width, height in the image's pixels
+    detector_confidence: float | None  # None when the image was taken as a face crop
+    label: str
+    probabilities: dict[str, float]  # calibrated, one per class, summing to 1
+    landmarks: dict[str, tuple[float, float]] | None = field(default=None)
+    # Video only: the face's track across frames, and the unsmoothed values (``label``
+    # and ``probabilities`` are then smoothed over time).
+    track_id: int | None = None
+    raw_label: str | None = None
+    raw_probabilities: dict[str, float] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        face: Face,
+        classes: list[str],
+        probabilities: np.ndarray,
+        *,
+        raw: np.ndarray | None = None,
+        track_id: int | None = None,
+    ) -> FaceResult:
+        """The result for a detected ``face`` from its class ``probabilities`` (for video,
+        smoothed over time, with the frame's own ``raw`` ones and the face's track)."""
+
+        def named(row: np.ndarray) -> dict[str, float]:
+            return dict(zip(classes, map(float, row), strict=True))
+
+        return cls(
+            box=face.box,
+            detector_confidence=face.confidence,
+            label=classes[int(np.argmax(probabilities))],
+            probabilities=named(probabilities),
+            landmarks=face.landmarks,
+            track_id=track_id,
+            raw_label=None if raw is None else classes[int(np.argmax(raw))],
+            raw_probabilities=None if raw is None else named(raw),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        x, y, w, h = self.box
+        record: dict[str, Any] = {}
+        if self.track_id is not None:
+            record["track_id"] = self.track_id
+        record.update(
+            {
+                "x": x,
+                "y": y,
+                "width": w,
+                "height": h,
+                "detector_confidence": None
+                if self.detector_confidence is None
+                else round(self.detector_confidence, 4),
+                "label": self.label,
+                **{f"p_{name}": round(p, 4) for name, p in self.probabilities.items()},
+            }
+        )
+        if self.raw_probabilities is not None:
+            record["raw_label"] = self.raw_label
+            record.update({f"raw_p_{k}": round(p, 4) for k, p in self.raw_probabilities.items()})
+        return record
+
+
+ImageInput = str | os.PathLike | np.ndarray | Any  # path, array or PIL image
+
+
+class ImageResult(list):
+    """The faces found in one image of a batch: a list of :class:`FaceResult`, plus
+    ``error`` (why the image could not be used, else None), ``face_mode`` (``crop`` when
+    the whole image was taken as one face, else ``detect``) and the image's size."""
+
+    def __init__(
+        self,
+        faces: list[FaceResult] = (),
+        *,
+        error: str | None = None,
+        face_mode: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> None:
+        super().__init__(faces)
+        self.error = error
+        self.face_mode = face_mode
+        self.width = width
+        self.height = height
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"ImageResult(error={self.error!r})"
+        return f"ImageResult({list.__repr__(self)})"
+
+
+def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> Any:
+    """One row per face, as a pandas DataFrame.
+
+    Accepts ``{source: [FaceResult, ...]}`` (a ``source`` column is added; an
+    :class:`ImageResult` with an ``error`` gives a row with that ``error``), a list of
+    :class:`FaceResult` from one image, or the frames of :meth:`EmotionRecognizer.
+    predict_video` (``frame`` and ``time_s`` columns are added; consume the generator
+    into a list first, or pass a slice of it).
+    """
+    import pandas as pd
+
+    if isinstance(results, dict):
+        rows = []
+        for source, faces in results.items():
+            error = getattr(faces, "error", None)
+            if error is not None:  # an image that could not be used keeps a row
+                rows.append({"source": str(source), "error": error})
+            rows.extend(
+                {"source": str(source), "face": index, **face.as_dict()}
+                for index, face in enumerate(faces)
+            )
+    else:
+        results = list(results)
+        if results and hasattr(results[0], "faces"):  # video frames
+            rows = [
+                {"frame": frame.index, "time_s": frame.time_s, "face": index, **face.as_dict()}
+                for frame in results
+                for index, face in enumerate(frame.faces)
+            ]
+        else:
+            rows = [{"face": index, **face.as_dict()} for index, face in enumerate(results)]
+    return pd.DataFrame(rows)

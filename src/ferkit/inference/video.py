@@ -1,0 +1,276 @@
+"""Video and webcam: stream frames, track faces across them, smooth labels over time.
+
+Frames are decoded one at a time with OpenCV and results are yielded as they are made,
+so memory does not grow with the length of a video. :class:`IoUTracker` gives each face
+a track id by matching boxes frame to frame, and smooths each track's probabilities with
+an exponential moving average whose time constant is in seconds (so it behaves the same
+at 15 or 60 frames/s) — labels stop flickering while the raw values stay available.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ferkit.faces import Face, iou_matrix
+from ferkit.images import VIDEO_EXTENSIONS  # noqa: F401  (ferkit.inference.video.VIDEO_EXTENSIONS)
+from ferkit.inference.results import FaceResult
+
+
+@dataclass
+class FrameResult:
+    """What one processed video frame shows."""
+
+    index: int  # frame number in the video, from 0
+    time_s: float  # timestamp from the frame rate (camera: seconds since start)
+    faces: list[Any]  # FaceResult, with track_id and raw values set
+    image: np.ndarray | None = field(default=None, repr=False)  # the RGB frame
+    processed: bool = True  # False for frames skipped by ``every`` (faces is empty)
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    frame_count: int | None  # None for a camera or when the container does not say
+    width: int
+    height: int
+
+
+@dataclass
+class _Track:
+    track_id: int
+    box: tuple[int, int, int, int]
+    face: Face
+    probabilities: np.ndarray
+    last_time: float
+    missed: int = 0
+
+
+class IoUTracker:
+    """Greedy IoU matching of faces between frames, with time-based smoothing.
+
+    Args:
+        min_iou: a detection continues a track when their boxes overlap at least this.
+        max_missed: a track is dropped after this many processed frames without a match.
+        smoothing_s: time constant of the exponential moving average of probabilities;
+            0 turns smoothing off.
+    """
+
+    def __init__(self, min_iou: float = 0.3, max_missed: int = 15, smoothing_s: float = 0.5):
+        self.min_iou = min_iou
+        self.max_missed = max_missed
+        self.smoothing_s = smoothing_s
+        self.tracks: list[_Track] = []
+        self._next_id = 0
+
+    def update(
+        self, faces: list[Face], probabilities: np.ndarray, time_s: float
+    ) -> list[tuple[int, np.ndarray]]:
+        """Match this frame's faces to tracks.
+
+        Returns:
+            ``(track_id, smoothed_probabilities)`` for each face, in the order given.
+        """
+        assignment: dict[int, _Track] = {}
+        if faces and self.tracks:
+            boxes = np.array([_corners(face.box) for face in faces], dtype=np.float64)
+            track_boxes = np.array([_corners(track.box) for track in self.tracks])
+            overlaps = iou_matrix(boxes, track_boxes)
+            pairs = sorted(np.argwhere(overlaps >= self.min_iou), key=lambda p: -overlaps[tuple(p)])
+            used_tracks: set[int] = set()
+            for face_index, track_index in pairs:
+                if face_index in assignment or track_index in used_tracks:
+                    continue
+                assignment[int(face_index)] = self.tracks[track_index]
+                used_tracks.add(int(track_index))
+        results = []
+        matched = set()
+        for index, (face, row) in enumerate(zip(faces, probabilities, strict=True)):
+            track = assignment.get(index)
+            if track is None:
+                track = _Track(self._next_id, face.box, face, row.copy(), time_s)
+                self._next_id += 1
+                self.tracks.append(track)
+            else:
+                weight = self._weight(time_s - track.last_time)
+                track.probabilities = weight * row + (1.0 - weight) * track.probabilities
+                track.box, track.face, track.last_time, track.missed = face.box, face, time_s, 0
+            matched.add(track.track_id)
+            results.append((track.track_id, track.probabilities.copy()))
+        for track in self.tracks:
+            if track.track_id not in matched:
+                track.missed += 1
+        self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]
+        return results
+
+    def _weight(self, elapsed_s: float) -> float:
+        if self.smoothing_s <= 0:
+            return 1.0
+        return 1.0 - math.exp(-max(elapsed_s, 0.0) / self.smoothing_s)
+
+    def current_faces(self) -> list[Face]:
+        """The faces of tracks seen on the last processed frame (to skip detection)."""
+        return [track.face for track in self.tracks if track.missed == 0]
+
+
+def _corners(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+    x, y, w, h = box
+    return (x, y, x + w, y + h)
+
+
+def _capture_file(cv2: Any, path: Path) -> Any:
+    """``cv2.VideoCapture`` of a file, also when its name is not valid UTF-8 (which
+    OpenCV cannot take: it is opened through a temporary link with a plain name)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ferkit-video-") as folder:
+            link = Path(folder) / f"video{path.suffix.encode('ascii', 'ignore').decode()}"
+            try:
+                link.symlink_to(path.resolve())
+            except OSError:
+                raise ValueError(
+                    f"{path}: the file name is not valid UTF-8, which OpenCV cannot open; "
+                    "rename the file"
+                ) from None
+            return cv2.VideoCapture(str(link))  # the open file outlives the link
+    return cv2.VideoCapture(str(path))
+
+
+def open_video(source: str | os.PathLike[str] | int) -> tuple[Any, VideoInfo]:
+    """Open a video file or camera index with OpenCV.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: OpenCV cannot read it as a video, or the camera cannot be opened.
+    """
+    import cv2
+
+    if isinstance(source, int):
+        if source < 0:
+            raise ValueError(f"camera index must be 0 or more (0 is the first), not {source}")
+        capture = cv2.VideoCapture(source)
+        if not capture.isOpened():
+            raise ValueError(
+                f"camera {source} could not be opened: no such device, or it is in use; "
+                "check the index (0 is the first camera) and that no other program holds it"
+            )
+        fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+        frame_count = None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such video file")
+        capture = _capture_file(cv2, path)
+        ok = capture.isOpened() and capture.get(cv2.CAP_PROP_FRAME_WIDTH) > 0
+        if not ok:
+            capture.release()
+            raise ValueError(
+                f"{path}: not a readable video (corrupt, or a codec OpenCV's FFmpeg lacks); "
+                "re-encode it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4"
+            )
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        frame_count = count if count > 0 else None
+    info = VideoInfo(
+        fps=float(fps) if fps and fps > 0 else 30.0,
+        frame_count=frame_count,
+        width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
+    return capture, info
+
+
+def iter_frames(
+    capture: Any, info: VideoInfo, *, live: bool = False, max_frames: int | None = None
+) -> Iterator[tuple[int, float, np.ndarray]]:
+    """``(index, time_s, rgb_frame)`` for every frame of an opened capture, decoded one
+    at a time; the capture is released at the end. ``live`` (a camera) stamps frames with
+    the seconds since the first, a file with ``index / fps``."""
+    import time
+
+    import cv2
+
+    start = time.monotonic()
+    try:
+        index = 0
+        while max_frames is None or index < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            time_s = time.monotonic() - start if live else index / info.fps
+            yield index, time_s, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            index += 1
+    finally:
+        capture.release()
+
+
+def iter_video_results(
+    recognizer: Any,
+    source: str | os.PathLike[str] | int,
+    *,
+    every: int = 1,
+    detect_every: int = 1,
+    smoothing_s: float = 0.5,
+    max_frames: int | None = None,
+    keep_frames: bool = False,
+    include_skipped: bool = False,
+    opened: tuple[Any, VideoInfo] | None = None,
+) -> Iterator[FrameResult]:
+    """The generator behind :meth:`ferkit.EmotionRecognizer.predict_video`.
+
+    The source is opened here, before the first ``next()``, so a bad one fails at the
+    call; ``opened`` hands over a capture already opened with :func:`open_video` (a
+    camera is then opened once). ``keep_frames`` attaches each RGB frame;
+    ``include_skipped`` also yields the frames that ``every`` skips
+    (``processed=False``), for writers that need every frame.
+    """
+    if every < 1 or detect_every < 1:
+        raise ValueError("every and detect_every must be at least 1")
+    if not math.isfinite(smoothing_s) or smoothing_s < 0:
+        raise ValueError(f"smoothing_s must be a number of seconds, 0 or more, not {smoothing_s}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, not {max_frames}")
+    capture, info = opened or open_video(source)
+    frames = iter_frames(capture, info, live=isinstance(source, int), max_frames=max_frames)
+    return _generate_results(
+        recognizer, frames, every, detect_every, smoothing_s, keep_frames, include_skipped
+    )
+
+
+def _generate_results(
+    recognizer: Any,
+    frames: Iterator[tuple[int, float, np.ndarray]],
+    every: int,
+    detect_every: int,
+    smoothing_s: float,
+    keep_frames: bool,
+    include_skipped: bool,
+) -> Iterator[FrameResult]:
+
+    tracker = IoUTracker(smoothing_s=smoothing_s)
+    classes = recognizer.classes
+    processed = 0
+    for index, time_s, rgb in frames:
+        if index % every:
+            if include_skipped:
+                yield FrameResult(index, time_s, [], rgb if keep_frames else None, False)
+            continue
+        reuse = processed % detect_every != 0
+        faces, crops = recognizer.crop_faces(rgb, tracker.current_faces() if reuse else None)
+        raw = recognizer.model.predict_proba(crops, batch_size=max(1, len(crops)))
+        tracked = tracker.update(faces, raw, time_s)
+        results = [
+            FaceResult.of(face, classes, smooth_row, raw=raw_row, track_id=track_id)
+            for face, raw_row, (track_id, smooth_row) in zip(faces, raw, tracked, strict=True)
+        ]
+        processed += 1
+        yield FrameResult(index, time_s, results, rgb if keep_frames else None)

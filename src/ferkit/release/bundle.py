@@ -1,0 +1,101 @@
+"""``ferkit bundle RUN_DIR``: copy a finished run's best model into a model folder
+(``ferkit/assets/default/`` by default), without optimizer state, with its class list,
+calibration, config, metrics, a model card and SHA-256 checksums."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ferkit.models.folder import (
+    BUNDLED_FILES,
+    CHECKSUMS,
+    DEFAULT_MODEL_DIR,
+    MODEL_FILE,
+    bundled_model_available,
+    write_checksums,
+)
+from ferkit.outputs import swap_into_place
+
+MAX_BUNDLE_BYTES = 20 * 1024 * 1024
+
+
+def bundle_run(
+    run_dir: str | os.PathLike[str],
+    dest: str | os.PathLike[str] = DEFAULT_MODEL_DIR,
+    model_card: str | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Copy a finished run's best model into a bundle folder with checksums.
+
+    ``extra_metrics`` are merged into the bundle's ``metrics.json`` (for example the
+    accuracy floor the bundled model promises).
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        FileNotFoundError: the run has no best checkpoint or no metrics (unfinished).
+        ValueError: the model file would exceed the 20 MB budget.
+        FileExistsError: ``dest`` holds something other than an earlier bundle.
+    """
+    import keras
+
+    import ferkit.models.keras_nets  # noqa: F401
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    _check_replaceable_bundle(dest)
+    for needed in ("checkpoints/best.keras", "metrics.json", "labels.json", "config.yaml"):
+        if not (run_dir / needed).is_file():
+            raise FileNotFoundError(f"{run_dir / needed}: missing; bundle only a finished run")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model = keras.models.load_model(run_dir / "checkpoints" / "best.keras", compile=False)
+        model.save(staging / MODEL_FILE)  # no optimizer state: a third of the size
+        size = (staging / MODEL_FILE).stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise ValueError(
+                f"{run_dir}: model is {size / 2**20:.1f} MB, over the 20 MB bundle budget"
+            )
+        for name in BUNDLED_FILES[1:]:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, staging / name)
+        if extra_metrics:
+            metrics = json.loads((staging / "metrics.json").read_text())
+            (staging / "metrics.json").write_text(
+                json.dumps({**metrics, **extra_metrics}, indent=2) + "\n"
+            )
+        if (run_dir / "history.csv").is_file():
+            shutil.copy2(run_dir / "history.csv", staging / "history.csv")
+        if model_card is not None:
+            (staging / "MODEL_CARD.md").write_text(model_card)
+        write_checksums(staging)
+        _check_replaceable_bundle(dest)  # again: something may have appeared meanwhile
+        swap_into_place(staging, dest)  # readable by all: an installed package must be
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def _check_replaceable_bundle(dest: Path) -> None:
+    """A bundle replaces only an earlier bundle (its model file and checksums), never a
+    folder of the user's.
+
+    Raises:
+        FileExistsError: ``dest`` holds anything else.
+    """
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise FileExistsError(f"--dest {dest} is a file; give a folder path")
+    if any(dest.iterdir()) and not bundled_model_available(dest):
+        raise FileExistsError(
+            f"--dest {dest} holds files but no bundled model (model.keras and "
+            f"{CHECKSUMS}); a bundle replaces only an earlier bundle. Choose another --dest"
+        )
