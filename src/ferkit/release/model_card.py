@@ -98,7 +98,7 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
 ## Results on FER2013 val (single model, no test-time augmentation)
 - Accuracy: **{accuracy:.2%}** (best epoch {metrics["best_epoch"]} of {metrics["epochs_trained"]} trained{"; run ended " + metrics["finished_early"] + " planned, for time" if "finished_early" in metrics else ""}); the
   test suite holds the bundled model to a floor of {accuracy_floor(accuracy):.0%}.
-- Macro F1: {report["macro avg"]["f1-score"]:.3f}.
+- Macro F1: {float(scores["f1"].mean()):.3f}.
 
 | class | precision | recall | F1 | support |
 | --- | --- | --- | --- | --- |
