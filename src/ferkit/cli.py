@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit import __version__
+from ferkit.settings import add_option, default_of
 
 logger = logging.getLogger("ferkit")
 
@@ -56,14 +57,6 @@ class _HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def _train_default(name: str) -> str:
-    """'(default: VALUE, or the --config file's)' for a TrainConfig field."""
-    from ferkit.training.config import TrainConfig
-
-    value = TrainConfig.__dataclass_fields__[name].default
-    return f"(default: {value}, or the --config file's)"
-
-
 OUTPUT_POLICY = (
     "Results are written whole or not at all (into a hidden folder beside --out, renamed "
     "into place when complete). An --out that already holds files is refused unless "
@@ -97,73 +90,18 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXIT_STATUSES,
     )
+    from ferkit.data.prepare import PrepareConfig
+
     parser.add_argument("source", type=Path, help="dataset folder or fer2013.csv file")
     parser.add_argument("--out", type=Path, required=True, help="output folder to create")
-    parser.add_argument(
-        "--format",
-        default="auto",
-        choices=["auto", "folder", "fer2013-csv", "ferplus"],
-        help="source layout; auto detects it",
-    )
-    parser.add_argument(
-        "--faces",
-        default="auto",
-        choices=["auto", "crop", "detect"],
-        help="auto: images up to --crop-max-side px are taken as face crops, larger ones "
-        "go through the detector; crop: never detect; detect: always detect",
-    )
-    parser.add_argument(
-        "--detector",
-        default="mtcnn",
-        choices=["mtcnn", "haar", "blazeface", "blazeface-full"],
-        help="face detector for photos (mtcnn: slowest, most thorough)",
-    )
-    parser.add_argument("--size", type=int, default=48, help="output side in pixels (48)")
-    parser.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 gray, 3 RGB")
-    parser.add_argument("--margin", type=float, default=0.15, help="context around a detection")
-    parser.add_argument(
-        "--crop-max-side",
-        type=int,
-        default=128,
-        help="auto mode: roughly square images at most this many pixels wide are crops",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=40_000_000,
-        help="pixel budget of one image: larger JPEGs are decoded reduced, others are refused",
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="share of each class for val: used when the source has no splits (default "
-        "0.1), or to carve val out of train when the source has no val split",
-    )
-    parser.add_argument(
-        "--test-fraction",
-        type=float,
-        default=None,
-        help="as --val-fraction (default: 0.1 when the source has no splits)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
-    parser.add_argument(
-        "--soft-labels", action="store_true", help="keep FER+ vote distributions as soft labels"
-    )
-    parser.add_argument(
-        "--ferplus-mode",
-        default="plurality",
-        choices=["plurality", "majority"],
-        help="FER+ label rule: most votes (plurality) or more than half (majority); "
-        "ties, unknown and not-a-face are dropped either way",
-    )
-    parser.add_argument(
-        "--dedupe",
-        action="store_true",
-        help="drop identical images: repeats within a split, and train copies of val/test faces",
-    )
+    for name in (
+        "format", "faces", "detector", "size", "channels", "margin", "crop_max_side",
+        "max_pixels", "val_fraction", "test_fraction", "seed", "soft_labels", "ferplus_mode",
+        "dedupe",
+    ):  # fmt: skip
+        add_option(parser, PrepareConfig, name)
     parser.add_argument("--no-compress", action="store_true", help="write uncompressed .npz")
-    parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    add_option(parser, PrepareConfig, "workers")
     _overwrite_flag(parser, "prepared dataset")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_run_prepare)
@@ -304,6 +242,15 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The TrainConfig settings that ``ferkit train`` takes as flags (each overrides --config).
+TRAIN_FLAGS = (
+    "data", "epochs", "fine_tune_epochs", "fine_tune_blocks", "batch_size", "learning_rate",
+    "label_smoothing", "mixup_alpha", "early_stopping_patience", "limit_train", "val_fraction",
+    "seed", "class_weighting", "sampling", "soft_labels", "distribute", "init_from",
+    "input_pipeline", "optimizer", "engine",
+)  # fmt: skip
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -336,72 +283,25 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="end the (stopped) run in --out now: calibrate its best checkpoint, write metrics",
     )
-    parser.add_argument("--data", help=f"prepared dataset folder {_train_default('data')}")
-    parser.add_argument("--arch", help="architecture: ferkit_cnn or vgg16 (default: ferkit_cnn)")
+    from ferkit.models.config import ModelConfig
+    from ferkit.models.keras_nets import ARCHITECTURES
+    from ferkit.training.config import TrainConfig
+
+    add_option(parser, TrainConfig, TRAIN_FLAGS[0], from_config_file=True)
+    add_option(
+        parser, ModelConfig, "arch", from_config_file=True, choices=sorted(ARCHITECTURES),
+        help="architecture, from the registry in ferkit.models.keras_nets",
+    )  # fmt: skip
     parser.add_argument(
         "--weights",
         help="vgg16 backbone: imagenet (downloads), none, or a local weights file (default: none)",
     )
-    for flag, kind, text in (
-        ("--epochs", int, "epochs"),
-        ("--fine-tune-epochs", int, "vgg16 phase two epochs"),
-        ("--fine-tune-blocks", int, "vgg16 blocks to unfreeze"),
-        ("--batch-size", int, "batch size"),
-        ("--learning-rate", float, "peak learning rate"),
-        ("--label-smoothing", float, "label smoothing"),
-        ("--mixup-alpha", float, "mixup's Beta(alpha, alpha); 0 disables it"),
-        ("--early-stopping-patience", int, "epochs without val improvement; 0 disables it"),
-        ("--limit-train", int, "train on a stratified subset of this many faces; 0: all"),
-        ("--val-fraction", float, "share of train held out when the data has no val split"),
-        ("--time-budget", float, "torch engine: fit the planned epochs into SECONDS"),
-        ("--seed", int, "seed of initialisation, shuffling and augmentation"),
-    ):
-        name = flag[2:].replace("-", "_")
-        default = " (default: none)" if name == "time_budget" else " " + _train_default(name)
-        parser.add_argument(flag, type=kind, help=f"{text}{default}")
+    for name in TRAIN_FLAGS[1:]:
+        add_option(parser, TrainConfig, name, from_config_file=True)
     parser.add_argument(
-        "--class-weighting",
-        choices=["none", "balanced"],
-        help=f"loss weights per class {_train_default('class_weighting')}",
-    )
-    parser.add_argument(
-        "--sampling",
-        choices=["shuffle", "balanced"],
-        help=f"batch sampling {_train_default('sampling')}",
-    )
-    parser.add_argument(
-        "--soft-labels",
-        action="store_true",
-        default=None,
-        help="train on the dataset's soft labels (FER+ votes, teacher targets)",
-    )
-    parser.add_argument(
-        "--distribute",
-        choices=["none", "mirrored", "multiworker"],
-        help="mirrored: all GPUs of this machine; multiworker: several machines (TF_CONFIG) "
-        + _train_default("distribute"),
-    )
-    parser.add_argument(
-        "--init-from",
-        help="start from a model's weights (same layers by name and shape): a .keras file, "
-        "a run folder, or 'default' to fine-tune the shipped model (default: none)",
-    )
-    parser.add_argument(
-        "--input-pipeline",
-        choices=["auto", "tf.data", "numpy"],
-        help="tf.data (TensorFlow) or NumPy batches (any Keras backend; auto picks) "
-        + _train_default("input_pipeline"),
-    )
-    parser.add_argument(
-        "--optimizer",
-        choices=["adamw", "sgd"],
-        help="adamw, or sgd with Nesterov momentum " + _train_default("optimizer"),
-    )
-    parser.add_argument(
-        "--engine",
-        choices=["keras", "torch"],
-        help="keras, or torch: ferkit_cnn on PyTorch for a GPU without TensorFlow; its run "
-        "is finished into a Keras model with --finish " + _train_default("engine"),
+        "--time-budget",
+        type=float,
+        help="torch engine: fit the planned epochs into SECONDS (default: none)",
     )
     parser.set_defaults(handler=_run_train)
 
@@ -419,15 +319,7 @@ def _run_train(args: argparse.Namespace) -> int:
         with locked(args.out):
             print(json.dumps(finish_now(args.out).metrics, indent=2))
         return 0
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "data", "epochs", "fine_tune_epochs", "fine_tune_blocks", "batch_size",
-            "learning_rate", "label_smoothing", "class_weighting", "sampling", "mixup_alpha",
-            "soft_labels", "early_stopping_patience", "limit_train", "distribute", "seed",
-            "init_from", "input_pipeline", "optimizer", "engine", "val_fraction",
-        )
-    }  # fmt: skip
+    overrides = {name: getattr(args, name) for name in TRAIN_FLAGS}
     if args.resume:
         if args.config:
             raise ValueError(
@@ -462,6 +354,8 @@ def _weights(value: str | None) -> str | None:
 
 
 def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.training.distill import write_teacher_labels
+
     parser = subparsers.add_parser(
         "soft-labels",
         formatter_class=_HelpFormatter,
@@ -481,7 +375,7 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--label-weight",
         type=float,
-        default=0.5,
+        default=default_of(write_teacher_labels, "label_weight"),
         help="weight of the true label; the teachers share the rest (default 0.5)",
     )
     parser.add_argument("--split", action="append", help="split(s) to relabel (default: train)")
@@ -557,7 +451,8 @@ def _run_bundle(args: argparse.Namespace) -> int:
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
     from ferkit.images import DEFAULT_MAX_PIXELS, FACE_MODES
-    from ferkit.inference.predict import OUTPUT_FORMATS
+    from ferkit.inference.predict import OUTPUT_FORMATS, predict
+    from ferkit.inference.recognizer import DEFAULT_CROP_MAX_SIDE
     from ferkit.inference.runtimes import BACKENDS
 
     parser = subparsers.add_parser(
@@ -583,7 +478,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="output folder (default: a new results/predictions/YYYYmmdd-HHMMSS)",
     )
-    parser.add_argument("--format", default="csv", choices=OUTPUT_FORMATS, help="records file")
+    parser.add_argument(
+        "--format", default=default_of(predict, "fmt"), choices=OUTPUT_FORMATS, help="records file"
+    )
     _overwrite_flag(parser)
     parser.add_argument(
         "--annotate",
@@ -602,31 +499,44 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--faces",
-        default="auto",
+        default=default_of(predict, "faces"),
         choices=FACE_MODES,
-        help="auto: small, roughly square images (at most 128 px) are taken as ready-cut face "
+        help=f"auto: small, roughly square images (at most {DEFAULT_CROP_MAX_SIDE} px) are taken as ready-cut face "
         "crops, others go through the detector; crop: every image is one face; detect: "
         "always detect",
     )
     parser.add_argument(
         "--detector", default=DEFAULT_DETECTOR, choices=DETECTOR_NAMES, help="face detector"
     )
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
+    parser.add_argument(
+        "--backend",
+        default=default_of(predict, "backend"),
+        choices=BACKENDS,
+        help="classifier runtime",
+    )
     parser.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help="pixel budget of one image: larger JPEGs are decoded reduced, others are refused",
     )
-    parser.add_argument("--every", type=int, default=1, help="video: process every N-th frame")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=default_of(predict, "every"),
+        help="video: process every N-th frame",
+    )
     parser.add_argument(
         "--detect-every",
         type=int,
-        default=1,
+        default=default_of(predict, "detect_every"),
         help="video: detect on every N-th processed frame, track in between",
     )
     parser.add_argument(
-        "--smoothing", type=float, default=0.5, help="video: smoothing time constant (s)"
+        "--smoothing",
+        type=float,
+        default=default_of(predict, "smoothing_s"),
+        help="video: smoothing time constant (s)",
     )
     parser.add_argument(
         "--max-frames", type=int, default=None, help="video/webcam frame limit (default: none)"
@@ -677,7 +587,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.evaluation.evaluate import evaluate
     from ferkit.faces import DETECTOR_NAMES
+    from ferkit.images import FACE_MODES
     from ferkit.inference.runtimes import BACKENDS
 
     parser = subparsers.add_parser(
@@ -705,14 +617,22 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true", help="also test-time augmentation")
     parser.add_argument(
         "--faces",
-        default="auto",
-        choices=["auto", "crop", "detect"],
+        default=default_of(evaluate, "faces"),
+        choices=FACE_MODES,
         help="raw sources: how faces are found (as in prepare)",
     )
     parser.add_argument(
-        "--detector", default="mtcnn", choices=DETECTOR_NAMES, help="raw sources: face detector"
+        "--detector",
+        default=default_of(evaluate, "detector"),
+        choices=DETECTOR_NAMES,
+        help="raw sources: face detector",
     )
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="classifier runtime")
+    parser.add_argument(
+        "--backend",
+        default=default_of(evaluate, "backend"),
+        choices=BACKENDS,
+        help="classifier runtime",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_evaluate)
 

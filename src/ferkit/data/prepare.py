@@ -32,7 +32,16 @@ from tqdm import tqdm
 
 from ferkit import __version__
 from ferkit.data.dataset import MANIFEST_NAME
-from ferkit.data.sources import SPLIT_ORDER, Item, Skipped, SourceListing, list_source
+from ferkit.data.sources import (
+    FERPLUS_MODES,
+    FORMATS,
+    SPLIT_ORDER,
+    Item,
+    Skipped,
+    SourceListing,
+    list_source,
+)
+from ferkit.faces import DETECTOR_NAMES
 from ferkit.images import (
     DEFAULT_CROP_MAX_SIDE,
     DEFAULT_MAX_PIXELS,
@@ -43,6 +52,7 @@ from ferkit.images import (
     resize_face,
 )
 from ferkit.outputs import format_memory, output_folder, path_text, peak_memory_mb
+from ferkit.settings import check_choices, setting
 
 logger = logging.getLogger(__name__)
 
@@ -62,28 +72,51 @@ class NoUsableImagesError(ValueError):
 class PrepareConfig:
     """Settings of one ``prepare`` run; written into the manifest as resolved."""
 
-    format: str = "auto"
-    faces: str = "auto"  # auto: crop small images, detect in photos; crop; detect
-    detector: str = "mtcnn"
-    size: int = 48
-    channels: int = 1
-    margin: float = 0.15
-    crop_max_side: int = DEFAULT_CROP_MAX_SIDE  # auto mode: small square images are crops
-    val_fraction: float | None = None  # None: 0.1 when the source has no splits
-    test_fraction: float | None = None  # None: 0.1 when the source has no splits
-    seed: int = 0
-    soft_labels: bool = False
-    ferplus_mode: str = "plurality"
-    dedupe: bool = False
-    compress: bool = True
-    workers: int = 0  # 0: one per CPU core
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger JPEGs decode reduced, others are refused
+    format: str = setting("auto", "source layout; auto detects it", choices=("auto", *FORMATS))
+    faces: str = setting(
+        "auto",
+        "auto: images up to --crop-max-side px are taken as face crops, larger ones go "
+        "through the detector; crop: never detect; detect: always detect",
+        choices=FACE_MODES,
+    )
+    detector: str = setting(
+        "mtcnn", "face detector for photos (mtcnn: slowest, most thorough)", choices=DETECTOR_NAMES
+    )
+    size: int = setting(48, "output side in pixels")
+    channels: int = setting(1, "1 gray, 3 RGB", choices=(1, 3))
+    margin: float = setting(0.15, "context around a detection, as a share of its side")
+    crop_max_side: int = setting(
+        DEFAULT_CROP_MAX_SIDE,
+        "auto mode: roughly square images at most this many pixels wide are crops",
+    )
+    val_fraction: float | None = setting(
+        None,
+        "share of each class for val: used when the source has no splits (then 0.1 if "
+        "not given), or to carve val out of train when the source has no val split",
+    )
+    test_fraction: float | None = setting(
+        None, "as --val-fraction (0.1 when the source has no splits and it is not given)"
+    )
+    seed: int = setting(0, "seed of the stratified split")
+    soft_labels: bool = setting(False, "keep FER+ vote distributions as soft labels")
+    ferplus_mode: str = setting(
+        "plurality",
+        "FER+ label rule: most votes (plurality) or more than half (majority); ties, "
+        "unknown and not-a-face are dropped either way",
+        choices=FERPLUS_MODES,
+    )
+    dedupe: bool = setting(
+        False, "drop identical images: repeats within a split, and train copies of val/test faces"
+    )
+    compress: bool = setting(True, "compressed .npz (the CLI's --no-compress turns it off)")
+    workers: int = setting(0, "processes (0: one per CPU core)")
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS,
+        "pixel budget of one image: larger JPEGs are decoded reduced, others are refused",
+    )
 
     def validate(self) -> None:
-        if self.faces not in FACE_MODES:
-            raise ValueError(f"faces must be one of {FACE_MODES}, not {self.faces!r}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), not {self.channels}")
+        check_choices(self)
         if not 8 <= self.size <= 1024:
             raise ValueError(f"size must be between 8 and 1024 pixels, not {self.size}")
         if self.margin < 0:

@@ -407,37 +407,68 @@ def _predict_all(
     progress: bool,
     echo: Any,
 ) -> PredictSummary:
+    from ferkit.inference.video import open_video
+
+    camera_capture = None
+    if camera is not None:
+        # Opened now so that a missing camera is an error before any work; this capture is
+        # the one the camera's frames are read from, and it is released whatever happens.
+        opened = open_video(camera)
+        camera_capture = opened[0]
+        sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
+    try:
+        if recognizer is None:
+            recognizer = _make_recognizer(model, detector, backend, faces, max_pixels)
+        options = {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
+                   "max_frames": max_frames}  # fmt: skip
+        summary = _run_sources(
+            recognizer, sources, fmt, out_dir, annotate, progress, echo or (lambda line: None),
+            options,
+        )  # fmt: skip
+    finally:
+        if camera_capture is not None:
+            camera_capture.release()
+    summary.hints = _hints(summary, recognizer)
+    for hint in summary.hints:
+        (echo or (lambda line: None))(f"hint: {hint}")
+    summary.peak_memory_mb = peak_memory_mb()
+    if out_dir is not None:
+        _write_summary(out_dir / "summary.json", summary, recognizer)
+    return summary
+
+
+def _make_recognizer(
+    model: Any, detector: str | None, backend: str, faces: str, max_pixels: int | None
+) -> Any:
+    from ferkit.inference.recognizer import EmotionRecognizer
+
+    kwargs: dict[str, Any] = {"detector": detector} if detector else {}
+    if max_pixels is not None:
+        kwargs["max_pixels"] = max_pixels
+    return EmotionRecognizer(model, backend=backend, faces=faces, **kwargs)
+
+
+def _run_sources(
+    recognizer: Any,
+    sources: list[Source],
+    fmt: str,
+    out_dir: Path | None,
+    annotate: bool,
+    progress: bool,
+    echo: Any,
+    options: dict[str, Any],
+) -> PredictSummary:
+    """Each input in turn, its records written as they come; Ctrl-C (or one in the middle
+    of a video) records the inputs left as skipped."""
     import tempfile
 
     from tqdm import tqdm
 
-    from ferkit.inference.recognizer import EmotionRecognizer
-    from ferkit.inference.video import open_video
-
-    if camera is not None:
-        # Opened now so that a missing camera is an error before any work, and kept open.
-        opened = open_video(camera)
-        sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
-    if recognizer is None:
-        kwargs = {"detector": detector} if detector else {}
-        if max_pixels is not None:
-            kwargs["max_pixels"] = max_pixels
-        recognizer = EmotionRecognizer(model, backend=backend, faces=faces, **kwargs)
-    writer = (
-        RecordWriter(out_dir / f"predictions.{fmt}", fmt, record_columns(recognizer.classes))
-        if out_dir
-        else None
-    )
+    columns = record_columns(recognizer.classes)
+    writer = RecordWriter(out_dir / f"predictions.{fmt}", fmt, columns) if out_dir else None
     summary = PredictSummary(out=out_dir)
     used_names: set[str] = set()
-    echo = echo or (lambda line: None)
     started = time.perf_counter()
-    options = {
-        "every": every,
-        "detect_every": detect_every,
-        "smoothing_s": smoothing_s,
-        "max_frames": max_frames,
-    }
     downloads = tempfile.TemporaryDirectory(prefix="ferkit-download-")
     try:
         bar = tqdm(sources, desc="predict", unit="input", disable=not progress or len(sources) < 2)
@@ -449,12 +480,7 @@ def _predict_all(
                 )  # fmt: skip
             except KeyboardInterrupt:
                 summary.interrupted = True
-                for left in sources[position:]:
-                    summary.sources.append(
-                        _error_entry(left, "not processed: the run was interrupted", writer,
-                                     status="skipped")
-                    )  # fmt: skip
-                echo(f"interrupted: {len(sources) - position} input(s) not processed")
+                _skip_rest(summary, sources[position:], writer, echo)
                 break
             summary.frames += entry.get("frames", 0)
             summary.faces += entry.get("faces", 0)
@@ -462,47 +488,45 @@ def _predict_all(
             echo(describe(entry))
             if entry.pop("interrupted", False):  # Ctrl-C in the middle of a video
                 summary.interrupted = True
-                left = sources[position + 1 :]
-                summary.sources.extend(
-                    _error_entry(s, "not processed: the run was interrupted", writer, "skipped")
-                    for s in left
-                )
-                if left:
-                    echo(f"interrupted: {len(left)} input(s) not processed")
+                _skip_rest(summary, sources[position + 1 :], writer, echo)
                 break
     finally:
         downloads.cleanup()
         if writer is not None:
             writer.close()
         summary.seconds = time.perf_counter() - started
-    summary.hints = _hints(summary, recognizer)
-    for hint in summary.hints:
-        echo(f"hint: {hint}")
-    summary.peak_memory_mb = peak_memory_mb()
-    if out_dir is not None:
-        (out_dir / "summary.json").write_text(
-            json.dumps(
-                {
-                    "model": path_text(recognizer.model.source),
-                    "detector": recognizer.detector.name,
-                    "faces_mode": recognizer.faces,
-                    "classes": recognizer.classes,
-                    "counts": summary.counts(),
-                    "failed": len(summary.failed),
-                    "exit_status": summary.exit_status(),
-                    "interrupted": summary.interrupted,
-                    "faces": summary.faces,
-                    "frames": summary.frames,
-                    "seconds": round(summary.seconds, 3),
-                    "peak_memory_mb": summary.peak_memory_mb,
-                    "hints": summary.hints,
-                    "sources": summary.sources,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
     return summary
+
+
+def _skip_rest(
+    summary: PredictSummary, left: list[Source], writer: RecordWriter | None, echo: Any
+) -> None:
+    summary.sources.extend(
+        _error_entry(s, "not processed: the run was interrupted", writer, "skipped") for s in left
+    )
+    if left:
+        echo(f"interrupted: {len(left)} input(s) not processed")
+
+
+def _write_summary(path: Path, summary: PredictSummary, recognizer: Any) -> None:
+    """``summary.json``: the settings, counts and one entry per input."""
+    document = {
+        "model": path_text(recognizer.model.source),
+        "detector": recognizer.detector.name,
+        "faces_mode": recognizer.faces,
+        "classes": recognizer.classes,
+        "counts": summary.counts(),
+        "failed": len(summary.failed),
+        "exit_status": summary.exit_status(),
+        "interrupted": summary.interrupted,
+        "faces": summary.faces,
+        "frames": summary.frames,
+        "seconds": round(summary.seconds, 3),
+        "peak_memory_mb": summary.peak_memory_mb,
+        "hints": summary.hints,
+        "sources": summary.sources,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def _hints(summary: PredictSummary, recognizer: Any) -> list[str]:
@@ -639,10 +663,11 @@ def _predict_video(
     progress: bool,
     **options: Any,
 ) -> dict[str, Any]:
-    import cv2
+    """Every frame of a video file or camera: records per face, the summary entry, and
+    with ``annotate`` the annotated video and its emotion-over-time plot. The source is
+    opened once (a camera already was, up front) and released whatever happens."""
     from tqdm import tqdm
 
-    from ferkit.inference.annotate import draw_results, plot_emotions_over_time
     from ferkit.inference.video import iter_video_results, open_video
 
     target = source.camera if source.kind == "camera" else source.path
@@ -650,134 +675,165 @@ def _predict_video(
         opened = source.opened or open_video(target)
     except (FileNotFoundError, ValueError) as error:
         return _error_entry(source, str(error).split(": ", 1)[-1], writer)
-    info = opened[1]
-    video_writer, annotated_path = None, None
-    if annotate and out_dir is not None:
-        folder = out_dir / "annotated"
-        folder.mkdir(exist_ok=True)
-        stem = path_text(source.path.stem) if source.path else f"camera{source.camera}"
-        annotated_path = _unique_name(folder, stem, ".mp4", used_names)
-        video_writer = cv2.VideoWriter(
-            str(annotated_path),
-            cv2.VideoWriter_fourcc(*"mp4v"),
-            info.fps,
-            (info.width, info.height),
-        )
-    times: dict[int, list[float]] = defaultdict(list)
-    smoothed: dict[int, list[np.ndarray]] = defaultdict(list)
-    labels: dict[int, Counter] = defaultdict(Counter)
-    frames_read = frames_processed = frames_with_face = faces_total = 0
-    last_faces: list[Any] = []
-    bar = tqdm(
-        total=info.frame_count if options.get("max_frames") is None else options["max_frames"],
-        desc=Path(source.name).name,
-        unit="frame",
-        disable=not progress,
-        leave=False,
-    )
+    capture, info = opened
+    tally = _VideoTally(source, recognizer.classes, writer)
+    annotated = _AnnotatedVideo.open(source, info, out_dir, used_names) if annotate else None
+    expected = info.frame_count if options.get("max_frames") is None else options["max_frames"]
+    bar = tqdm(total=expected, desc=Path(source.name).name, unit="frame",
+               disable=not progress, leave=False)  # fmt: skip
     interrupted = False
     try:
-        results = iter_video_results(
-            recognizer,
-            target,
-            keep_frames=video_writer is not None,
-            include_skipped=True,
-            **options,
-        )
-        for frame in results:
-            frames_read += 1
+        frames = iter_video_results(
+            recognizer, target, keep_frames=annotated is not None, include_skipped=True,
+            opened=opened, **options,
+        )  # fmt: skip
+        for frame in frames:
             bar.update(1)
-            if frame.processed:
-                frames_processed += 1
-                last_faces = frame.faces
-                frames_with_face += bool(frame.faces)
-                for index, face in enumerate(frame.faces):
-                    faces_total += 1
-                    times[face.track_id].append(frame.time_s)
-                    smoothed[face.track_id].append(
-                        np.array([face.probabilities[c] for c in recognizer.classes], np.float32)
-                    )
-                    labels[face.track_id][face.label] += 1
-                    if writer is not None:
-                        writer.write(
-                            {
-                                "source": source.name,
-                                "kind": source.kind,
-                                "status": "ok",
-                                "frame": frame.index,
-                                "time_s": round(frame.time_s, 4),
-                                "face": index,
-                                **face.as_dict(),
-                            }
-                        )
-            if video_writer is not None:
-                drawn = draw_results(frame.image, last_faces)
-                video_writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            tally.add(frame)
+            if annotated is not None:
+                annotated.write(frame.image, tally.last_faces)
     except KeyboardInterrupt:
         # Ctrl-C ends a webcam session, or the run in the middle of a video: what was
         # seen is kept and said to be partial.
         interrupted = True
     finally:
         bar.close()
-        if video_writer is not None:
-            video_writer.release()
-    shares = {
-        track: {name: count / sum(counter.values()) for name, count in counter.most_common()}
-        for track, counter in labels.items()
-    }
-    overall = Counter()
-    for counter in labels.values():
-        overall.update(counter)
-    entry: dict[str, Any] = {
-        "source": source.name,
-        "kind": source.kind,
-        "status": "ok" if faces_total else "no_face",
-        "frames": frames_read,
-        "frames_processed": frames_processed,
-        "frames_with_face": frames_with_face,
-        "faces": faces_total,
-        "tracks": len(labels),
-        "fps": info.fps,
-        "share_of_time": {
-            name: round(count / sum(overall.values()), 4) for name, count in overall.most_common()
-        },
-        "share_of_time_per_track": {
-            str(track): {name: round(v, 4) for name, v in share.items()}
-            for track, share in shares.items()
-        },
-    }
-    if (
-        info.frame_count is not None
-        and frames_read < info.frame_count
-        and not options.get("max_frames")
-    ):
-        entry["reason"] = (
-            f"stream ended at frame {frames_read} of the {info.frame_count} the file announces "
-            "(truncated or corrupt frames)"
-        )
-    if interrupted:
-        of = f" of {info.frame_count}" if info.frame_count else ""
-        entry["reason"] = f"stopped by Ctrl-C after {frames_read}{of} frames"
-        entry["interrupted"] = source.kind != "camera"  # a webcam ends this way
-    if not faces_total and writer is not None:
-        writer.write(
-            {
-                "source": source.name,
-                "kind": source.kind,
-                "status": "no_face",
-                "reason": entry.get("reason", ""),
-            }
-        )
-    if annotated_path is not None:
-        entry["annotated"] = f"annotated/{annotated_path.name}"
-        figure = plot_emotions_over_time(
-            times, smoothed, recognizer.classes, shares, Path(source.name).name
-        )
-        plot_path = annotated_path.with_name(annotated_path.stem + "_emotions.png")
-        figure.savefig(plot_path, dpi=100)
-
-        entry["emotion_plot"] = f"annotated/{plot_path.name}"
+        capture.release()  # also when the frames never started (released twice is harmless)
+        if annotated is not None:
+            annotated.close()
+    entry = tally.entry(info, interrupted, bool(options.get("max_frames")))
+    if annotated is not None:
+        entry.update(annotated.finish(tally, recognizer.classes, Path(source.name).name))
     return entry
+
+
+class _VideoTally:
+    """What a video's frames add up to: one record per face (written as they come), and
+    per track the times, smoothed probabilities and labels seen."""
+
+    def __init__(self, source: Source, classes: list[str], writer: RecordWriter | None) -> None:
+        self.source, self.classes, self.writer = source, classes, writer
+        self.times: dict[int, list[float]] = defaultdict(list)
+        self.smoothed: dict[int, list[np.ndarray]] = defaultdict(list)
+        self.labels: dict[int, Counter] = defaultdict(Counter)
+        self.frames_read = self.frames_processed = self.frames_with_face = self.faces = 0
+        self.last_faces: list[Any] = []
+
+    def add(self, frame: Any) -> None:
+        self.frames_read += 1
+        if not frame.processed:
+            return
+        self.frames_processed += 1
+        self.last_faces = frame.faces
+        self.frames_with_face += bool(frame.faces)
+        for index, face in enumerate(frame.faces):
+            self.faces += 1
+            self.times[face.track_id].append(frame.time_s)
+            self.smoothed[face.track_id].append(
+                np.array([face.probabilities[c] for c in self.classes], np.float32)
+            )
+            self.labels[face.track_id][face.label] += 1
+            if self.writer is not None:
+                self.writer.write(
+                    {"source": self.source.name, "kind": self.source.kind, "status": "ok",
+                     "frame": frame.index, "time_s": round(frame.time_s, 4), "face": index,
+                     **face.as_dict()}
+                )  # fmt: skip
+
+    def shares(self) -> dict[int, dict[str, float]]:
+        """Each track's share of time per label."""
+        return {
+            track: {name: count / sum(counter.values()) for name, count in counter.most_common()}
+            for track, counter in self.labels.items()
+        }
+
+    def entry(self, info: Any, interrupted: bool, limited: bool) -> dict[str, Any]:
+        """The video's summary entry (and its ``no_face`` record, if it had none)."""
+        overall = Counter()
+        for counter in self.labels.values():
+            overall.update(counter)
+        entry: dict[str, Any] = {
+            "source": self.source.name,
+            "kind": self.source.kind,
+            "status": "ok" if self.faces else "no_face",
+            "frames": self.frames_read,
+            "frames_processed": self.frames_processed,
+            "frames_with_face": self.frames_with_face,
+            "faces": self.faces,
+            "tracks": len(self.labels),
+            "fps": info.fps,
+            "share_of_time": {
+                name: round(count / sum(overall.values()), 4)
+                for name, count in overall.most_common()
+            },
+            "share_of_time_per_track": {
+                str(track): {name: round(v, 4) for name, v in share.items()}
+                for track, share in self.shares().items()
+            },
+        }
+        if info.frame_count is not None and self.frames_read < info.frame_count and not limited:
+            entry["reason"] = (
+                f"stream ended at frame {self.frames_read} of the {info.frame_count} the file "
+                "announces (truncated or corrupt frames)"
+            )
+        if interrupted:
+            of = f" of {info.frame_count}" if info.frame_count else ""
+            entry["reason"] = f"stopped by Ctrl-C after {self.frames_read}{of} frames"
+            entry["interrupted"] = self.source.kind != "camera"  # a webcam ends this way
+        if not self.faces and self.writer is not None:
+            self.writer.write(
+                {"source": self.source.name, "kind": self.source.kind, "status": "no_face",
+                 "reason": entry.get("reason", "")}
+            )  # fmt: skip
+        return entry
+
+
+class _AnnotatedVideo:
+    """``annotated/NAME.mp4``: every frame with the last faces drawn, and afterwards the
+    emotion-over-time plot beside it."""
+
+    def __init__(self, path: Path, writer: Any) -> None:
+        self.path, self.writer = path, writer
+
+    @classmethod
+    def open(
+        cls, source: Source, info: Any, out_dir: Path | None, used_names: set[str]
+    ) -> _AnnotatedVideo | None:
+        import cv2
+
+        if out_dir is None:
+            return None
+        folder = out_dir / "annotated"
+        folder.mkdir(exist_ok=True)
+        stem = path_text(source.path.stem) if source.path else f"camera{source.camera}"
+        path = _unique_name(folder, stem, ".mp4", used_names)
+        size = (info.width, info.height)
+        return cls(
+            path, cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), info.fps, size)
+        )
+
+    def write(self, rgb: np.ndarray, faces: list[Any]) -> None:
+        import cv2
+
+        from ferkit.inference.annotate import draw_results
+
+        self.writer.write(cv2.cvtColor(draw_results(rgb, faces), cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        self.writer.release()
+
+    def finish(self, tally: _VideoTally, classes: list[str], title: str) -> dict[str, str]:
+        from ferkit.inference.annotate import plot_emotions_over_time
+
+        figure = plot_emotions_over_time(
+            tally.times, tally.smoothed, classes, tally.shares(), title
+        )
+        plot_path = self.path.with_name(self.path.stem + "_emotions.png")
+        figure.savefig(plot_path, dpi=100)
+        return {
+            "annotated": f"annotated/{self.path.name}",
+            "emotion_plot": f"annotated/{plot_path.name}",
+        }
 
 
 def describe(entry: dict[str, Any]) -> str:

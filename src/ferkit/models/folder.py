@@ -227,7 +227,9 @@ def load_model(path: str | os.PathLike[str] | None = None, *, verify: bool = Tru
 
     keras = import_keras()
 
-    import ferkit.models.keras_nets  # noqa: F401  (registers ferkit's custom layers)
+    from ferkit.models.keras_nets import custom_layers
+
+    custom_layers()  # registered before loading a model that uses them
 
     folder, model_path = model_location(path)
     if verify:

@@ -12,17 +12,18 @@ Adding an architecture is one decorated function::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ferkit.extras import import_keras
 from ferkit.models.config import AugmentConfig, ModelConfig
 
-keras = import_keras()  # on the configured backend, TensorFlow's start-up lines silenced
-layers = keras.layers
+if TYPE_CHECKING:
+    import keras
 
 
 ARCHITECTURES: dict[str, Callable[[ModelConfig], keras.Model]] = {}
@@ -43,6 +44,7 @@ def register(name: str) -> Callable:
 
 def build_model(config: ModelConfig) -> keras.Model:
     """Build the architecture ``config.arch`` (see :data:`ARCHITECTURES`)."""
+    keras = import_keras()
     if config.arch not in ARCHITECTURES:
         raise ValueError(
             f"unknown architecture {config.arch!r}; choose one of {sorted(ARCHITECTURES)}"
@@ -53,6 +55,8 @@ def build_model(config: ModelConfig) -> keras.Model:
 
 def augmentation(config: AugmentConfig, seed: int = 0) -> keras.Sequential:
     """The training-time augmentation pipeline, as Keras random layers."""
+    keras = import_keras()
+    layers = keras.layers
     steps: list[layers.Layer] = []
     if config.flip:
         steps.append(layers.RandomFlip("horizontal", seed=seed))
@@ -90,29 +94,39 @@ def augmentation(config: AugmentConfig, seed: int = 0) -> keras.Sequential:
     return keras.Sequential(steps, name="augmentation")
 
 
-@keras.saving.register_keras_serializable(package="ferkit")
-class GrayToRGB(layers.Layer):
-    """Repeat a one-channel image into three channels (pretrained backbones want RGB)."""
+@functools.cache
+def custom_layers() -> dict[str, type]:
+    """ferkit's own Keras layers, registered for loading saved models (call it before
+    ``keras.models.load_model``); defined on first use, so importing this module loads no
+    Keras."""
+    keras = import_keras()
+    layers = keras.layers
 
-    def call(self, inputs: Any) -> Any:
-        if inputs.shape[-1] == 3:
-            return inputs
-        return keras.ops.repeat(inputs, 3, axis=-1)
+    @keras.saving.register_keras_serializable(package="ferkit")
+    class GrayToRGB(layers.Layer):
+        """Repeat a one-channel image into three channels (pretrained backbones want RGB)."""
 
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return (*input_shape[:-1], 3)
+        def call(self, inputs: Any) -> Any:
+            if inputs.shape[-1] == 3:
+                return inputs
+            return keras.ops.repeat(inputs, 3, axis=-1)
 
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return (*input_shape[:-1], 3)
 
-@keras.saving.register_keras_serializable(package="ferkit")
-class VGGPreprocess(layers.Layer):
-    """VGG16's own input preprocessing ("caffe" mode): RGB to BGR, minus ImageNet means."""
+    @keras.saving.register_keras_serializable(package="ferkit")
+    class VGGPreprocess(layers.Layer):
+        """VGG16's own input preprocessing ("caffe" mode): RGB to BGR, minus ImageNet means."""
 
-    def call(self, inputs: Any) -> Any:
-        bgr = keras.ops.flip(inputs, axis=-1)
-        return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=bgr.dtype)
+        def call(self, inputs: Any) -> Any:
+            bgr = keras.ops.flip(inputs, axis=-1)
+            return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=bgr.dtype)
+
+    return {"GrayToRGB": GrayToRGB, "VGGPreprocess": VGGPreprocess}
 
 
 def _input_and_augment(config: ModelConfig) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    keras = import_keras()
     inputs = keras.Input((config.image_size, config.image_size, config.channels), name="face")
     augment = augmentation(config.augment, seed=config.seed)
     return inputs, augment(inputs) if augment.layers else inputs
@@ -126,6 +140,8 @@ def build_ferkit_cnn(config: ModelConfig) -> keras.Model:
     shortcut around each stage's convolutions after the first stage, max pooling
     between stages, global average pooling and dropout before the classifier.
     """
+    keras = import_keras()
+    layers = keras.layers
     inputs, x = _input_and_augment(config)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(x)
     for stage, width in enumerate(config.widths):
@@ -165,6 +181,8 @@ def build_vgg16(config: ModelConfig) -> keras.Model:
     unfreezes its top blocks for fine-tuning (phase two). It is always called with
     ``training=False``, so its behaviour does not change between phases.
     """
+    keras = import_keras()
+    layers = keras.layers
     weights = config.weights
     if weights not in (None, "imagenet"):
         from pathlib import Path
@@ -192,8 +210,8 @@ def build_vgg16(config: ModelConfig) -> keras.Model:
     inputs, x = _input_and_augment(config)
     if size != config.image_size:
         x = layers.Resizing(size, size, name="resize")(x)
-    x = GrayToRGB(name="gray_to_rgb")(x)
-    x = VGGPreprocess(name="vgg_preprocess")(x)
+    x = custom_layers()["GrayToRGB"](name="gray_to_rgb")(x)
+    x = custom_layers()["VGGPreprocess"](name="vgg_preprocess")(x)
     x = backbone(x, training=False)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(config.head_units, activation="relu", name="head_dense")(x)

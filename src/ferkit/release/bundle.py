@@ -45,7 +45,9 @@ def bundle_run(
     """
     import keras
 
-    import ferkit.models.keras_nets  # noqa: F401
+    from ferkit.models.keras_nets import custom_layers
+
+    custom_layers()  # registered before loading the run's model
 
     run_dir, dest = Path(run_dir), Path(dest)
     _check_replaceable_bundle(dest)

@@ -4,11 +4,16 @@ result."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ferkit.settings import check_choices, setting
+
+#: The training engines (see :mod:`ferkit.training.trainer`).
+ENGINES = ("keras", "torch")
 
 
 @dataclass
@@ -16,35 +21,56 @@ class TrainConfig:
     """Settings of one training run. Loaded from YAML, overridden by CLI flags, and
     written back resolved into the run folder."""
 
-    data: str = "data/prepared/fer2013"
-    train_split: str = "train"
-    val_split: str = "val"
-    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields
-    epochs: int = 60
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum 0.9); weight decay decoupled
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 2
-    schedule: str = "cosine"  # cosine | constant
-    label_smoothing: float = 0.1
-    class_weighting: str = "none"  # none | balanced
-    sampling: str = "shuffle"  # shuffle | balanced (equal draws per class)
-    mixup_alpha: float = 0.0  # 0 disables mixup
-    soft_labels: bool = False  # train on FER+ vote distributions
-    early_stopping_patience: int = 0  # epochs without val improvement; 0 disables
-    fine_tune_epochs: int = 0  # vgg16 phase two: epochs with the top blocks unfrozen
-    fine_tune_blocks: int = 1
-    fine_tune_learning_rate: float = 1e-5
-    limit_train: int = 0  # use a stratified subset of this many training faces; 0: all
-    limit_val: int = 0
-    distribute: str = "none"  # none | mirrored | multiworker
-    input_pipeline: str = "auto"  # auto (tf.data on TensorFlow, else numpy) | tf.data | numpy
-    init_from: str | None = None  # start from a model's weights: .keras file, run, "default"
-    temperature_scaling: bool = True
-    val_fraction: float = 0.1  # share of train carved out as val when the data has no val
-    engine: str = "keras"  # keras | torch (ferkit_cnn on PyTorch; see ferkit.torch_train)
-    seed: int = 0
+    data: str = setting("data/prepared/fer2013", "prepared dataset folder")
+    train_split: str = setting("train", "split to train on")
+    val_split: str = setting("val", "split to validate on (selects the best epoch)")
+    model: dict[str, Any] = setting(  # noqa: RUF009  (a dataclasses.field, with help)
+        default_factory=dict, help="ModelConfig fields (arch, widths, augment, ...)"
+    )
+    epochs: int = setting(60, "epochs")
+    batch_size: int = setting(128, "batch size")
+    learning_rate: float = setting(2e-3, "peak learning rate")
+    optimizer: str = setting(
+        "adamw", "adamw, or sgd with Nesterov momentum 0.9 (weight decay decoupled)",
+        choices=("adamw", "sgd"),
+    )  # fmt: skip
+    weight_decay: float = setting(1e-4, "decoupled weight decay")
+    warmup_epochs: int = setting(2, "epochs of linear warm-up from a tenth of the peak")
+    schedule: str = setting("cosine", "learning-rate schedule", choices=("cosine", "constant"))
+    label_smoothing: float = setting(0.1, "label smoothing")
+    class_weighting: str = setting("none", "loss weights per class", choices=("none", "balanced"))
+    sampling: str = setting(
+        "shuffle", "batch sampling: shuffled, or equal draws per class",
+        choices=("shuffle", "balanced"),
+    )  # fmt: skip
+    mixup_alpha: float = setting(0.0, "mixup's Beta(alpha, alpha); 0 disables it")
+    soft_labels: bool = setting(False, "train on the dataset's soft labels (FER+ votes, teachers)")
+    early_stopping_patience: int = setting(0, "epochs without val improvement; 0 disables it")
+    fine_tune_epochs: int = setting(0, "vgg16 phase two: epochs with the top blocks unfrozen")
+    fine_tune_blocks: int = setting(1, "vgg16 blocks to unfreeze")
+    fine_tune_learning_rate: float = setting(1e-5, "vgg16 phase two learning rate")
+    limit_train: int = setting(0, "train on a stratified subset of this many faces; 0: all")
+    limit_val: int = setting(0, "validate on a stratified subset of this many faces; 0: all")
+    distribute: str = setting(
+        "none", "mirrored: all GPUs of this machine; multiworker: several machines (TF_CONFIG)",
+        choices=("none", "mirrored", "multiworker"),
+    )  # fmt: skip
+    input_pipeline: str = setting(
+        "auto", "tf.data (TensorFlow) or NumPy batches (any Keras backend; auto picks)",
+        choices=("auto", "tf.data", "numpy"),
+    )  # fmt: skip
+    init_from: str | None = setting(
+        None,
+        "start from a model's weights (same layers by name and shape): a .keras file, a run "
+        "folder, or 'default' to fine-tune the shipped model",
+    )
+    temperature_scaling: bool = setting(True, "fit a temperature on val for calibration")
+    val_fraction: float = setting(0.1, "share of train held out when the data has no val split")
+    engine: str = setting(
+        "keras", "keras, or torch: ferkit_cnn on PyTorch for a GPU without TensorFlow; its "
+        "run is finished into a Keras model with --finish", choices=ENGINES,
+    )  # fmt: skip
+    seed: int = setting(0, "seed of initialisation, shuffling and augmentation")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
@@ -71,18 +97,7 @@ class TrainConfig:
         return self.epochs + self.fine_tune_epochs
 
     def validate(self) -> None:
-        choices = {
-            "schedule": ("cosine", "constant"),
-            "class_weighting": ("none", "balanced"),
-            "sampling": ("shuffle", "balanced"),
-            "distribute": ("none", "mirrored", "multiworker"),
-            "input_pipeline": ("auto", "tf.data", "numpy"),
-            "optimizer": ("adamw", "sgd"),
-            "engine": ("keras", "torch"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        check_choices(self)
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1")
 
