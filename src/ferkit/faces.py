@@ -479,6 +479,13 @@ DETECTORS: dict[str, Callable[[], FaceDetector]] = {
     "haar": HaarDetector,
 }
 DETECTOR_NAMES = tuple(DETECTORS)
+
+
+def detector_names() -> tuple[str, ...]:
+    """The registered detectors' names, read when asked (for settings' choices)."""
+    return tuple(DETECTORS)
+
+
 # Chosen by measurement on the shared samples (see the README's detector table):
 # BlazeFace full-range finds exactly one face on every frame of both sample videos at
 # 140-180 frames/s; short-range is twice as fast but adds a spurious face on 3.5% of

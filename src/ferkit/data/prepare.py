@@ -41,7 +41,7 @@ from ferkit.data.sources import (
     SourceListing,
     list_source,
 )
-from ferkit.faces import DETECTOR_NAMES
+from ferkit.faces import detector_names
 from ferkit.images import (
     DEFAULT_CROP_MAX_SIDE,
     DEFAULT_MAX_PIXELS,
@@ -80,7 +80,7 @@ class PrepareConfig:
         choices=FACE_MODES,
     )
     detector: str = setting(
-        "mtcnn", "face detector for photos (mtcnn: slowest, most thorough)", choices=DETECTOR_NAMES
+        "mtcnn", "face detector for photos (mtcnn: slowest, most thorough)", choices=detector_names
     )
     size: int = setting(48, "output side in pixels")
     channels: int = setting(1, "1 gray, 3 RGB", choices=(1, 3))

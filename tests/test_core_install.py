@@ -1,0 +1,85 @@
+"""The core install (``pip install ferkit``, no extras), in its own environment .venv-core
+(made by scripts/test.sh): it predicts on the real sample photos and video with ONNX
+Runtime and LiteRT, imports no TensorFlow, Keras, PyTorch or JAX, stays under its size
+target, and a command that needs an extra names it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / ".venv-core"
+SIZE_TARGET_MB = 600
+
+pytestmark = pytest.mark.skipif(
+    not (CORE / "bin" / "python").exists() and not os.environ.get("CI"),
+    reason=".venv-core missing: FERKIT_VENV=.venv-core FERKIT_EXTRAS= bash scripts/setup.sh",
+)
+
+
+def core(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CORE / "bin" / args[0]), *args[1:]],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_core_environment_has_no_deep_learning_framework():
+    listed = core("python", "-m", "pip", "list", "--format", "json")
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert "ferkit" in names and "onnxruntime" in names and "ai-edge-litert" in names
+    heavy = {"tensorflow", "tensorflow-cpu", "keras", "torch", "jax", "jaxlib", "scikit-learn"}
+    assert names & heavy == set()
+
+
+def test_core_environment_size_is_under_target():
+    total = sum(f.stat().st_size for f in CORE.rglob("*") if f.is_file() and not f.is_symlink())
+    print(f"core environment: {total / 2**20:.0f} MB")
+    assert total < SIZE_TARGET_MB * 2**20
+
+
+def test_importing_the_inference_code_imports_no_tensorflow():
+    script = (
+        "import sys, ferkit, ferkit.inference.predict, ferkit.inference.recognizer, "
+        "ferkit.inference.runtimes, ferkit.evaluation.evaluate, ferkit.cli\n"
+        "from ferkit import EmotionRecognizer\n"
+        "r = EmotionRecognizer()\n"
+        "print([m for m in ('tensorflow', 'keras', 'torch', 'jax') if m in sys.modules])"
+    )
+    result = core("python", "-c", script)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.real_data
+def test_core_install_predicts_on_the_samples(tmp_path):
+    samples = require_shared("samples")
+    out = tmp_path / "out"
+    inputs = [samples / "justin.jpg", samples / "no-faces.jpg", samples / "woman2.mp4"]
+    result = core("ferkit", "predict", *map(str, inputs), "--out", str(out), "--quiet",
+                  "--max-frames", "60")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {Path(entry["source"]).name: entry for entry in summary["sources"]}
+    assert by_name["justin.jpg"]["status"] == "ok"
+    assert by_name["justin.jpg"]["labels"] == ["happy"]
+    assert by_name["no-faces.jpg"]["status"] == "no_face"
+    assert by_name["woman2.mp4"]["frames"] == 60 and by_name["woman2.mp4"]["faces"] > 0
+    assert summary["model"].endswith("model.onnx")
+
+
+def test_a_command_that_needs_an_extra_names_it(tmp_path):
+    result = core("ferkit", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "pip install 'ferkit[train]'" in result.stderr
+    result = core("ferkit", "predict", str(ROOT / "src/ferkit/assets/samples/justin.jpg"),
+                  "--detector", "mtcnn", "--out", str(tmp_path / "p"), "--quiet")  # fmt: skip
+    assert result.returncode == 2
+    assert "ferkit[train]" in result.stderr
