@@ -314,13 +314,9 @@ def _evaluate_into(
 
     classifier = load_classifier(model, backend)
     evaluation = load_eval_data(
-        data,
-        split,
-        faces=faces,
-        detector=detector,
-        image_shape=tuple(classifier.image_shape),
-        progress=progress,
-    )
+        data, split, faces=faces, detector=detector,
+        image_shape=tuple(classifier.image_shape), progress=progress,
+    )  # fmt: skip
     classes = classifier.classes
     mapping, unknown_classes = map_classes(evaluation.classes, classes)
     known = np.array([int(label) in mapping for label in evaluation.labels], dtype=bool)
@@ -334,72 +330,14 @@ def _evaluate_into(
     paths = [path for path, keep in zip(evaluation.paths, known, strict=True) if keep]
     probabilities = classifier.predict_proba(images, progress=progress)
     metrics = compute_metrics(labels, probabilities, classes)
-    predicted = probabilities.argmax(axis=1)
-
-    # Faces of classes the model does not know: reported apart, never silently dropped.
-    unknown_faces = {}
-    if (~known).any():
-        unknown_probabilities = classifier.predict_proba(evaluation.images[~known])
-        for name in unknown_classes:
-            members = np.array(
-                [evaluation.classes[int(label)] == name for label in evaluation.labels[~known]]
-            )
-            picked = Counter(classes[i] for i in unknown_probabilities[members].argmax(axis=1))
-            unknown_faces[name] = {"faces": int(members.sum()), "predicted_as": dict(picked)}
-
-    # End to end: items of a class the model knows whose face was not found count as
-    # errors (even when no face of that class was found at all).
-    from ferkit.classes import canonical_name
-
-    known_names = {canonical_name(name) for name in classes}
-    no_face = [
-        entry
-        for entry in evaluation.skipped
-        if entry["kind"] == "no_face" and canonical_name(entry.get("label") or "") in known_names
-    ]
-    correct = int((predicted == labels).sum())
-    metrics["end_to_end"] = {
-        "accuracy": correct / (len(labels) + len(no_face)),
-        "faces_evaluated": len(labels),
-        "no_face_found": len(no_face),
-    }
-    covered_model_classes = [classes[index] for index in sorted(set(mapping.values()))]
-    metrics["classes"] = {
-        "model": classes,
-        "data": evaluation.classes,
-        "covered": covered_model_classes,
-        "model_classes_absent_from_data": [c for c in classes if c not in covered_model_classes],
-        "data_classes_unknown_to_model": unknown_classes,
-        "note": "accuracy, balanced accuracy, macro-F1 and per-class figures cover the "
-        "'covered' classes; predictions may still be any model class",
-    }
-    metrics["faces_of_unknown_classes"] = unknown_faces
-    metrics["skipped"] = {
-        "counts": dict(Counter(entry["kind"] for entry in evaluation.skipped)),
-        "items": evaluation.skipped,
-    }
-    metrics["model"] = {
-        "source": str(classifier.source),
-        "sha256": _file_sha256(Path(classifier.source)),
-        "runtime": type(classifier).__name__,
-        "temperature": classifier.temperature,
-    }
-    metrics["data"] = {
-        "source": evaluation.source,
-        "split": evaluation.split,
-        "hash": evaluation.content_hash(),
-        "prepared_here": evaluation.prepared_here,
-    }
+    metrics["end_to_end"] = _end_to_end(evaluation, classes, probabilities, labels)
+    metrics["classes"] = _class_coverage(classes, evaluation.classes, mapping, unknown_classes)
+    metrics["faces_of_unknown_classes"] = _unknown_class_faces(
+        classifier, evaluation, known, unknown_classes
+    )
+    metrics.update(_provenance(classifier, evaluation))
     if tta:
-        tta_probabilities = predict_tta(classifier, images, progress=progress)
-        tta_metrics = compute_metrics(labels, tta_probabilities, classes)
-        metrics["tta"] = {
-            "views": "identity, horizontal flip, 4 shifts of 2 px",
-            "accuracy": tta_metrics["accuracy"],
-            "macro_f1": tta_metrics["macro_f1"],
-            "accuracy_gain": tta_metrics["accuracy"] - metrics["accuracy"],
-        }
-
+        metrics["tta"] = _tta_metrics(classifier, images, labels, metrics, progress)
     (out / "plots").mkdir(exist_ok=True)
     _write_tables(out, metrics, paths, labels, probabilities, classes)
     figures = _write_plots(
@@ -410,6 +348,95 @@ def _evaluate_into(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.html").write_text(render_report(metrics, figures))
     return metrics
+
+
+def _unknown_class_faces(
+    classifier: Any, evaluation: EvalData, known: np.ndarray, unknown_classes: list[str]
+) -> dict[str, Any]:
+    """Faces of classes the model does not know: reported apart, never silently dropped."""
+    if known.all():
+        return {}
+    probabilities = classifier.predict_proba(evaluation.images[~known])
+    found = {}
+    for name in unknown_classes:
+        members = np.array(
+            [evaluation.classes[int(label)] == name for label in evaluation.labels[~known]]
+        )
+        picked = Counter(classifier.classes[i] for i in probabilities[members].argmax(axis=1))
+        found[name] = {"faces": int(members.sum()), "predicted_as": dict(picked)}
+    return found
+
+
+def _end_to_end(
+    evaluation: EvalData, classes: list[str], probabilities: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy counting as errors the items of a class the model knows whose face was not
+    found (even when no face of that class was found at all)."""
+    from ferkit.classes import canonical_name
+
+    known_names = {canonical_name(name) for name in classes}
+    no_face = [
+        entry
+        for entry in evaluation.skipped
+        if entry["kind"] == "no_face" and canonical_name(entry.get("label") or "") in known_names
+    ]
+    correct = int((probabilities.argmax(axis=1) == labels).sum())
+    return {
+        "accuracy": correct / (len(labels) + len(no_face)),
+        "faces_evaluated": len(labels),
+        "no_face_found": len(no_face),
+    }
+
+
+def _class_coverage(
+    classes: list[str], data_classes: list[str], mapping: dict[int, int], unknown: list[str]
+) -> dict[str, Any]:
+    covered = [classes[index] for index in sorted(set(mapping.values()))]
+    return {
+        "model": classes,
+        "data": data_classes,
+        "covered": covered,
+        "model_classes_absent_from_data": [c for c in classes if c not in covered],
+        "data_classes_unknown_to_model": unknown,
+        "note": "accuracy, balanced accuracy, macro-F1 and per-class figures cover the "
+        "'covered' classes; predictions may still be any model class",
+    }
+
+
+def _provenance(classifier: Any, evaluation: EvalData) -> dict[str, Any]:
+    """What was evaluated: the skipped items, the model file and the data."""
+    return {
+        "skipped": {
+            "counts": dict(Counter(entry["kind"] for entry in evaluation.skipped)),
+            "items": evaluation.skipped,
+        },
+        "model": {
+            "source": str(classifier.source),
+            "sha256": _file_sha256(Path(classifier.source)),
+            "runtime": type(classifier).__name__,
+            "temperature": classifier.temperature,
+        },
+        "data": {
+            "source": evaluation.source,
+            "split": evaluation.split,
+            "hash": evaluation.content_hash(),
+            "prepared_here": evaluation.prepared_here,
+        },
+    }
+
+
+def _tta_metrics(
+    classifier: Any, images: np.ndarray, labels: np.ndarray, metrics: dict[str, Any], progress: bool
+) -> dict[str, Any]:
+    tta_metrics = compute_metrics(
+        labels, predict_tta(classifier, images, progress=progress), classifier.classes
+    )
+    return {
+        "views": "identity, horizontal flip, 4 shifts of 2 px",
+        "accuracy": tta_metrics["accuracy"],
+        "macro_f1": tta_metrics["macro_f1"],
+        "accuracy_gain": tta_metrics["accuracy"] - metrics["accuracy"],
+    }
 
 
 def _write_tables(out, metrics, paths, labels, probabilities, classes) -> None:
