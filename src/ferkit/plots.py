@@ -10,9 +10,16 @@ import numpy as np
 
 
 def subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Any, Any]:
-    """A new figure and its axes, made outside pyplot: nothing process-wide changes (no
-    backend is chosen, no figure stays open), so plotting is the same in a script, a
-    server or a notebook (which shows a returned figure inline)."""
+    """A new figure and its axes. Outside a notebook it is made without pyplot, so nothing
+    process-wide changes (no backend is chosen, no figure stays open: a script or a
+    server can draw from any thread); inside Jupyter it is pyplot's, which the notebook
+    shows inline."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(*grid, figsize=figsize, **options)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize)
