@@ -38,6 +38,7 @@ from ferkit.models.torch_net import (
     load_torch_from_keras_weights,
     save_keras_weights,
 )
+from ferkit.training import sampling
 from ferkit.training.config import TrainConfig, TrainResult
 from ferkit.training.epochs import EpochLoop
 from ferkit.training.finish import finish_now
@@ -50,14 +51,6 @@ from ferkit.training.run_folder import (
     verify_checkpoint,
     write_json,
     write_run_config,
-)
-from ferkit.training.sampling import (
-    class_weights,
-    epoch_order,
-    epoch_seed,
-    mix,
-    mixup_pairs,
-    split_targets,
 )
 from ferkit.training.schedule import learning_rate_at
 
@@ -314,7 +307,7 @@ def _set_up(
         write_json(run_dir / "init.json", {"source": str(source)})
     weights = None
     if config.class_weighting == "balanced":
-        table = class_weights(train_split.labels, len(data.classes))
+        table = sampling.class_weights(train_split.labels, len(data.classes))
         weights = torch.tensor([table[i] for i in range(len(table))], device=device)
     on_gpu = device.startswith("cuda")
     hardware = f"1 {torch.cuda.get_device_name()} GPU" if on_gpu else f"{os.cpu_count()} CPU cores"
@@ -328,10 +321,10 @@ def _set_up(
         optimizer=optimizer,
         parameters=parameters,
         train_images=on_device(train_split.images),
-        train_targets=on_device(split_targets(train_split, config.soft_labels)),
+        train_targets=on_device(sampling.split_targets(train_split, config.soft_labels)),
         train_split=train_split,
         val_images=on_device(val_split.images),
-        val_targets=on_device(split_targets(val_split, config.soft_labels)),
+        val_targets=on_device(sampling.split_targets(val_split, config.soft_labels)),
         class_weight=weights,
         augment=model_config.augment,
         device=device,
@@ -356,11 +349,11 @@ def _load_last_checkpoint(torch: Any, run: _TorchRun, checkpoint: Path | None) -
 def _train_one_epoch(torch: Any, run: _TorchRun, epoch: int) -> dict[str, float]:
     """Train one epoch and validate; returns its history row."""
     config = run.config
-    seed = epoch_seed(config.seed, epoch)
+    seed = sampling.epoch_seed(config.seed, epoch)
     torch.manual_seed(seed)
     generator = torch.Generator(device=run.device)
     generator.manual_seed(seed)
-    order = epoch_order(run.train_split, config, seed)
+    order = sampling.epoch_order(run.train_split, config, seed)
     run.module.train()
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device)
@@ -415,10 +408,10 @@ def _batch(
     targets = run.train_targets[index]
     images = augment_batch(images, run.augment, generator)
     if run.config.mixup_alpha > 0:
-        lam, partner = mixup_pairs(len(chosen), run.config.mixup_alpha, seed, step)
+        lam, partner = sampling.mixup_pairs(len(chosen), run.config.mixup_alpha, seed, step)
         lam = torch.from_numpy(lam).to(run.device)
         partner = torch.from_numpy(partner).to(run.device)
-        images, targets = mix(images, lam, partner), mix(targets, lam, partner)
+        images, targets = sampling.mix(images, lam, partner), sampling.mix(targets, lam, partner)
     return images.contiguous(memory_format=torch.channels_last), targets
 
 
