@@ -83,3 +83,19 @@ def test_a_command_that_needs_an_extra_names_it(tmp_path):
                   "--detector", "mtcnn", "--out", str(tmp_path / "p"), "--quiet")  # fmt: skip
     assert result.returncode == 2
     assert "ferkit[train]" in result.stderr
+
+
+def test_core_install_evaluates_the_bundled_model(tmp_path):
+    """Metrics, plots and the report on the core install; only the Grad-CAM maps, which
+    need Keras, are left out (with a warning)."""
+    from ferkit.data.synthetic import make_image_folder
+
+    faces = make_image_folder(tmp_path / "faces", per_class=6, seed=2)
+    out = tmp_path / "eval"
+    result = core("ferkit", "evaluate", "--data", str(faces), "--faces", "crop", "--out",
+                  str(out), "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["faces"] > 0 and metrics["model"]["runtime"] == "OnnxModel"
+    assert (out / "report.html").is_file() and "saliency" not in metrics["plots"]
+    assert "saliency" in result.stderr

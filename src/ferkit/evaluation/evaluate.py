@@ -536,6 +536,9 @@ def _saliency_figure(model, classifier, images, labels, predicted, classes, per_
     except FileNotFoundError:
         logger.warning("no Keras model beside %s: skipping saliency maps", model)
         return None
+    except ImportError as error:  # the core install: Grad-CAM needs Keras (ferkit[train])
+        logger.warning("skipping saliency maps: %s", error)
+        return None
     chosen = [
         i for c in sorted(set(labels.tolist())) for i in np.flatnonzero(labels == c)[:per_class]
     ]
