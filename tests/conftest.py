@@ -1,9 +1,17 @@
-"""Shared fixtures: the real data folder and small image writers."""
+"""Shared fixtures: the real data folder, the datasets every module shares (each made
+once per test session, in pytest's temporary folder) and small image writers.
+
+Session datasets are read-only for tests: one that must change a dataset works on a copy
+(``drawn_copy``, or ``shutil.copytree``). Each is checked at the end of the session, and
+a test that changed one makes that check fail.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +22,9 @@ from ferkit.training.config import TrainConfig
 
 SHARED = shared_dir()
 TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
+
+#: Faces per class of the shared drawn dataset (``drawn``).
+DRAWN_PER_CLASS = 60
 
 
 def tiny_train_config(data: str | os.PathLike[str], **overrides) -> TrainConfig:
@@ -54,16 +65,184 @@ def write_gray(path: Path, value: int, size: int = 48, seed: int | None = None) 
     return path
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder``: size and modification time (a cheap change check)."""
+    return {
+        str(path.relative_to(folder)): (path.lstat().st_size, path.lstat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def _check_unchanged(folder: Path, before: dict[str, tuple[int, int]]) -> None:
+    """Fail if a test added, removed or rewrote a file of a session dataset."""
+    changed = sorted(set(before.items()) ^ set(_snapshot(folder).items()))
+    assert not changed, (
+        f"a test changed the shared session dataset {folder} ({changed[:5]}); "
+        "tests that modify data must work on a copy"
+    )
+
+
 @pytest.fixture
 def shared() -> Path:
     return require_shared()
 
 
+# --- real data: FER2013 and FER+ prepared once per session ---------------------------
+
+
 @pytest.fixture(scope="session")
 def fer2013_prepared(tmp_path_factory):
-    """The shared FER2013 prepared once per test session: (source folder, PrepareResult)."""
+    """The shared FER2013 (train and val) prepared once per test session:
+    (source folder, PrepareResult). Every test that needs prepared FER2013 uses this."""
     from ferkit.data.prepare import prepare
 
     source = require_shared("datasets", "fer2013")
     out = tmp_path_factory.mktemp("fer2013") / "prepared"
-    return source, prepare(source, out, progress=False)
+    result = prepare(source, out, progress=False)
+    before = _snapshot(result.out_dir)
+    yield source, result
+    _check_unchanged(result.out_dir, before)
+
+
+@pytest.fixture(scope="session")
+def ferplus_val_prepared(tmp_path_factory):
+    """FER+'s validation folder (FER2013Valid) prepared once per session, its vote
+    distributions kept as soft labels: (source folder, PrepareResult)."""
+    from ferkit.data.prepare import PrepareConfig, prepare
+
+    source = require_shared("datasets", "ferplus", "FER2013Valid")
+    out = tmp_path_factory.mktemp("ferplus") / "prepared"
+    result = prepare(source, out, PrepareConfig(soft_labels=True), progress=False)
+    before = _snapshot(result.out_dir)
+    yield source, result
+    _check_unchanged(result.out_dir, before)
+
+
+#: Faces per class of the small real subset (``fer2013_subset``): train, and at most
+#: this many of val (FER2013 has 56 disgust faces in val).
+SUBSET_TRAIN_PER_CLASS = 150
+SUBSET_VAL_PER_CLASS = 50
+
+
+@pytest.fixture(scope="session")
+def fer2013_subset(fer2013_prepared, ferplus_val_prepared, tmp_path_factory):
+    """A small real subset, for the notebooks and the evaluation report: FER2013 with
+    150 train faces per class and up to 50 val faces per class, chosen (seeded) among the
+    val faces that FER+ relabelled, and FER+'s val holding exactly those faces.
+
+    Both are prepared by ``ferkit prepare`` from folders of links to the shared files.
+    Returns a namespace: ``fer2013`` and ``ferplus`` (PrepareResult each).
+    """
+    from ferkit.data.dataset import PreparedDataset
+    from ferkit.data.explore import match_faces
+    from ferkit.data.prepare import prepare
+
+    fer_source, fer_result = fer2013_prepared
+    plus_source, plus_result = ferplus_val_prepared
+    fer = PreparedDataset(fer_result.out_dir)
+    plus_val = PreparedDataset(plus_result.out_dir).split("val")
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("subset")
+
+    chosen: list[str] = []
+    train = fer.split("train")
+    for label in range(len(fer.classes)):
+        members = np.flatnonzero(train.labels == label)
+        chosen += train.paths[rng.choice(members, SUBSET_TRAIN_PER_CLASS, replace=False)].tolist()
+    val = fer.split("val")
+    in_fer, in_plus = match_faces(val.images, plus_val.images)
+    plus_names = []
+    for label in range(len(fer.classes)):
+        matched = np.flatnonzero(val.labels[in_fer] == label)
+        take = rng.choice(matched, min(SUBSET_VAL_PER_CLASS, len(matched)), replace=False)
+        chosen += val.paths[in_fer[take]].tolist()
+        plus_names += [Path(path).name for path in plus_val.paths[in_plus[take]]]
+    for relative in chosen:
+        link = root / "fer2013" / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(fer_source / relative)
+    plus = root / "ferplus" / "FER2013Valid"
+    plus.mkdir(parents=True)
+    wanted = set(plus_names)
+    rows = [
+        line
+        for line in (plus_source / "label.csv").read_text().splitlines()
+        if line.split(",", 1)[0] in wanted
+    ]
+    assert len(rows) == len(wanted)
+    (plus / "label.csv").write_text("\n".join(rows) + "\n")
+    for name in wanted:
+        (plus / name).symlink_to(plus_source / name)
+
+    subset = SimpleNamespace(
+        fer2013=prepare(root / "fer2013", root / "prepared" / "fer2013", progress=False),
+        ferplus=prepare(plus, root / "prepared" / "ferplus", progress=False),
+    )
+    before = _snapshot(root / "prepared")
+    yield subset
+    _check_unchanged(root / "prepared", before)
+
+
+# --- drawn faces (ferkit.data.synthetic), made and prepared once per session ----------
+
+
+@pytest.fixture(scope="session")
+def drawn_source(tmp_path_factory):
+    """The drawn image-folder dataset: four classes of ``DRAWN_PER_CLASS`` faces in mixed
+    formats, sizes and colour modes (``ferkit.data.synthetic.make_image_folder``)."""
+    from ferkit.data.synthetic import make_image_folder
+
+    root = make_image_folder(tmp_path_factory.mktemp("drawn") / "src", per_class=DRAWN_PER_CLASS)
+    before = _snapshot(root)
+    yield root
+    _check_unchanged(root, before)
+
+
+@pytest.fixture(scope="session")
+def drawn(drawn_source, tmp_path_factory):
+    """``drawn_source`` prepared (``--faces crop``), once per session: the folder."""
+    from ferkit.data.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("drawn_prepared") / "prepared"
+    result = prepare(drawn_source, out, PrepareConfig(faces="crop"), progress=False)
+    before = _snapshot(result.out_dir)
+    yield result.out_dir
+    _check_unchanged(result.out_dir, before)
+
+
+@pytest.fixture
+def drawn_copy(drawn, tmp_path) -> Path:
+    """A private copy of the prepared drawn dataset, for a test that changes its data."""
+    return Path(shutil.copytree(drawn, tmp_path / "drawn"))
+
+
+def write_prepared_subset(source: Path, out: Path, keep: dict[str, np.ndarray]) -> Path:
+    """Write a prepared dataset at ``out`` holding, of each split of ``source`` named in
+    ``keep``, the faces at the given indices (other splits are left out): for skewed
+    class counts without preparing again."""
+    import json
+
+    from ferkit.data.dataset import MANIFEST_NAME, PreparedDataset
+
+    data = PreparedDataset(source)
+    manifest = json.loads((source / MANIFEST_NAME).read_text())
+    out.mkdir(parents=True)
+    splits = {}
+    for name, indices in keep.items():
+        split = data.split(name)
+        arrays = {
+            "images": split.images[indices],
+            "labels": split.labels[indices],
+            "paths": split.paths[indices],
+        }
+        if split.soft_labels is not None:
+            arrays["soft_labels"] = split.soft_labels[indices]
+        info = dict(manifest["splits"][name])
+        np.savez(out / info["file"], **arrays)
+        counts = np.bincount(arrays["labels"], minlength=len(data.classes))
+        info["count"] = int(len(indices))
+        info["per_class"] = {c: int(n) for c, n in zip(data.classes, counts, strict=True)}
+        splits[name] = info
+    manifest["splits"] = splits
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    return out

@@ -6,8 +6,6 @@ from conftest import tiny_train_config
 
 from ferkit.cli import main
 from ferkit.data.dataset import PreparedDataset
-from ferkit.data.prepare import PrepareConfig, prepare
-from ferkit.data.synthetic import make_image_folder
 from ferkit.models.folder import ChecksumError, load_model
 from ferkit.release.bundle import bundle_run
 from ferkit.release.model_card import write_model_card
@@ -15,12 +13,11 @@ from ferkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundle")
-    source = make_image_folder(root / "src", per_class=30)
-    data = prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
-    train(tiny_train_config(data), root / "run", verbose=0)
-    return root / "run", data
+def finished_run(drawn, tmp_path_factory):
+    """A one-epoch run on the shared drawn dataset, kept pristine (tests copy it)."""
+    run = tmp_path_factory.mktemp("bundle") / "run"
+    train(tiny_train_config(drawn), run, verbose=0)
+    return run, drawn
 
 
 def test_bundle_loads_with_checksums_and_calibrated_probabilities(finished_run, tmp_path):

@@ -8,8 +8,6 @@ from conftest import tiny_train_config
 
 from ferkit.cli import main
 from ferkit.data.dataset import PreparedDataset
-from ferkit.data.prepare import PrepareConfig, prepare
-from ferkit.data.synthetic import make_image_folder
 from ferkit.models.folder import load_model
 from ferkit.release.model_card import write_model_card
 from ferkit.training.distill import write_teacher_labels
@@ -17,16 +15,14 @@ from ferkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    """A prepared drawn dataset and two tiny teacher runs trained on it."""
+def teachers(drawn, tmp_path_factory):
+    """The shared drawn dataset and two tiny teacher runs trained on it."""
     root = tmp_path_factory.mktemp("distill")
-    source = make_image_folder(root / "src", per_class=30)
-    data = prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
     runs = []
     for seed in (1, 2):
-        config = tiny_train_config(data, seed=seed)
+        config = tiny_train_config(drawn, seed=seed)
         runs.append(train(config, root / f"teacher{seed}", verbose=0).run_dir)
-    return data, runs
+    return drawn, runs
 
 
 def test_targets_mix_the_label_with_the_mean_teacher(teachers, tmp_path):

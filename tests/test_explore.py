@@ -29,15 +29,15 @@ def test_match_faces_recovers_a_shuffled_reencoded_copy():
 
 @pytest.mark.real_data
 @pytest.mark.slow
-def test_fer2013_against_ferplus_val(fer2013_prepared, tmp_path):
-    from conftest import require_shared
-
+def test_fer2013_against_ferplus_val(fer2013_prepared, ferplus_val_prepared, tmp_path):
     from ferkit.data.dataset import PreparedDataset
     from ferkit.data.explore import class_balance, ensure_prepared, label_agreement
 
     _, result = fer2013_prepared
-    fer2013 = PreparedDataset(result.out_dir)
-    ferplus = ensure_prepared(require_shared("datasets", "ferplus"), tmp_path / "ferplus")
+    # ensure_prepared reads a prepared folder as it is (no second preparation)
+    fer2013 = ensure_prepared(tmp_path / "no-such-source", result.out_dir)
+    assert fer2013.folder == result.out_dir
+    ferplus = PreparedDataset(ferplus_val_prepared[1].out_dir)
     table, summary = label_agreement(fer2013.split("val"), ferplus.split("val"))
     # Nearly every FER+ val face is one of FER2013's PublicTest faces.
     assert summary["matched"] >= 0.97 * summary["faces_in_b"]

@@ -36,13 +36,8 @@ FER2013_COUNTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def fer2013(fer2013_prepared):
-    return fer2013_prepared
-
-
-def test_fer2013_counts_match_the_readme(fer2013):
-    _, result = fer2013
+def test_fer2013_counts_match_the_readme(fer2013_prepared):
+    _, result = fer2013_prepared
     manifest = result.manifest
     assert manifest["classes"] == sorted(FER2013_COUNTS["train"])
     assert {
@@ -57,8 +52,8 @@ def test_fer2013_counts_match_the_readme(fer2013):
     assert manifest["duplicates"]["groups_across_splits"] > 0
 
 
-def test_fer2013_pixels_and_labels_match_the_files(fer2013):
-    source, result = fer2013
+def test_fer2013_pixels_and_labels_match_the_files(fer2013_prepared):
+    source, result = fer2013_prepared
     data = PreparedDataset(result.out_dir)
     val = data.split("val")
     assert val.images.shape == (3589, 48, 48, 1)
@@ -87,9 +82,8 @@ def _independent_ferplus_counts(label_file):
     return counts
 
 
-def test_ferplus_validation_majority_counts(tmp_path):
-    source = require_shared("datasets", "ferplus", "FER2013Valid")
-    result = prepare(source, tmp_path / "ferplus", PrepareConfig(soft_labels=True), progress=False)
+def test_ferplus_validation_majority_counts(ferplus_val_prepared):
+    source, result = ferplus_val_prepared
     manifest = result.manifest
     expected = _independent_ferplus_counts(source / "label.csv")
     counted = {

@@ -47,16 +47,6 @@ def run_python(script: str, timeout: int = 600) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def drawn(tmp_path_factory):
-    from ferkit.data.prepare import PrepareConfig, prepare
-    from ferkit.data.synthetic import make_image_folder
-
-    root = tmp_path_factory.mktemp("drawn")
-    source = make_image_folder(root / "src", per_class=60)
-    return prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
-
-
 def test_schedule_matches_the_keras_engine():
     steps_per_epoch = 7
     for config in (

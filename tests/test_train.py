@@ -13,7 +13,6 @@ from ferkit.calibration import (
     negative_log_likelihood,
     softmax,
 )
-from ferkit.data.synthetic import make_image_folder
 from ferkit.models.config import AugmentConfig
 from ferkit.training.config import TrainConfig
 from ferkit.training.run_folder import read_history
@@ -21,15 +20,6 @@ from ferkit.training.sampling import class_weights, stratified_subset
 from ferkit.training.trainer import train
 
 NO_AUGMENT = asdict(AugmentConfig.off())
-
-
-@pytest.fixture(scope="module")
-def drawn(tmp_path_factory):
-    from ferkit.data.prepare import PrepareConfig, prepare
-
-    root = tmp_path_factory.mktemp("drawn")
-    source = make_image_folder(root / "src", per_class=60)
-    return prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
 
 
 def _config(data, **overrides):

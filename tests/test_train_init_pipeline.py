@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from test_train import TINY_MODEL, _config, drawn  # noqa: F401  (fixture)
+from conftest import TINY_MODEL
+from test_train import _config
 
 from ferkit.data.dataset import Split
 from ferkit.training.config import TrainConfig
@@ -59,7 +60,7 @@ def test_array_batches_with_and_without_mixup():
     assert (y1.max(axis=1) < 1.0).any()  # some rows are blends of two faces
 
 
-def test_numpy_pipeline_trains_and_resumes_exactly(drawn, tmp_path):  # noqa: F811
+def test_numpy_pipeline_trains_and_resumes_exactly(drawn, tmp_path):
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -116,7 +117,7 @@ def test_init_source_resolution(tmp_path):
     assert model_location(run) == (run, run / "checkpoints" / "best.keras")
 
 
-def test_training_run_starts_from_another_run(drawn, tmp_path):  # noqa: F811
+def test_training_run_starts_from_another_run(drawn, tmp_path):
     from ferkit.cli import main
 
     first = _config(drawn, epochs=1)

@@ -16,13 +16,6 @@ from ferkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")
-def drawn(tmp_path_factory):
-    root = tmp_path_factory.mktemp("drawn")
-    source = make_image_folder(root / "src", per_class=40)
-    return prepare(source, root / "prepared", PrepareConfig(faces="crop"), progress=False).out_dir
-
-
-@pytest.fixture(scope="module")
 def stopped_run(drawn, tmp_path_factory):
     """A 3-epoch run stopped after its first epoch (as if killed), kept pristine."""
     run = tmp_path_factory.mktemp("runs") / "stopped"
@@ -186,10 +179,12 @@ def test_damaged_run_files_are_named_with_the_fix(stopped_run, tmp_path, capsys)
 
 
 def test_a_run_never_goes_into_its_data_and_overwrite_spares_user_checkpoints(
-    drawn, stopped_run, tmp_path, capsys
+    drawn, drawn_copy, stopped_run, tmp_path, capsys
 ):
-    assert main(["train", "--data", str(drawn), "--out", str(drawn / "run")]) == 2
+    before = sorted(p.name for p in drawn_copy.iterdir())
+    assert main(["train", "--data", str(drawn_copy), "--out", str(drawn_copy / "run")]) == 2
     assert "lies inside the input" in capsys.readouterr().err
+    assert sorted(p.name for p in drawn_copy.iterdir()) == before
     run = _copy(stopped_run, tmp_path)
     (run / "checkpoints" / "my_backup.keras").write_bytes(b"mine")
     train(tiny_train_config(drawn, epochs=1), run, overwrite=True, verbose=0)
