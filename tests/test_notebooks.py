@@ -26,14 +26,16 @@ def test_three_notebooks_without_outputs():
 @pytest.mark.real_data
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path, fer2013_prepared, tmp_path, monkeypatch):
+def test_notebook_executes(path, fer2013_subset, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    # The notebooks prepare into $FERKIT_DATA/prepared/ when a dataset is missing; the
-    # FER2013 prepared once for this test session is linked there to save the time.
-    _, result = fer2013_prepared
-    (tmp_path / "data" / "prepared").mkdir(parents=True)
-    os.symlink(result.out_dir, tmp_path / "data" / "prepared" / "fer2013")
+    # The notebooks prepare into $FERKIT_DATA/prepared/ when a dataset is missing. A
+    # small real subset prepared once for this session is linked there instead: FER2013
+    # (150 train faces per class, ~50 val) and FER+'s val of the same val faces.
+    prepared = tmp_path / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    os.symlink(fer2013_subset.fer2013.out_dir, prepared / "fer2013")
+    os.symlink(fer2013_subset.ferplus.out_dir, prepared / "ferplus")
     monkeypatch.setenv("FERKIT_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("FERKIT_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("FERKIT_SHARED", str(SHARED))
@@ -52,3 +54,6 @@ def test_notebook_executes(path, fer2013_prepared, tmp_path, monkeypatch):
         for output in cell.outputs
     )
     assert images >= 2, f"{path.name} drew {images} figures"
+    # It read the linked subsets: nothing else was prepared.
+    assert sorted(p.name for p in prepared.iterdir()) == ["fer2013", "ferplus"]
+    assert all(p.is_symlink() for p in prepared.iterdir())
