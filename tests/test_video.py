@@ -46,19 +46,36 @@ def test_smoothing_is_an_exponential_average_in_seconds():
     assert raw.update([_face(0, 0)], np.array([[0.0, 1.0]]), 0.1)[0][1] == pytest.approx([0, 1])
 
 
+@pytest.fixture(scope="module")
+def recognizer():
+    from ferkit import EmotionRecognizer
+
+    return EmotionRecognizer()
+
+
+@pytest.fixture(scope="module")
+def woman2(recognizer):
+    """woman2.mp4 (464 frames) through predict_video once for this module: the first
+    frame taken alone, then the rest streamed under tracemalloc. Returns the frame
+    results (without pixels) and the stream's peak traced memory in bytes."""
+    video = require_shared("samples", "woman2.mp4")
+    stream = recognizer.predict_video(video)
+    first = next(stream)  # a generator: the first frame comes before the rest is read
+    tracemalloc.start()
+    try:
+        rest = list(stream)  # small results only: the frames themselves are not kept
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return [first, *rest], peak
+
+
 @pytest.mark.real_data
 @pytest.mark.slow
 class TestVideo:
     @pytest.fixture(scope="class")
-    def recognizer(self):
-        from ferkit import EmotionRecognizer
-
-        return EmotionRecognizer()
-
-    @pytest.fixture(scope="class")
-    def frames(self, recognizer):
-        video = require_shared("samples", "woman2.mp4")
-        return list(recognizer.predict_video(video))
+    def frames(self, woman2):
+        return woman2[0]
 
     def test_one_face_one_track_through_the_clip(self, frames):
         assert len(frames) == 464
@@ -87,17 +104,12 @@ class TestVideo:
             sum(face.raw_probabilities.values()) == pytest.approx(1, abs=1e-4) for face in faces
         )
 
-    def test_streams_lazily_with_flat_memory(self, recognizer):
-        video = require_shared("samples", "woman2.mp4")
-        stream = recognizer.predict_video(video)
-        first = next(stream)  # a generator: the first frame comes before the rest is read
-        assert first.index == 0
-        tracemalloc.start()
-        count = sum(1 for _ in stream)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert count == 463
-        # Holding the 463 decoded frames would take 463 * 596 * 336 * 3 bytes = 278 MB.
+    def test_streams_lazily_with_flat_memory(self, woman2):
+        frames, peak = woman2
+        assert frames[0].index == 0 and len(frames) - 1 == 463
+        assert all(frame.image is None for frame in frames)  # pixels only when asked
+        # Holding the 463 decoded frames would take 463 * 596 * 336 * 3 bytes = 278 MB;
+        # the stream held one frame at a time, and its results are small.
         assert peak < 20 * 2**20
 
     def test_every_and_detect_every(self, recognizer):
