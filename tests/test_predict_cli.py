@@ -1,5 +1,6 @@
 """``ferkit predict`` on the real samples plus bad inputs: records, statuses, annotation."""
 
+import collections
 import csv
 import json
 import shutil
@@ -185,21 +186,109 @@ def test_expand_inputs_folders_and_globs(tmp_path, inputs):
     ]
 
 
-def test_webcam_path_with_a_stand_in_camera(inputs, tmp_path, monkeypatch):
-    """No camera here: camera index 0 is served by the sample video through OpenCV."""
+class _StandInCapture:
+    """One capture of :class:`StandInCameras`: forwards to a real ``cv2.VideoCapture``
+    until released; a refused one (busy device) is never opened."""
+
+    def __init__(self, key, inner):
+        self.key, self.inner, self.releases = key, inner, 0
+
+    @property
+    def holding(self):
+        """Opened and not yet released: the device is held."""
+        return self.inner is not None and self.releases == 0 and self.inner.isOpened()
+
+    def isOpened(self):  # noqa: N802  (OpenCV's name)
+        return self.holding
+
+    def read(self):
+        return self.inner.read() if self.holding else (False, None)
+
+    def grab(self):
+        return self.inner.grab() if self.holding else False
+
+    def get(self, prop):
+        return self.inner.get(prop) if self.holding else 0.0
+
+    def release(self):
+        self.releases += 1
+        if self.inner is not None:
+            self.inner.release()
+
+
+class StandInCameras:
+    """``cv2.VideoCapture`` for a machine without a webcam: camera index 0 is served by
+    a video file. Like a real webcam, the device takes one capture at a time: opening it
+    again while a capture holds it gives a capture that is not opened, as a busy camera
+    does (so opening the camera twice fails). Other indexes are no device. Every capture
+    of a camera or file is recorded, so tests count opens and releases per source."""
+
+    def __init__(self, real, video):
+        self.real, self.video = real, str(video)
+        self.captures = []
+
+    def __call__(self, source, *args):
+        key = source if isinstance(source, int) else str(source)
+        if isinstance(source, int):
+            busy = any(c.key == key and c.holding for c in self.captures)
+            inner = self.real(self.video) if source == 0 and not busy else None
+        else:
+            inner = self.real(source, *args)
+        capture = _StandInCapture(key, inner)
+        self.captures.append(capture)
+        return capture
+
+    def opens(self):
+        """Captures made per source (a refused camera open counts)."""
+        return collections.Counter(c.key for c in self.captures)
+
+    def unreleased(self):
+        """Sources of captures that were opened and never released."""
+        return [c.key for c in self.captures if c.inner is not None and c.releases == 0]
+
+
+@pytest.fixture
+def cameras(inputs, monkeypatch):
     import cv2
 
     samples, _ = inputs
-    real_capture = cv2.VideoCapture
+    stand_in = StandInCameras(cv2.VideoCapture, samples / "woman2.mp4")
+    monkeypatch.setattr(cv2, "VideoCapture", stand_in)
+    return stand_in
 
-    def fake_capture(source, *args):
-        return real_capture(str(samples / "woman2.mp4")) if source == 0 else real_capture(source)
 
-    monkeypatch.setattr(cv2, "VideoCapture", fake_capture)
+@pytest.fixture(scope="module")
+def recognizer():
+    from ferkit import EmotionRecognizer
+
+    return EmotionRecognizer()
+
+
+def test_the_stand_in_camera_is_busy_while_held(cameras):
+    """The stand-in behaves as the bug needs: a second open of a held camera fails."""
+    import cv2
+
+    first = cv2.VideoCapture(0)
+    assert first.isOpened() and first.read()[0]
+    second = cv2.VideoCapture(0)
+    assert not second.isOpened() and not second.read()[0]
+    assert not cv2.VideoCapture(1).isOpened()  # no such device
+    first.release()
+    third = cv2.VideoCapture(0)
+    assert third.isOpened()
+    third.release()
+    assert cameras.opens() == {0: 3, 1: 1} and cameras.unreleased() == []
+
+
+def test_webcam_path_with_a_stand_in_camera(cameras, tmp_path):
+    """No camera here: camera index 0 is served by the sample video. predict opens the
+    camera once (a second open would fail: the camera is busy) and releases it."""
     out = tmp_path / "cam"
     assert (
         main(["predict", "--camera", "0", "--max-frames", "20", "--out", str(out), "--quiet"]) == 0
     )
+    assert cameras.opens() == {0: 1}
+    assert cameras.unreleased() == []
     summary = json.loads((out / "summary.json").read_text())
     (entry,) = summary["sources"]
     assert entry["source"] == "camera:0" and entry["kind"] == "camera"
@@ -208,3 +297,56 @@ def test_webcam_path_with_a_stand_in_camera(inputs, tmp_path, monkeypatch):
         rows = list(csv.DictReader(handle))
     times = [float(row["time_s"]) for row in rows]
     assert len(rows) == 20 and times == sorted(times)  # wall-clock time for a camera
+
+
+def test_camera_and_video_file_are_each_opened_once_and_released(cameras, inputs, tmp_path):
+    samples, _ = inputs
+    clip = samples / "test.mp4"
+    out = tmp_path / "both"
+    argv = ["predict", str(clip), "--camera", "0", "--max-frames", "8", "--annotate"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    assert cameras.opens() == {0: 1, str(clip): 1}
+    assert cameras.unreleased() == []
+    sources = json.loads((out / "summary.json").read_text())["sources"]
+    assert sorted(entry["kind"] for entry in sources) == ["camera", "video"]
+    assert all(entry["status"] == "ok" and entry["frames"] == 8 for entry in sources)
+
+
+def test_a_failing_run_still_releases_the_camera(cameras, recognizer, tmp_path, monkeypatch):
+    from ferkit.inference.predict import predict
+
+    calls = {"n": 0}
+    classify = recognizer.model.predict_proba
+
+    def fails_on_the_third_frame(faces, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("the classifier broke")
+        return classify(faces, *args, **kwargs)
+
+    monkeypatch.setattr(recognizer.model, "predict_proba", fails_on_the_third_frame)
+    try:
+        summary = predict([], tmp_path / "out", camera=0, max_frames=10,
+                          recognizer=recognizer, progress=False)  # fmt: skip
+    except RuntimeError:
+        summary = None
+    if summary is not None:  # recorded as the camera's error, the batch completed
+        (entry,) = json.loads((tmp_path / "out" / "summary.json").read_text())["sources"]
+        assert entry["status"] == "error" and "the classifier broke" in entry["reason"]
+    assert calls["n"] == 3
+    assert cameras.opens() == {0: 1} and cameras.unreleased() == []
+
+
+def test_predict_video_opens_the_camera_once_and_releases_it(cameras, recognizer):
+    frames = list(recognizer.predict_video(0, max_frames=5))
+    assert [f.index for f in frames] == list(range(5))
+    assert cameras.opens() == {0: 1} and cameras.unreleased() == []
+    # Stopped early (the stream closed after one frame): released too.
+    stream = recognizer.predict_video(0, max_frames=50)
+    next(stream)
+    with pytest.raises(ValueError, match="camera 0 could not be opened"):
+        recognizer.predict_video(0)  # while the first stream holds it, as a real webcam
+    stream.close()
+    assert cameras.unreleased() == []
+    assert len(list(recognizer.predict_video(0, max_frames=2))) == 2  # free again
+    assert cameras.unreleased() == []
