@@ -34,7 +34,11 @@ def test_ferkit_cnn_gradients_reach_every_weight():
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(model(images, training=True) ** 2)
     gradients = tape.gradient(loss, model.trainable_weights)
-    assert all(g is not None and np.isfinite(np.asarray(g)).all() for g in gradients)
+    assert len(gradients) == len(model.trainable_weights)
+    for weight, gradient in zip(model.trainable_weights, gradients, strict=True):
+        assert gradient is not None, weight.path
+        values = np.asarray(gradient)
+        assert np.isfinite(values).all() and np.abs(values).max() > 0, weight.path
 
 
 def _trainable_count(model):

@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, tiny_train_config
+from conftest import TINY_MODEL, tiny_train_config, write_gray, write_prepared_subset
 
 from ferkit.calibration import (
     expected_calibration_error,
@@ -16,7 +16,8 @@ from ferkit.calibration import (
 from ferkit.models.config import AugmentConfig
 from ferkit.training.config import TrainConfig
 from ferkit.training.run_folder import read_history
-from ferkit.training.sampling import class_weights, stratified_subset
+from ferkit.data.dataset import PreparedDataset
+from ferkit.training.sampling import class_weights, run_splits, stratified_subset
 from ferkit.training.trainer import train
 
 NO_AUGMENT = asdict(AugmentConfig.off())
@@ -24,6 +25,17 @@ NO_AUGMENT = asdict(AugmentConfig.off())
 
 def _config(data, **overrides):
     return tiny_train_config(data, **{"epochs": 3, "seed": 7, **overrides})
+
+
+def _best_model_on_val(run):
+    """Logits of the run's best checkpoint on its validation faces, and their labels:
+    computed here, apart from the run's own finish step."""
+    import keras
+
+    config = TrainConfig.from_yaml(run / "config.yaml")
+    _, val = run_splits(config, PreparedDataset(config.data))
+    model = keras.models.load_model(run / "checkpoints" / "best.keras")
+    return np.asarray(model.predict(val.images.astype(np.float32), verbose=0)), val.labels
 
 
 def test_run_folder_describes_itself(drawn, tmp_path):
@@ -46,8 +58,23 @@ def test_run_folder_describes_itself(drawn, tmp_path):
     assert resolved.model["n_classes"] == 4 and resolved.model["widths"] == [8, 16, 32, 64]
     assert [row["epoch"] for row in read_history(run)] == [1, 2]
     assert result.metrics["epochs_trained"] == 2
+    # The metrics are those of the best checkpoint on val, recounted here.
+    logits, labels = _best_model_on_val(run)
+    assert result.metrics["val_faces"] == len(labels)
+    assert result.metrics["val_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
     calibration = result.metrics["calibration"]
-    assert calibration["temperature"] > 0 and 0 <= calibration["ece_after"] <= 1
+    assert json.loads((run / "calibration.json").read_text()) == calibration
+    temperature = calibration["temperature"]
+    # The fitted temperature is no worse than none on the data it was fitted to.
+    assert negative_log_likelihood(logits, labels, temperature) <= (
+        negative_log_likelihood(logits, labels, 1.0) + 1e-6
+    )
+    assert calibration["ece_before"] == pytest.approx(
+        expected_calibration_error(softmax(logits), labels), abs=1e-6
+    )
+    assert calibration["ece_after"] == pytest.approx(
+        expected_calibration_error(softmax(logits, temperature), labels), abs=1e-6
+    )
 
 
 def test_existing_run_needs_resume(drawn, tmp_path):
@@ -84,38 +111,181 @@ def test_finish_ends_a_stopped_run_early(drawn, tmp_path):
     assert main(["train", "--out", str(tmp_path / "run"), "--finish"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["finished_early"] == "after epoch 1 of 3"
-    assert metrics["epochs_trained"] == 1 and 0 <= metrics["val_accuracy"] <= 1
+    assert metrics["epochs_trained"] == 1
+    logits, labels = _best_model_on_val(tmp_path / "run")  # the one epoch's checkpoint
+    assert metrics["val_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
     assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"] is True
 
 
-def test_options_balanced_sampling_class_weights_and_mixup(drawn, tmp_path):
-    config = _config(
-        drawn, epochs=1, sampling="balanced", class_weighting="balanced", mixup_alpha=0.2
+def _skewed(drawn, folder):
+    """The drawn dataset with a skewed train split (all of one class, a half, a quarter
+    and an eighth of the others); val as it was."""
+    data = PreparedDataset(drawn)
+    labels = data.split("train").labels
+    keep = np.concatenate(
+        [np.flatnonzero(labels == c)[: max(1, (labels == c).sum() >> c)] for c in range(4)]
     )
-    result = train(config, tmp_path / "run", verbose=0)
-    assert np.isfinite(read_history(tmp_path / "run")[0]["loss"])
+    val = np.arange(len(data.split("val")))
+    return write_prepared_subset(drawn, folder / "skewed", {"train": np.sort(keep), "val": val})
+
+
+class _FitRecorder:
+    """Records the input and class weights of each ``keras.Model.fit`` call."""
+
+    def __init__(self, monkeypatch):
+        import keras
+
+        self.calls = []
+        original = keras.Model.fit
+
+        def fit(model, x=None, *args, **kwargs):
+            self.calls.append({"x": x, "class_weight": kwargs.get("class_weight")})
+            return original(model, x, *args, **kwargs)
+
+        monkeypatch.setattr(keras.Model, "fit", fit)
+
+    def targets(self, index=0):
+        """Every target row the recorded call trained on, in order."""
+        x = self.calls[index]["x"]
+        if hasattr(x, "__getitem__") and hasattr(x, "__len__"):  # NumPy batches
+            return np.concatenate([np.asarray(x[i][1]) for i in range(len(x))])
+        return np.concatenate([np.asarray(y) for _, y in x])  # tf.data
+
+
+def test_balanced_sampling_class_weights_and_mixup_shape_what_keras_trains_on(
+    drawn, tmp_path, monkeypatch
+):
+    skewed = _skewed(drawn, tmp_path)
+    counts = np.bincount(PreparedDataset(skewed).split("train").labels, minlength=4)
+    assert counts[3] * 6 < counts[0]  # rare against common
+
+    recorder = _FitRecorder(monkeypatch)
+    train(_config(skewed, epochs=1), tmp_path / "plain", verbose=0)
+    plain = recorder.targets(0)
+    # Shuffled: every face once, so the batches keep the skew; no weights; no mixing.
+    assert recorder.calls[0]["class_weight"] is None
+    assert np.bincount(plain.argmax(1), minlength=4).tolist() == counts.tolist()
+    assert set(np.unique(plain)) == {0.0, 1.0}
+
+    options = {"sampling": "balanced", "class_weighting": "balanced", "mixup_alpha": 0.4}
+    result = train(_config(skewed, epochs=1, **options), tmp_path / "run", verbose=0)
     assert result.metrics["epochs_trained"] == 1
+    weights = recorder.calls[1]["class_weight"]
+    # n / (k * count_c): the rarer the class, the more its faces weigh, and every class
+    # weighs the same in all.
+    assert [weights[c] for c in range(4)] == pytest.approx(counts.sum() / (4 * counts))
+    assert weights[3] > weights[2] > weights[1] > weights[0]
+    mixed = recorder.targets(1)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-6)
+    assert (mixed.max(axis=1) < 0.999).mean() > 0.3  # rows blending two classes' targets
+    # Balanced draws (96 of them, so only roughly): each class holds about a quarter of
+    # the target mass, where a shuffled epoch gives the rare class 6/90 and the common 48/90.
+    share = mixed.sum(axis=0) / len(mixed)
+    assert share.min() > 0.1 and share.max() < 0.4, share
+    assert len(mixed) == len(plain) + (-len(plain)) % 32  # whole batches
 
 
-def test_soft_labels_as_targets(drawn, tmp_path):
-    from conftest import write_gray
-
-    from ferkit.data.prepare import PrepareConfig, prepare
-
+def test_class_weights_give_each_class_an_equal_share_of_the_loss():
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
+    weights = class_weights(labels, 3)
+    assert weights[2] > weights[1] > weights[0]
+    for label, count in enumerate([80, 15, 5]):
+        assert weights[label] * count == pytest.approx(100 / 3)
+    # Per-face losses: the model does well on the common class, badly on the rare ones.
     rng = np.random.default_rng(0)
+    losses = rng.uniform(0.0, 0.4, 100) + np.array([0.0, 1.0, 2.0])[labels]
+    per_face = np.array([weights[label] for label in labels])
+    weighted, plain = np.mean(per_face * losses), np.mean(losses)
+    # The weighted mean is the mean of the classes' mean losses: the rare classes' high
+    # losses count as much as the common class's low one.
+    class_means = [losses[labels == c].mean() for c in range(3)]
+    assert weighted == pytest.approx(np.mean(class_means))
+    assert weighted > plain + 0.5
+    # With equal losses everywhere the weights change nothing (they average to one).
+    assert np.mean(per_face * 1.3) == pytest.approx(1.3)
+    # An absent class gets a weight, not a division by zero.
+    assert np.isfinite(class_weights(np.array([0, 0, 1]), 3)[2])
+
+
+def _ferplus_like(folder):
+    """A small FER+ layout (train and valid) whose votes spread over four emotions, so
+    that most vote distributions are far from one-hot; returns its votes by path."""
+    rng = np.random.default_rng(0)
+    votes_of = {}
     for split in ("FER2013Train", "FER2013Valid"):
         lines = []
         for number in range(40):
             votes = rng.multinomial(10, [0.5, 0.3, 0.1, 0.1, 0, 0, 0, 0, 0, 0])
             name = f"fer{number:07d}.png"
-            write_gray(tmp_path / "src" / split / name, 30 + 40 * int(votes.argmax()), seed=number)
+            write_gray(folder / split / name, 30 + 40 * int(votes.argmax()), seed=number)
             lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
-        (tmp_path / "src" / split / "label.csv").write_text("\n".join(lines) + "\n")
+            votes_of[f"{split}/{name}"] = votes
+        (folder / split / "label.csv").write_text("\n".join(lines) + "\n")
+    return votes_of
+
+
+def _vote_shares(split, votes_of):
+    """Each face's share of the emotion votes, by class: worked out here from label.csv."""
+    from ferkit.classes import FERPLUS_EMOTIONS, canonical_name
+
+    shares = np.zeros((len(split), len(split.classes)))
+    for row, path in enumerate(split.paths):
+        for column, count in zip(FERPLUS_EMOTIONS, votes_of[path], strict=False):
+            shares[row, split.classes.index(canonical_name(column))] += count
+    return shares / shares.sum(axis=1, keepdims=True)
+
+
+def _cross_entropy(logits, targets, smoothing):
+    """Keras's CategoricalCrossentropy(from_logits=True, label_smoothing), averaged."""
+    targets = targets * (1 - smoothing) + smoothing / targets.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-(targets * log_p).sum(axis=1).mean())
+
+
+def _rows(array):
+    """The rows of ``array`` as a sorted list of tuples (order-free comparison)."""
+    return sorted(map(tuple, np.round(np.asarray(array, np.float64), 5)))
+
+
+def test_soft_labels_are_the_targets_the_engine_trains_on(drawn, tmp_path, monkeypatch):
+    import keras
+
+    from ferkit.data.prepare import PrepareConfig, prepare
+    from ferkit.training.sampling import split_targets
+
+    votes_of = _ferplus_like(tmp_path / "src")
     data = prepare(
         tmp_path / "src", tmp_path / "prep", PrepareConfig(soft_labels=True), progress=False
     ).out_dir
-    result = train(_config(data, epochs=1, soft_labels=True), tmp_path / "run", verbose=0)
-    assert result.metrics["epochs_trained"] == 1
+    soft_config = _config(data, epochs=1, soft_labels=True, learning_rate=1e-2, batch_size=8)
+    train_split, val_split = run_splits(soft_config, PreparedDataset(data))
+    targets = split_targets(train_split, soft=True)
+    # The targets are the stored vote distributions, not one-hot rows.
+    np.testing.assert_allclose(targets, _vote_shares(train_split, votes_of), atol=1e-6)
+    assert (targets.max(axis=1) < 0.95).mean() > 0.8
+    np.testing.assert_array_equal(targets.argmax(axis=1), train_split.labels)
+    np.testing.assert_array_equal(split_targets(train_split, soft=False), train_split.one_hot())
+
+    recorder = _FitRecorder(monkeypatch)
+    train(soft_config, tmp_path / "soft", verbose=0)
+    hard_config = _config(data, epochs=1, learning_rate=1e-2, batch_size=8)
+    train(hard_config, tmp_path / "hard", verbose=0)
+    # What Keras was fed: the vote distributions (shuffled) against one-hot rows.
+    assert _rows(recorder.targets(0)) == _rows(targets)
+    assert _rows(recorder.targets(1)) == _rows(train_split.one_hot())
+    soft, hard = read_history(tmp_path / "soft")[0], read_history(tmp_path / "hard")[0]
+    assert soft["loss"] != pytest.approx(hard["loss"], rel=0.02), (soft, hard)
+    # Validation loss is measured against the votes too: recomputed from the epoch's
+    # checkpoint, it matches the soft targets and not the one-hot labels.
+    model = keras.models.load_model(tmp_path / "soft" / "checkpoints" / "last.keras")
+    logits = np.asarray(model.predict(val_split.images.astype(np.float32), verbose=0))
+    smoothing = soft_config.label_smoothing
+    against_votes = _cross_entropy(logits, _vote_shares(val_split, votes_of), smoothing)
+    against_labels = _cross_entropy(logits, val_split.one_hot(), smoothing)
+    assert soft["val_loss"] == pytest.approx(against_votes, rel=1e-3)
+    assert abs(against_votes - against_labels) > 0.05, (against_votes, against_labels)
+
     with pytest.raises(ValueError, match=r"prepare FER\+ with --soft-labels"):
         train(_config(drawn, epochs=1, soft_labels=True), tmp_path / "r2", verbose=0)
 

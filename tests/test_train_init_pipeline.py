@@ -9,9 +9,9 @@ from test_train import _config
 
 from ferkit.data.dataset import Split
 from ferkit.training.config import TrainConfig
-from ferkit.training.keras_engine import _array_batches, initialise_from
+from ferkit.training.keras_engine import _array_batches, initialise_from, make_train_dataset
 from ferkit.training.run_folder import read_history
-from ferkit.training.sampling import epoch_order
+from ferkit.training.sampling import epoch_order, epoch_seed, mix, mixup_pairs
 from ferkit.training.trainer import train
 
 
@@ -40,6 +40,87 @@ def test_balanced_sampling_draws_classes_equally():
     assert counts.min() > 0.8 * len(order) / 3 and counts.max() < 1.2 * len(order) / 3
     rare = order[split.labels[order] == 2]
     assert set(rare) == set(np.flatnonzero(split.labels == 2))  # cycles through every face
+
+
+def test_shuffled_order_keeps_the_skew():
+    split = _split([0] * 400 + [1] * 40 + [2] * 8)
+    order = epoch_order(split, TrainConfig(batch_size=32, sampling="shuffle"), epoch_seed=1)
+    assert sorted(order) == list(range(448))  # every face once: the classes as they are
+    assert np.bincount(split.labels[order]).tolist() == [400, 40, 8]
+    assert not np.array_equal(order, np.arange(448))
+
+
+def _trained_labels(dataset):
+    """The labels of every batch of an engine input (tf.data or NumPy batches)."""
+    if hasattr(dataset, "__getitem__"):  # keras.utils.PyDataset
+        batches = [dataset[i] for i in range(len(dataset))]
+    else:
+        batches = list(dataset)
+    return np.concatenate([np.asarray(y).argmax(axis=1) for _, y in batches])
+
+
+@pytest.mark.parametrize("pipeline", ["tf.data", "numpy"])
+def test_keras_input_is_balanced_only_when_asked(pipeline):
+    split = _split([0] * 400 + [1] * 40 + [2] * 8)
+    counts = {}
+    for sampling in ("shuffle", "balanced"):
+        config = TrainConfig(batch_size=32, sampling=sampling, input_pipeline=pipeline, seed=3)
+        dataset, steps = make_train_dataset(split, config, epoch=0)
+        assert steps == 14
+        counts[sampling] = np.bincount(_trained_labels(dataset), minlength=3)
+    assert counts["shuffle"].tolist() == [400, 40, 8]
+    balanced = counts["balanced"]
+    assert balanced.sum() == 14 * 32
+    assert balanced.min() > 0.8 * 448 / 3 and balanced.max() < 1.2 * 448 / 3, balanced
+
+
+def test_mixup_blends_faces_and_targets_convexly_and_reproducibly():
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, (32, 6, 6, 1)).astype(np.float32)
+    targets = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 32)]
+    lam, partner = mixup_pairs(32, 0.4, seed=11, step=2)
+    assert lam.shape == (32,) and ((lam >= 0) & (lam <= 1)).all()
+    assert sorted(partner) == list(range(32))
+    x, y = mix(faces, lam, partner), mix(targets, lam, partner)
+    np.testing.assert_allclose(
+        x, lam[:, None, None, None] * faces + (1 - lam[:, None, None, None]) * faces[partner],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(y, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner])
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-6)
+    # Convex: every pixel lies between the two faces it was blended from.
+    low, high = np.minimum(faces, faces[partner]), np.maximum(faces, faces[partner])
+    assert ((x >= low - 1e-3) & (x <= high + 1e-3)).all()
+    # Changed: faces paired with another class carry both classes in their targets.
+    other = targets.argmax(1) != targets[partner].argmax(1)
+    assert other.any() and not np.allclose(x, faces)
+    assert ((y[other] > 1e-6).sum(axis=1) == 2).mean() > 0.5
+    # Seeded by the epoch's seed and the step: repeatable, different at another step.
+    again = mixup_pairs(32, 0.4, seed=11, step=2)
+    assert np.array_equal(again[0], lam) and np.array_equal(again[1], partner)
+    for other_seed, other_step in ((11, 3), (12, 2)):
+        lam2, partner2 = mixup_pairs(32, 0.4, seed=other_seed, step=other_step)
+        assert not np.array_equal(lam2, lam) and not np.array_equal(partner2, partner)
+
+
+def test_keras_mixup_batches_are_the_shared_mixup_of_the_epoch_order():
+    split = _split([0, 1, 2] * 30)
+    config = TrainConfig(batch_size=16, mixup_alpha=0.3, seed=5)
+    dataset, steps = make_train_dataset(split, config, epoch=2)
+    seed = epoch_seed(5, 2)
+    order = epoch_order(split, config, seed)
+    targets = split.one_hot()
+    for step in range(steps):
+        chosen = order[step * 16 : (step + 1) * 16]
+        lam, partner = mixup_pairs(len(chosen), 0.3, seed, step)
+        x, y = dataset[step]
+        np.testing.assert_allclose(x, mix(split.images[chosen].astype(np.float32), lam, partner))
+        np.testing.assert_allclose(y, mix(targets[chosen], lam, partner))
+    # The same epoch again: the same batches; the next epoch: others.
+    again, _ = make_train_dataset(split, config, epoch=2)
+    nxt, _ = make_train_dataset(split, config, epoch=3)
+    assert all(np.array_equal(dataset[i][1], again[i][1]) for i in range(steps))
+    assert not all(np.array_equal(dataset[i][1], nxt[i][1]) for i in range(steps))
 
 
 def test_array_batches_with_and_without_mixup():
