@@ -240,7 +240,7 @@ def write_prepared_subset(source: Path, out: Path, keep: dict[str, np.ndarray]) 
         info = dict(manifest["splits"][name])
         np.savez(out / info["file"], **arrays)
         counts = np.bincount(arrays["labels"], minlength=len(data.classes))
-        info["count"] = int(len(indices))
+        info["count"] = len(indices)
         info["per_class"] = {c: int(n) for c, n in zip(data.classes, counts, strict=True)}
         splits[name] = info
     manifest["splits"] = splits

@@ -198,7 +198,7 @@ class _StandInCapture:
         """Opened and not yet released: the device is held."""
         return self.inner is not None and self.releases == 0 and self.inner.isOpened()
 
-    def isOpened(self):  # noqa: N802  (OpenCV's name)
+    def isOpened(self):
         return self.holding
 
     def read(self):

@@ -13,10 +13,10 @@ from ferkit.calibration import (
     negative_log_likelihood,
     softmax,
 )
+from ferkit.data.dataset import PreparedDataset
 from ferkit.models.config import AugmentConfig
 from ferkit.training.config import TrainConfig
 from ferkit.training.run_folder import read_history
-from ferkit.data.dataset import PreparedDataset
 from ferkit.training.sampling import class_weights, run_splits, stratified_subset
 from ferkit.training.trainer import train
 

@@ -83,7 +83,8 @@ def test_mixup_blends_faces_and_targets_convexly_and_reproducibly():
     assert sorted(partner) == list(range(32))
     x, y = mix(faces, lam, partner), mix(targets, lam, partner)
     np.testing.assert_allclose(
-        x, lam[:, None, None, None] * faces + (1 - lam[:, None, None, None]) * faces[partner],
+        x,
+        lam[:, None, None, None] * faces + (1 - lam[:, None, None, None]) * faces[partner],
         rtol=1e-6,
     )
     np.testing.assert_allclose(y, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner])
