@@ -210,6 +210,20 @@ def drawn(drawn_source, tmp_path_factory):
     _check_unchanged(result.out_dir, before)
 
 
+@pytest.fixture(scope="session")
+def drawn_run(drawn, tmp_path_factory):
+    """A finished run of ``tiny_train_config(drawn, seed=7)`` (one epoch), trained once
+    per session: a trained model for bundling, distillation and ``--init-from``.
+    Tests copy it before changing it."""
+    from ferkit.training.trainer import train
+
+    run = tmp_path_factory.mktemp("drawn_run") / "run"
+    train(tiny_train_config(drawn, seed=7), run, verbose=0)
+    before = _snapshot(run)
+    yield run
+    _check_unchanged(run, before)
+
+
 @pytest.fixture
 def drawn_copy(drawn, tmp_path) -> Path:
     """A private copy of the prepared drawn dataset, for a test that changes its data."""

@@ -12,12 +12,10 @@ from ferkit.release.model_card import write_model_card
 from ferkit.training.trainer import train
 
 
-@pytest.fixture(scope="module")
-def finished_run(drawn, tmp_path_factory):
-    """A one-epoch run on the shared drawn dataset, kept pristine (tests copy it)."""
-    run = tmp_path_factory.mktemp("bundle") / "run"
-    train(tiny_train_config(drawn), run, verbose=0)
-    return run, drawn
+@pytest.fixture
+def finished_run(drawn_run, drawn):
+    """The session's one-epoch run on the drawn dataset, and that dataset."""
+    return drawn_run, drawn
 
 
 def test_bundle_loads_with_checksums_and_calibrated_probabilities(finished_run, tmp_path):

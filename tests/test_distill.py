@@ -15,14 +15,12 @@ from ferkit.training.trainer import train
 
 
 @pytest.fixture(scope="module")
-def teachers(drawn, tmp_path_factory):
-    """The shared drawn dataset and two tiny teacher runs trained on it."""
-    root = tmp_path_factory.mktemp("distill")
-    runs = []
-    for seed in (1, 2):
-        config = tiny_train_config(drawn, seed=seed)
-        runs.append(train(config, root / f"teacher{seed}", verbose=0).run_dir)
-    return drawn, runs
+def teachers(drawn, drawn_run, tmp_path_factory):
+    """The shared drawn dataset and two tiny teacher runs trained on it: the session's
+    run (seed 7) and one of seed 2."""
+    other = tmp_path_factory.mktemp("distill") / "teacher2"
+    train(tiny_train_config(drawn, seed=2), other, verbose=0)
+    return drawn, [drawn_run, other]
 
 
 def test_targets_mix_the_label_with_the_mean_teacher(teachers, tmp_path):

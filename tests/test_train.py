@@ -77,10 +77,9 @@ def test_run_folder_describes_itself(drawn, tmp_path):
     )
 
 
-def test_existing_run_needs_resume(drawn, tmp_path):
-    train(_config(drawn, epochs=1), tmp_path / "run", verbose=0)
+def test_existing_run_needs_resume(drawn, drawn_run, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
-        train(_config(drawn, epochs=1), tmp_path / "run", verbose=0)
+        train(_config(drawn, epochs=1), drawn_run, verbose=0)  # the run stays as it was
     with pytest.raises(FileNotFoundError, match="no run to resume"):
         train(_config(drawn), tmp_path / "other", resume=True, verbose=0)
 

@@ -199,21 +199,23 @@ def test_init_source_resolution(tmp_path):
     assert model_location(run) == (run, run / "checkpoints" / "best.keras")
 
 
-def test_training_run_starts_from_another_run(drawn, tmp_path):
+def test_training_run_starts_from_another_run(drawn, drawn_run, tmp_path):
     from ferkit.cli import main
 
-    first = _config(drawn, epochs=1)
-    train(first, tmp_path / "first", verbose=0)
+    first = drawn_run  # one epoch of the settings below, from random weights
+    settings = TrainConfig.from_yaml(first / "config.yaml")
+    assert settings.init_from is None and settings.model["widths"] == TINY_MODEL["widths"]
+    assert [settings.epochs, settings.batch_size, settings.seed, settings.warmup_epochs] == [
+        1, 32, 7, 0
+    ]  # fmt: skip
     args = ["train", "--data", str(drawn), "--epochs", "1", "--batch-size", "32", "--seed", "7"]
     # Same settings and seed: without the initial weights the two first epochs would match.
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps({"model": TINY_MODEL, "warmup_epochs": 0}))
-    init = ["--init-from", str(tmp_path / "first")]
+    init = ["--init-from", str(first)]
     assert main([*args, "--config", str(config), "--out", str(tmp_path / "second"), *init]) == 0
     report = json.loads((tmp_path / "second" / "init.json").read_text())
     assert "logits" in report["loaded"] and report["fresh"] == []
-    assert TrainConfig.from_yaml(tmp_path / "second" / "config.yaml").init_from == str(
-        tmp_path / "first"
-    )
-    scratch, started = read_history(tmp_path / "first"), read_history(tmp_path / "second")
+    assert TrainConfig.from_yaml(tmp_path / "second" / "config.yaml").init_from == str(first)
+    scratch, started = read_history(first), read_history(tmp_path / "second")
     assert started[0]["loss"] < scratch[0]["loss"] - 0.05
