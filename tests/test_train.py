@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,9 +39,30 @@ def _best_model_on_val(run):
     return np.asarray(model.predict(val.images.astype(np.float32), verbose=0)), val.labels
 
 
-def test_run_folder_describes_itself(drawn, tmp_path):
-    result = train(_config(drawn, epochs=2), tmp_path / "run", verbose=0)
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def three_epochs(drawn, tmp_path_factory):
+    """``_config(drawn, epochs=3)`` trained whole, and again stopped after its first
+    epoch (as if killed), with op determinism on: (config, whole result, stopped result).
+    Both folders stay pristine: tests copy them."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    root = tmp_path_factory.mktemp("three_epochs")
+    config = _config(drawn, epochs=3)
+    whole = train(config, root / "whole", verbose=0)
+    stopped = train(config, root / "stopped", verbose=0, stop_after_epochs=1)
+    return config, whole, stopped
+
+
+def _copy(run, folder):
+    import shutil
+
+    return Path(shutil.copytree(run, folder / run.name))
+
+
+def test_run_folder_describes_itself(three_epochs):
+    _, result, _ = three_epochs
+    run = result.run_dir
     for name in (
         "config.yaml",
         "labels.json",
@@ -56,8 +78,8 @@ def test_run_folder_describes_itself(drawn, tmp_path):
     assert json.loads((run / "labels.json").read_text()) == ["angry", "happy", "sad", "surprise"]
     resolved = TrainConfig.from_yaml(run / "config.yaml")
     assert resolved.model["n_classes"] == 4 and resolved.model["widths"] == [8, 16, 32, 64]
-    assert [row["epoch"] for row in read_history(run)] == [1, 2]
-    assert result.metrics["epochs_trained"] == 2
+    assert [row["epoch"] for row in read_history(run)] == [1, 2, 3]
+    assert result.metrics["epochs_trained"] == 3
     # The metrics are those of the best checkpoint on val, recounted here.
     logits, labels = _best_model_on_val(run)
     assert result.metrics["val_faces"] == len(labels)
@@ -84,17 +106,13 @@ def test_existing_run_needs_resume(drawn, drawn_run, tmp_path):
         train(_config(drawn), tmp_path / "other", resume=True, verbose=0)
 
 
-def test_resume_continues_exactly_where_the_run_stopped(drawn, tmp_path):
-    import tensorflow as tf
-
-    tf.config.experimental.enable_op_determinism()
-    config = _config(drawn, epochs=3)
-    train(config, tmp_path / "whole", verbose=0)
-    interrupted = train(config, tmp_path / "split", verbose=0, stop_after_epochs=1)
-    assert interrupted.metrics == {"interrupted_after_epoch": 1}
-    assert [row["epoch"] for row in read_history(tmp_path / "split")] == [1]
-    train(config, tmp_path / "split", resume=True, verbose=0)
-    whole, split = read_history(tmp_path / "whole"), read_history(tmp_path / "split")
+def test_resume_continues_exactly_where_the_run_stopped(three_epochs, tmp_path):
+    config, whole_run, stopped = three_epochs
+    assert stopped.metrics == {"interrupted_after_epoch": 1}
+    assert [row["epoch"] for row in read_history(stopped.run_dir)] == [1]
+    split_run = _copy(stopped.run_dir, tmp_path)
+    train(config, split_run, resume=True, verbose=0)
+    whole, split = read_history(whole_run.run_dir), read_history(split_run)
     assert [row["epoch"] for row in split] == [1, 2, 3]  # nothing repeated or skipped
     for a, b in zip(whole, split, strict=True):
         # Same data order, augmentation and optimizer state: the same numbers.
@@ -103,17 +121,17 @@ def test_resume_continues_exactly_where_the_run_stopped(drawn, tmp_path):
         assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-6)
 
 
-def test_finish_ends_a_stopped_run_early(drawn, tmp_path):
+def test_finish_ends_a_stopped_run_early(three_epochs, tmp_path):
     from ferkit.cli import main
 
-    train(_config(drawn, epochs=3), tmp_path / "run", verbose=0, stop_after_epochs=1)
-    assert main(["train", "--out", str(tmp_path / "run"), "--finish"]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    run = _copy(three_epochs[2].run_dir, tmp_path)
+    assert main(["train", "--out", str(run), "--finish"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished_early"] == "after epoch 1 of 3"
     assert metrics["epochs_trained"] == 1
-    logits, labels = _best_model_on_val(tmp_path / "run")  # the one epoch's checkpoint
+    logits, labels = _best_model_on_val(run)  # the one epoch's checkpoint
     assert metrics["val_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
-    assert json.loads((tmp_path / "run" / "state.json").read_text())["finished"] is True
+    assert json.loads((run / "state.json").read_text())["finished"] is True
 
 
 def _skewed(drawn, folder):
