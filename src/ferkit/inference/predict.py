@@ -409,6 +409,7 @@ def _predict_all(
 ) -> PredictSummary:
     from ferkit.inference.video import open_video
 
+    echo = echo or (lambda line: None)
     camera_capture = None
     if camera is not None:
         # Opened now so that a missing camera is an error before any work; this capture is
@@ -422,15 +423,14 @@ def _predict_all(
         options = {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
                    "max_frames": max_frames}  # fmt: skip
         summary = _run_sources(
-            recognizer, sources, fmt, out_dir, annotate, progress, echo or (lambda line: None),
-            options,
+            recognizer, sources, fmt, out_dir, annotate, progress, echo, options,
         )  # fmt: skip
     finally:
         if camera_capture is not None:
             camera_capture.release()
     summary.hints = _hints(summary, recognizer)
     for hint in summary.hints:
-        (echo or (lambda line: None))(f"hint: {hint}")
+        echo(f"hint: {hint}")
     summary.peak_memory_mb = peak_memory_mb()
     if out_dir is not None:
         _write_summary(out_dir / "summary.json", summary, recognizer)
