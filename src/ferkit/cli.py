@@ -197,10 +197,11 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "stage",
-        choices=["prepare", "models", "classifier", "video"],
+        choices=["prepare", "models", "classifier", "video", "serve"],
         help="prepare: dataset preparation; models: training and inference speed per "
         "architecture; classifier: the bundled model's faces/s per runtime; video: frames/s "
-        "of the full prediction pipeline",
+        "of the full prediction pipeline; serve: requests/s, latency and memory of ferkit "
+        "serve under a bounded load on loopback",
     )
     parser.add_argument(
         "source",
@@ -215,6 +216,23 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
+    )
+    parser.add_argument(
+        "--clients", type=int, default=8, help="serve: concurrent clients"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="serve: seconds of load"
+    )
+    parser.add_argument(
+        "--photo",
+        type=Path,
+        action="append",
+        default=None,
+        help="serve: a photo the clients post (repeatable; default: the shipped sample "
+        "photos, resized to 400x300)",
+    )
+    parser.add_argument(
+        "--server-workers", type=int, default=1, help="serve: the server's worker processes"
     )
     parser.set_defaults(handler=_run_benchmark)
 
@@ -236,6 +254,18 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "models":
         print(benchmark_models(repeats=args.repeats))
+        return 0
+    if args.stage == "serve":
+        from ferkit.extras import require_serve
+
+        require_serve("ferkit benchmark serve")
+        from ferkit.serve.loadtest import benchmark_serve
+
+        report = benchmark_serve(
+            photos=args.photo, clients=args.clients, duration_s=args.duration,
+            workers=args.server_workers,
+        )  # fmt: skip
+        print(report.text())
         return 0
     source = args.source or shared_dir() / "datasets" / "fer2013"
     print(benchmark_prepare(source, repeats=args.repeats, workers=args.workers))
@@ -762,6 +792,55 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVE_FLAGS = (
+    "host", "port", "model", "detector", "backend", "workers", "threads", "api_key",
+    "insecure", "max_upload_mb", "max_files", "max_pixels", "max_video_mb", "max_video_s",
+    "max_jobs", "job_ttl_s", "max_pending", "request_timeout_s", "ws_max_frame_kb",
+    "ws_max_fps", "cors_origins", "jobs_dir",
+)  # fmt: skip
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from ferkit.serve.config import ServeConfig
+
+    parser = subparsers.add_parser(
+        "serve",
+        formatter_class=_HelpFormatter,
+        help="a REST API and a web page (photos, videos, a live camera) on a port",
+        description=(
+            "Serve the recogniser: the web page at /, the REST API under /v1 (POST "
+            "/v1/predict for photos, POST /v1/videos for video jobs, WS /v1/stream for a "
+            "live camera), /healthz, and the API reference at /docs. The model loads once "
+            "per worker. Every limit below has a safe default; a request over one gets a "
+            "JSON error with its status (413, 415, 422, 429, 503...).\n\n"
+            "Listening on an address other than loopback needs --api-key (or "
+            "$FERKIT_API_KEY), or --insecure."
+        ),
+        epilog="Needs the serve extra: pip install 'ferkit[serve]'. Ctrl-C stops the server.",
+    )
+    for name in SERVE_FLAGS:
+        add_option(parser, ServeConfig, name)
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from ferkit.extras import require_serve
+
+    require_serve()
+    from ferkit.serve.config import ServeConfig
+    from ferkit.serve.server import run
+
+    config = ServeConfig(**{name: getattr(args, name) for name in SERVE_FLAGS})
+    shown = "localhost" if config.host in ("127.0.0.1", "::1") else config.host
+    print(
+        f"ferkit serve: the web page at http://{shown}:{config.port}/ and the API reference "
+        f"at http://{shown}:{config.port}/docs; Ctrl-C stops the server",
+        flush=True,
+    )
+    run(config, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferkit",
@@ -779,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(subparsers)
     _add_export(subparsers)
     _add_demo(subparsers)
+    _add_serve(subparsers)
     _add_benchmark(subparsers)
     return parser
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -17,24 +18,28 @@ def native_stderr_silenced() -> Iterator[None]:
     """Discard what native code writes to the process's standard error during the block
     (LiteRT's "Created TensorFlow Lite XNNPACK delegate" line when an interpreter is
     set up). Python's own ``sys.stderr`` is flushed first; ``FERKIT_VERBOSE=1`` keeps
-    everything."""
+    everything. Threads take turns, so that each restores the real descriptor."""
     if os.environ.get("FERKIT_VERBOSE"):
         yield
         return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no descriptor 2 (embedded interpreters)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no descriptor 2 (embedded interpreters)
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+_STDERR_LOCK = threading.RLock()
 
 
 #: What each extra adds to the core install (``pip install ferkit``, which predicts,
@@ -43,7 +48,8 @@ EXTRAS = {
     "train": "TensorFlow, Keras and MTCNN: train, finish, bundle, export, soft labels, the "
     "Keras runtime and the mtcnn detector",
     "torch": "PyTorch: the torch training engine",
-    "all": "train and torch",
+    "serve": "FastAPI and Uvicorn: ferkit serve, the REST API and web page",
+    "all": "train, torch and serve",
 }
 
 
@@ -87,6 +93,19 @@ def import_keras(purpose: str = "this command") -> ModuleType:
     except ImportError as error:
         raise missing_extra("Keras", "train", purpose) from error
     return keras
+
+
+def require_serve(purpose: str = "ferkit serve") -> None:
+    """Check that the service's libraries are installed.
+
+    Raises:
+        MissingExtraError: FastAPI or Uvicorn is missing (``ferkit[serve]`` installs them).
+    """
+    import importlib.util
+
+    for module, library in (("fastapi", "FastAPI"), ("uvicorn", "Uvicorn"), ("multipart", "python-multipart")):  # fmt: skip
+        if importlib.util.find_spec(module) is None:
+            raise missing_extra(library, "serve", purpose)
 
 
 def import_torch() -> Any:

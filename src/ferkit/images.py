@@ -42,7 +42,7 @@ _MAGIC = {
 }
 
 
-def _sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes) -> str | None:
     """Name the image format a file's first bytes announce, if any."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
@@ -167,7 +167,7 @@ def decode_image(
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        announced = _sniff_format(data)
+        announced = sniff_format(data)
         if announced:
             raise ImageReadError(
                 source,

@@ -28,6 +28,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
@@ -45,6 +46,11 @@ logger = logging.getLogger(__name__)
 
 
 OUTPUT_FORMATS = ("csv", "json", "jsonl")
+
+
+#: Containers of annotated videos and their OpenCV codecs: ``mp4`` (MPEG-4 part 2, for
+#: desktop players) or ``webm`` (VP8, which browsers play).
+ANNOTATED_VIDEO_FORMATS = {"mp4": "mp4v", "webm": "VP80"}
 
 
 #: Exit status of a run in which some inputs failed (each is listed in the summary).
@@ -324,6 +330,8 @@ def predict(
     recognizer: Any = None,
     progress: bool = True,
     echo: Any = None,
+    annotated_video: str = "mp4",
+    on_frame: Callable[[str, int, int | None], None] | None = None,
 ) -> PredictSummary:
     """Run recognition over inputs and write the records.
 
@@ -339,6 +347,11 @@ def predict(
             ``model``, ``detector``, ``backend``, ``faces`` and ``max_pixels``, which are
             then ignored in favour of the recogniser's own settings).
         echo: callable that receives one human-readable line per input (``print``).
+        annotated_video: container of annotated videos, ``mp4`` or ``webm`` (VP8, which
+            web browsers play).
+        on_frame: called after each video frame is read with the input's name, the
+            frames read so far and the frames expected (None when unknown), for progress
+            reports.
 
     Returns:
         What happened to every input; :meth:`PredictSummary.exit_status` tells a script
@@ -351,6 +364,11 @@ def predict(
     """
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, not {fmt!r}")
+    if annotated_video not in ANNOTATED_VIDEO_FORMATS:
+        raise ValueError(
+            f"annotated_video must be one of {tuple(ANNOTATED_VIDEO_FORMATS)}, not "
+            f"{annotated_video!r}"
+        )
     if faces not in FACE_MODES:
         raise ValueError(f"faces must be one of {FACE_MODES}, not {faces!r}")
     for name, value in (("every", every), ("detect_every", detect_every)):
@@ -378,6 +396,7 @@ def predict(
         "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
         "every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
         "max_frames": max_frames, "recognizer": recognizer, "progress": progress, "echo": echo,
+        "annotated_video": annotated_video, "on_frame": on_frame,
     }  # fmt: skip
     if out is None:
         return _predict_all(sources, None, **run)
@@ -406,6 +425,8 @@ def _predict_all(
     recognizer: Any,
     progress: bool,
     echo: Any,
+    annotated_video: str,
+    on_frame: Callable[[str, int, int | None], None] | None,
 ) -> PredictSummary:
     from ferkit.inference.video import open_video
 
@@ -421,7 +442,8 @@ def _predict_all(
         if recognizer is None:
             recognizer = _make_recognizer(model, detector, backend, faces, max_pixels)
         options = {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
-                   "max_frames": max_frames}  # fmt: skip
+                   "max_frames": max_frames, "annotated_video": annotated_video,
+                   "on_frame": on_frame}  # fmt: skip
         summary = _run_sources(
             recognizer, sources, fmt, out_dir, annotate, progress, echo, options,
         )  # fmt: skip
@@ -661,11 +683,15 @@ def _predict_video(
     annotate: bool,
     used_names: set[str],
     progress: bool,
+    *,
+    annotated_video: str = "mp4",
+    on_frame: Callable[[str, int, int | None], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Every frame of a video file or camera: records per face, the summary entry, and
-    with ``annotate`` the annotated video and its emotion-over-time plot. The source is
-    opened once (a camera already was, up front) and released whatever happens."""
+    with ``annotate`` the annotated video (``annotated_video`` container) and its
+    emotion-over-time plot. The source is opened once (a camera already was, up front)
+    and released whatever happens; ``on_frame`` hears of every frame read."""
     from tqdm import tqdm
 
     from ferkit.inference.video import iter_video_results, open_video
@@ -677,8 +703,17 @@ def _predict_video(
         return _error_entry(source, str(error).split(": ", 1)[-1], writer)
     capture, info = opened
     tally = _VideoTally(source, recognizer.classes, writer)
-    annotated = _AnnotatedVideo.open(source, info, out_dir, used_names) if annotate else None
-    expected = info.frame_count if options.get("max_frames") is None else options["max_frames"]
+    try:
+        annotated = (
+            _AnnotatedVideo.open(source, info, out_dir, used_names, annotated_video)
+            if annotate
+            else None
+        )
+    except BaseException:
+        capture.release()
+        raise
+    limits = [n for n in (info.frame_count, options.get("max_frames")) if n is not None]
+    expected = min(limits) if limits else None
     bar = tqdm(total=expected, desc=Path(source.name).name, unit="frame",
                disable=not progress, leave=False)  # fmt: skip
     interrupted = False
@@ -690,6 +725,8 @@ def _predict_video(
         for frame in frames:
             bar.update(1)
             tally.add(frame)
+            if on_frame is not None:
+                on_frame(source.name, tally.frames_read, expected)
             if annotated is not None:
                 annotated.write(frame.image, tally.last_faces)
     except KeyboardInterrupt:
@@ -797,20 +834,32 @@ class _AnnotatedVideo:
 
     @classmethod
     def open(
-        cls, source: Source, info: Any, out_dir: Path | None, used_names: set[str]
+        cls,
+        source: Source,
+        info: Any,
+        out_dir: Path | None,
+        used_names: set[str],
+        container: str = "mp4",
     ) -> _AnnotatedVideo | None:
         import cv2
+
+        from ferkit.extras import native_stderr_silenced
 
         if out_dir is None:
             return None
         folder = out_dir / "annotated"
         folder.mkdir(exist_ok=True)
         stem = path_text(source.path.stem) if source.path else f"camera{source.camera}"
-        path = _unique_name(folder, stem, ".mp4", used_names)
-        size = (info.width, info.height)
-        return cls(
-            path, cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), info.fps, size)
-        )
+        path = _unique_name(folder, stem, f".{container}", used_names)
+        codec = cv2.VideoWriter_fourcc(*ANNOTATED_VIDEO_FORMATS[container])
+        with native_stderr_silenced():  # FFmpeg names the tag it maps the codec to
+            writer = cv2.VideoWriter(str(path), codec, info.fps, (info.width, info.height))
+        if not writer.isOpened():
+            raise ValueError(
+                f"this OpenCV build cannot write {container} videos; annotate as "
+                f"{'webm' if container == 'mp4' else 'mp4'} instead"
+            )
+        return cls(path, writer)
 
     def write(self, rgb: np.ndarray, faces: list[Any]) -> None:
         import cv2

@@ -17,6 +17,7 @@ Every runtime is a :class:`ferkit.models.folder.Classifier` (``predict_logits``,
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ class OnnxModel(Classifier):
 
 
 class TFLiteModel(Classifier):
-    """An exported TensorFlow Lite classifier run by the LiteRT interpreter."""
+    """An exported TensorFlow Lite classifier run by the LiteRT interpreter (one batch at
+    a time: the interpreter holds its tensors, so threads sharing it take turns)."""
 
     def __init__(
         self,
@@ -93,16 +95,18 @@ class TFLiteModel(Classifier):
         self.image_shape = tuple(int(d) for d in detail["shape"][1:])
         self.check_outputs(int(output["shape"][-1]))
         self._batch = -1
+        self._lock = threading.Lock()
 
     def _run(self, faces: np.ndarray) -> np.ndarray:
-        if len(faces) != self._batch:
-            self._interpreter.resize_tensor_input(self._input, faces.shape)
-            with native_stderr_silenced():  # LiteRT announces its CPU delegate here
-                self._interpreter.allocate_tensors()
-            self._batch = len(faces)
-        self._interpreter.set_tensor(self._input, faces)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).copy()
+        with self._lock:
+            if len(faces) != self._batch:
+                self._interpreter.resize_tensor_input(self._input, faces.shape)
+                with native_stderr_silenced():  # LiteRT announces its CPU delegate here
+                    self._interpreter.allocate_tensors()
+                self._batch = len(faces)
+            self._interpreter.set_tensor(self._input, faces)
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output).copy()
 
 
 def _model_folder(model: str | os.PathLike[str] | None) -> Path:
@@ -115,12 +119,18 @@ def _model_folder(model: str | os.PathLike[str] | None) -> Path:
 
 
 def load_classifier(
-    model: str | os.PathLike[str] | None = None, backend: str = "auto", *, verify: bool = True
+    model: str | os.PathLike[str] | None = None,
+    backend: str = "auto",
+    *,
+    verify: bool = True,
+    threads: int | None = None,
 ) -> Classifier:
     """The classifier of ``model`` (bundled when ``None``) on the chosen runtime.
 
     ``model`` may be a run folder, a bundle folder, an export folder (from ``ferkit
-    export``), or a ``.keras``/``.onnx``/``.tflite`` file.
+    export``), or a ``.keras``/``.onnx``/``.tflite`` file. ``threads``: threads of one
+    ONNX Runtime or LiteRT call (default: one per core; a server that runs calls in
+    parallel gives each fewer).
 
     Raises:
         ValueError: unknown backend.
@@ -173,5 +183,5 @@ def load_classifier(
         verify_or_warn(folder)
     classes, temperature = read_metadata(folder)
     if backend == "tflite":
-        return TFLiteModel(file, classes, temperature)
-    return OnnxModel(file, classes, temperature)
+        return TFLiteModel(file, classes, temperature, threads=threads)
+    return OnnxModel(file, classes, temperature, threads=threads)

@@ -246,6 +246,47 @@ def iter_video_results(
     )
 
 
+class FrameStream:
+    """Faces of consecutive frames of one stream (a video, a camera, a browser's camera
+    over a socket): detection, classification, tracking and smoothing, frame by frame.
+
+    The stream holds the tracks; the recogniser that detects and classifies is passed
+    to each :meth:`process` call, so that a server can lend a stream whichever of its
+    recognisers is free.
+
+    Args:
+        detect_every: run the detector on every N-th frame and reuse the tracked boxes in
+            between.
+        smoothing_s: time constant of the smoothing of each track's probabilities.
+    """
+
+    def __init__(self, *, detect_every: int = 1, smoothing_s: float = 0.5) -> None:
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be at least 1, not {detect_every}")
+        if not math.isfinite(smoothing_s) or smoothing_s < 0:
+            raise ValueError(
+                f"smoothing_s must be a number of seconds, 0 or more, not {smoothing_s}"
+            )
+        self.detect_every = detect_every
+        self.tracker = IoUTracker(smoothing_s=smoothing_s)
+        self.frames = 0
+
+    def process(self, recognizer: Any, rgb: np.ndarray, time_s: float) -> list[FaceResult]:
+        """The faces of the next frame (RGB ``uint8``) taken at ``time_s`` seconds, found
+        and classified by ``recognizer`` (an :class:`~ferkit.inference.recognizer.
+        EmotionRecognizer`), with track ids, smoothed probabilities and the frame's raw
+        ones."""
+        reuse = self.frames % self.detect_every != 0
+        faces, crops = recognizer.crop_faces(rgb, self.tracker.current_faces() if reuse else None)
+        raw = recognizer.model.predict_proba(crops, batch_size=max(1, len(crops)))
+        tracked = self.tracker.update(faces, raw, time_s)
+        self.frames += 1
+        return [
+            FaceResult.of(face, recognizer.classes, smooth_row, raw=raw_row, track_id=track_id)
+            for face, raw_row, (track_id, smooth_row) in zip(faces, raw, tracked, strict=True)
+        ]
+
+
 def _generate_results(
     recognizer: Any,
     frames: Iterator[tuple[int, float, np.ndarray]],
@@ -255,22 +296,11 @@ def _generate_results(
     keep_frames: bool,
     include_skipped: bool,
 ) -> Iterator[FrameResult]:
-
-    tracker = IoUTracker(smoothing_s=smoothing_s)
-    classes = recognizer.classes
-    processed = 0
+    stream = FrameStream(detect_every=detect_every, smoothing_s=smoothing_s)
     for index, time_s, rgb in frames:
         if index % every:
             if include_skipped:
                 yield FrameResult(index, time_s, [], rgb if keep_frames else None, False)
             continue
-        reuse = processed % detect_every != 0
-        faces, crops = recognizer.crop_faces(rgb, tracker.current_faces() if reuse else None)
-        raw = recognizer.model.predict_proba(crops, batch_size=max(1, len(crops)))
-        tracked = tracker.update(faces, raw, time_s)
-        results = [
-            FaceResult.of(face, classes, smooth_row, raw=raw_row, track_id=track_id)
-            for face, raw_row, (track_id, smooth_row) in zip(faces, raw, tracked, strict=True)
-        ]
-        processed += 1
+        results = stream.process(recognizer, rgb, time_s)
         yield FrameResult(index, time_s, results, rgb if keep_frames else None)

@@ -1,0 +1,312 @@
+"""The service's routes. Each is a thin layer over the functions ``ferkit predict`` uses:
+
+- ``GET /healthz``: the model's name, classes and checksum state (no key needed);
+- ``POST /v1/predict``: faces and expressions in one photo (``file``) or several
+  (``files``);
+- ``POST /v1/videos``, ``GET /v1/videos/{id}``, ``GET /v1/videos/{id}/annotated``: video
+  jobs (:mod:`ferkit.serve.jobs`);
+- ``WS /v1/stream``: a live camera session (:mod:`ferkit.serve.stream`);
+- ``/``: the web page; ``/docs``: the API's reference page, built from
+  ``/openapi.json``.
+
+Every error is ``{"error": "..."}`` with its status; no response ever holds a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+
+from ferkit import __version__
+from ferkit.extras import MissingExtraError
+from ferkit.faces import DETECTOR_NAMES
+from ferkit.images import FACE_MODES
+from ferkit.serve.config import ServeConfig, limits
+from ferkit.serve.engine import RecognizerPool, Saturated, predict_uploads
+from ferkit.serve.guards import BodyLimit, OriginGuard, SecurityHeaders, Timeout
+from ferkit.serve.jobs import JobError, TooManyJobs, VideoJobs
+from ferkit.serve.stream import CLOSE_POLICY, serve_stream
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+DetectorName = Literal[DETECTOR_NAMES]  # type: ignore[valid-type]
+FaceMode = Literal[FACE_MODES]  # type: ignore[valid-type]
+
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="the server's API key, when it has one"
+)
+
+#: Seconds a client is asked to wait when the server or its video slots are full.
+RETRY_AFTER_BUSY_S = 1
+RETRY_AFTER_JOBS_S = 10
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _key_matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _model_info(recognizer: Any) -> dict[str, Any]:
+    from ferkit.models.folder import CHECKSUMS, DEFAULT_MODEL_DIR
+
+    source = Path(recognizer.model.source)
+    folder = source if source.is_dir() else source.parent
+    return {
+        "name": "default" if folder == DEFAULT_MODEL_DIR else folder.name,
+        "file": source.name,
+        "classes": list(recognizer.classes),
+        "input_shape": list(recognizer.model.image_shape),
+        # load_classifier refuses a folder whose files do not match checksums.json.
+        "checksums": "verified" if (folder / CHECKSUMS).is_file() else "not recorded",
+    }
+
+
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    """The service as an ASGI application; the model loads here, once.
+
+    Raises:
+        FileNotFoundError, ValueError, ChecksumError: the model cannot be loaded.
+    """
+    from ferkit.inference.recognizer import EmotionRecognizer
+
+    config = config or ServeConfig()
+    # The pool's recognisers classify in parallel: each call gets its share of the cores
+    # (one thread each on two cores: 1.5 times the photos/s of two threads each).
+    recognizer = EmotionRecognizer(
+        config.model, detector=config.detector, backend=config.backend,
+        max_pixels=config.max_pixels, threads=max(1, (os.cpu_count() or 1) // config.threads),
+    )  # fmt: skip
+    pool = RecognizerPool(recognizer, config.threads, config.max_pending)
+    own_jobs_dir = config.jobs_dir is None
+    jobs_root = Path(config.jobs_dir or tempfile.mkdtemp(prefix="ferkit-serve-jobs-"))
+    jobs = VideoJobs(
+        jobs_root, recognizer, max_jobs=config.max_jobs, ttl_s=config.job_ttl_s,
+        max_video_s=config.max_video_s,
+    )  # fmt: skip
+    model = _model_info(recognizer)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            jobs.close()
+            if own_jobs_dir:
+                shutil.rmtree(jobs_root, ignore_errors=True)
+
+    app = FastAPI(
+        title="ferkit",
+        version=__version__,
+        description="Facial-expression recognition: faces and their expressions in photos, "
+        "videos and a live camera. Errors are `{\"error\": \"...\"}`.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.config, app.state.pool, app.state.jobs = config, pool, jobs
+
+    async def require_key(key: Annotated[str | None, Depends(_api_key_header)]) -> None:
+        if config.api_key is not None and not _key_matches(key, config.api_key):
+            raise HTTPException(
+                401, "missing or wrong API key; send it in the X-API-Key header",
+                headers={"WWW-Authenticate": "ApiKey"},
+            )  # fmt: skip
+
+    _add_error_handlers(app)
+    api = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+
+    @app.get("/healthz", tags=["service"], summary="Whether the service is up, and its model")
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": model,
+            "detector": config.detector,
+            "detectors": list(DETECTOR_NAMES),
+            "api_key_required": config.api_key is not None,
+            "limits": limits(config),
+        }
+
+    @api.post("/predict", tags=["photos"], summary="Faces and expressions in photos")
+    async def predict(
+        file: Annotated[UploadFile | None, File(description="one image")] = None,
+        files: Annotated[list[UploadFile] | None, File(description="several images")] = None,
+        detector: Annotated[DetectorName | None, Query(description="face detector")] = None,
+        faces: Annotated[FaceMode, Query(description="auto, crop (the image is one face) or detect")] = "auto",
+    ) -> Any:
+        uploads = ([file] if file is not None else []) + list(files or [])
+        if not uploads:
+            raise HTTPException(400, "send an image in the multipart field 'file' (or several in 'files')")  # fmt: skip
+        if len(uploads) > config.max_files:
+            raise HTTPException(413, f"{len(uploads)} files in one request, over the limit of {config.max_files}")  # fmt: skip
+        if not all(isinstance(upload, StarletteUpload) for upload in uploads):
+            raise HTTPException(400, "'file' and 'files' must be file uploads, not text fields")
+        named = [(_display_name(upload.filename, i), await upload.read()) for i, upload in enumerate(uploads)]  # fmt: skip
+        with pool.admit():
+
+            def work() -> list[dict[str, Any]]:
+                with pool.lend(detector) as lent:
+                    return predict_uploads(lent, named, faces, config.max_pixels)
+
+            entries = await run_in_threadpool(work)
+        if file is not None and not files:
+            entry = entries[0]
+            if "error" in entry:
+                return _error(entry["status"], f"{entry['filename']}: {entry['error']}")
+            entry.pop("filename")
+            return entry
+        return {"images": entries}
+
+    @api.post("/videos", tags=["videos"], status_code=202, summary="Start a video job")
+    async def submit_video(
+        request: Request,
+        file: Annotated[UploadFile, File(description="one video (MP4, WebM, AVI, MOV...)")],
+        detector: Annotated[DetectorName | None, Query(description="face detector")] = None,
+    ) -> JSONResponse:
+        if not isinstance(file, StarletteUpload):
+            raise HTTPException(400, "'file' must be a file upload, not a text field")
+        name = _display_name(file.filename, 0)
+        state = await run_in_threadpool(jobs.submit, file.file, name, detector)
+        job_url = str(request.url_for("video_status", job_id=state["id"]).path)
+        return JSONResponse(
+            {**state, "status_url": job_url, "annotated_url": job_url + "/annotated"},
+            status_code=202,
+            headers={"Location": job_url},
+        )
+
+    @api.get("/videos/{job_id}", tags=["videos"], name="video_status", summary="A video job's progress and results")  # fmt: skip
+    def video_status(job_id: str) -> Any:
+        state = jobs.status(job_id)
+        if state is None:
+            raise HTTPException(404, f"no video job {job_id!r} (finished jobs are removed after {config.job_ttl_s:g} s)")  # fmt: skip
+        return state
+
+    @api.get("/videos/{job_id}/annotated", tags=["videos"], summary="A finished job's annotated video (WebM)", response_class=FileResponse)  # fmt: skip
+    def video_annotated(job_id: str) -> Any:
+        path = jobs.annotated(job_id)
+        if path is None:
+            if jobs.folder(job_id) is None:
+                raise HTTPException(404, f"no video job {job_id!r}")
+            raise HTTPException(409, "the job has not finished; its annotated video is not ready")
+        return FileResponse(path, media_type="video/webm", filename="annotated.webm")
+
+    @app.websocket("/v1/stream")
+    async def stream(
+        websocket: WebSocket,
+        detector: DetectorName | None = None,
+        smoothing: float = 0.5,
+        api_key: str | None = None,
+    ) -> None:
+        if config.api_key is not None and not _key_matches(
+            api_key or websocket.headers.get("x-api-key"), config.api_key
+        ):
+            await websocket.close(CLOSE_POLICY, "missing or wrong API key (?api_key=KEY)")
+            return
+        if not 0 <= smoothing <= 10:
+            await websocket.close(CLOSE_POLICY, "smoothing must be 0 to 10 seconds")
+            return
+        await websocket.accept()
+        await serve_stream(
+            websocket, pool, detector=detector, smoothing_s=smoothing,
+            max_frame_bytes=config.ws_max_frame_kb * 1024, max_fps=config.ws_max_fps,
+            max_pixels=config.max_pixels,
+        )  # fmt: skip
+
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    def body_limit(scope: dict[str, Any]) -> int:
+        megabytes = config.max_video_mb if scope["path"].rstrip("/") == "/v1/videos" else config.max_upload_mb  # fmt: skip
+        return int(megabytes * 2**20)
+
+    # Added innermost first: security headers wrap everything, then the origin check,
+    # the time limit and the body limit.
+    app.add_middleware(BodyLimit, limit_for=body_limit)
+    app.add_middleware(Timeout, seconds=config.request_timeout_s)
+    app.add_middleware(OriginGuard, allowed=config.origins)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """The application of a server's worker process, from the settings the server put in
+    its environment (``uvicorn --factory``)."""
+    return create_app(ServeConfig.from_env())
+
+
+def _display_name(filename: str | None, index: int) -> str:
+    """An upload's name as shown in results: its last path part, printable, at most 200
+    characters. It is never used as a path."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char if char.isprintable() else "?" for char in name)[:200]
+    return name or f"upload-{index + 1}"
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        in_body = any(problem.get("loc", ("",))[0] == "body" for problem in problems)
+        described = "; ".join(
+            f"{' '.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', 'invalid')}"
+            for problem in problems[:5]
+        )
+        # A request the API cannot read is malformed (400); a readable one with a value
+        # out of range (a query option) is unprocessable (422).
+        return _error(400 if in_body else 422, described or "invalid request")
+
+    @app.exception_handler(Saturated)
+    async def saturated(_request: Request, error: Saturated) -> JSONResponse:
+        return _error(503, str(error), {"Retry-After": str(RETRY_AFTER_BUSY_S)})
+
+    @app.exception_handler(TooManyJobs)
+    async def too_many_jobs(_request: Request, error: TooManyJobs) -> JSONResponse:
+        return _error(429, str(error), {"Retry-After": str(RETRY_AFTER_JOBS_S)})
+
+    @app.exception_handler(JobError)
+    async def bad_video(_request: Request, error: JobError) -> JSONResponse:
+        return _error(error.status, str(error))
+
+    @app.exception_handler(MissingExtraError)
+    async def missing_extra(_request: Request, error: MissingExtraError) -> JSONResponse:
+        return _error(422, f"this server cannot use that option: {error}")
+
+    @app.exception_handler(Exception)
+    async def internal(_request: Request, error: Exception) -> JSONResponse:
+        logger.error("internal error", exc_info=error)
+        return _error(500, "internal error; the server's log has the details")
+

@@ -1,0 +1,61 @@
+"""Start the service: check the settings, make the jobs folder the worker processes
+share, run Uvicorn, and remove the jobs folder when the server stops."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ferkit.serve.config import API_KEY_ENV, CONFIG_ENV, ServeConfig
+
+
+def run(config: ServeConfig, *, log_level: str = "info") -> None:
+    """Serve until interrupted (Ctrl-C or SIGTERM).
+
+    The model is loaded before the port is opened (with one worker) so that a bad model
+    fails at once; with several workers each loads it once.
+
+    Raises:
+        ValueError: the settings are unsafe (a non-loopback address without a key) or
+            invalid.
+        FileNotFoundError, ChecksumError: the model cannot be loaded.
+    """
+    import uvicorn
+
+    if config.api_key is None and os.environ.get(API_KEY_ENV):
+        config = dataclasses.replace(config, api_key=os.environ[API_KEY_ENV])  # checked too
+    config.check_exposure()
+    own_jobs_dir = config.jobs_dir is None
+    if own_jobs_dir:
+        config = dataclasses.replace(
+            config, jobs_dir=tempfile.mkdtemp(prefix="ferkit-serve-jobs-")
+        )
+    else:
+        Path(config.jobs_dir).mkdir(parents=True, exist_ok=True)
+    options = {
+        "host": config.host,
+        "port": config.port,
+        "log_level": log_level,
+        "ws_max_size": config.ws_max_frame_kb * 1024 + 1024,
+        "timeout_keep_alive": 5,
+        "server_header": False,
+    }
+    try:
+        if config.workers == 1:
+            from ferkit.serve.app import create_app
+
+            uvicorn.run(create_app(config), **options)
+        else:
+            os.environ[CONFIG_ENV] = config.to_json()
+            uvicorn.run(
+                "ferkit.serve.app:create_app_from_env",
+                factory=True,
+                workers=config.workers,
+                **options,
+            )
+    finally:
+        if own_jobs_dir:
+            shutil.rmtree(config.jobs_dir, ignore_errors=True)

@@ -1,0 +1,553 @@
+// ferkit's web page: photos, a video and a live camera, over the service's own API.
+// Plain JavaScript, no build step; every request goes to this page's own server.
+"use strict";
+
+// One colour per expression, as in ferkit's annotated images.
+const COLORS = {
+  angry: "rgb(220,50,47)", contempt: "rgb(133,153,0)", disgust: "rgb(108,113,196)",
+  fear: "rgb(211,54,130)", happy: "rgb(255,200,0)", neutral: "rgb(200,200,200)",
+  sad: "rgb(38,139,210)", surprise: "rgb(42,161,152)",
+};
+const UNCERTAIN = "rgb(150,150,150)";
+const UNCERTAIN_MARGIN = 0.10; // top two probabilities closer than this: too close to call
+const CAMERA_WIDTH = 640; // frames sent over the socket are at most this wide
+const CAMERA_IN_FLIGHT = 2; // frames sent and not yet answered
+
+const $ = (id) => document.getElementById(id);
+let health = null;
+
+function colorOf(label) { return COLORS[label] || "rgb(160,160,160)"; }
+
+function ranked(probabilities) {
+  return Object.entries(probabilities).sort((a, b) => b[1] - a[1]);
+}
+
+function isUncertain(face) {
+  const top = ranked(face.probabilities);
+  return top.length > 1 && top[0][1] - top[1][1] < UNCERTAIN_MARGIN;
+}
+
+function faceTitle(face) {
+  const top = ranked(face.probabilities);
+  if (isUncertain(face)) {
+    return `${top[0][0]} or ${top[1][0]}?`;
+  }
+  return `${face.label} ${Math.round(face.probabilities[face.label] * 100)}%`;
+}
+
+function apiKey() { return $("api-key").value.trim(); }
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { "X-API-Key": key } : {};
+}
+
+// The message of an error response ({"error": "..."}), or a plain description.
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) return body.error;
+  } catch (_) { /* not JSON */ }
+  return `the server answered ${response.status} ${response.statusText}`;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function showStatus(target, message, kind) {
+  target.textContent = message;
+  target.className = `status ${kind || ""}`;
+}
+
+// ---- tabs -------------------------------------------------------------------------
+
+function selectPanel(name) {
+  for (const tab of document.querySelectorAll(".tab")) {
+    const active = tab.dataset.panel === name;
+    tab.classList.toggle("active", active);
+    tab.setAttribute("aria-selected", String(active));
+  }
+  for (const panel of document.querySelectorAll(".panel")) {
+    panel.hidden = panel.id !== name;
+  }
+}
+
+// ---- drawing faces ----------------------------------------------------------------
+
+// Boxes and labels over an image drawn at `scale` on a canvas.
+function drawFaces(context, faces, scale) {
+  const fontSize = Math.max(13, Math.round(context.canvas.width / 45));
+  context.font = `600 ${fontSize}px system-ui, sans-serif`;
+  context.textBaseline = "top";
+  faces.forEach((face, index) => {
+    const [x, y, w, h] = face.box.map((v) => v * scale);
+    const color = isUncertain(face) ? UNCERTAIN : colorOf(face.label);
+    context.lineWidth = Math.max(2, Math.round(context.canvas.width / 300));
+    context.strokeStyle = color;
+    context.strokeRect(x, y, w, h);
+    const title = `${face.track_id !== undefined ? "" : `#${index + 1} `}${faceTitle(face)}`;
+    const width = context.measureText(title).width + 10;
+    const top = y - fontSize - 8 >= 0 ? y - fontSize - 8 : y + h;
+    context.fillStyle = color;
+    context.fillRect(x, top, width, fontSize + 8);
+    context.fillStyle = "#111";
+    context.fillText(title, x + 5, top + 4);
+  });
+}
+
+// A face's probabilities as bars, likeliest first.
+function probabilityBars(face) {
+  const list = element("div", "bars");
+  for (const [name, p] of ranked(face.probabilities)) {
+    const row = element("div", "bar-row");
+    row.append(element("span", "bar-name", name));
+    const track = element("span", "bar-track");
+    const fill = element("span", "bar-fill");
+    fill.style.width = `${(p * 100).toFixed(1)}%`;
+    fill.style.background = colorOf(name);
+    track.append(fill);
+    row.append(track, element("span", "bar-value", `${(p * 100).toFixed(1)}%`));
+    list.append(row);
+  }
+  return list;
+}
+
+// ---- photos -----------------------------------------------------------------------
+
+function photoCard(file) {
+  const card = element("article", "card photo-card");
+  card.append(element("h3", "card-title", file.name));
+  const body = element("div", "card-body");
+  const status = element("p", "status", "Finding faces…");
+  card.append(status, body);
+  $("photo-results").append(card);
+  return { card, body, status };
+}
+
+async function predictPhoto(file) {
+  const { card, body, status } = photoCard(file);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let response;
+  try {
+    response = await fetch("/v1/predict", { method: "POST", body: form, headers: authHeaders() });
+  } catch (error) {
+    showStatus(status, `The server could not be reached (${error.message}).`, "error");
+    card.classList.add("failed");
+    return;
+  }
+  if (!response.ok) {
+    showStatus(status, await errorMessage(response), "error");
+    card.classList.add("failed");
+    return;
+  }
+  const result = await response.json();
+  const url = URL.createObjectURL(file);
+  const image = new Image();
+  image.src = url;
+  try {
+    await image.decode();
+  } catch (_) {
+    // The server read it, the browser cannot (TIFF, say): show the results without it.
+  }
+  const canvas = element("canvas", "photo-canvas");
+  if (image.naturalWidth) {
+    const scale = Math.min(1, 900 / image.naturalWidth);
+    // The server applied the EXIF orientation; so does the browser when drawing.
+    const fit = image.naturalWidth === result.width ? 1 : image.naturalWidth / result.width;
+    canvas.width = Math.round(image.naturalWidth * scale);
+    canvas.height = Math.round(image.naturalHeight * scale);
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0, canvas.width, canvas.height);
+    drawFaces(context, result.faces, scale * fit);
+    body.append(canvas);
+  }
+  URL.revokeObjectURL(url);
+  if (result.faces.length === 0) {
+    showStatus(status, "No face found in this photo.", "no-face");
+    return;
+  }
+  const count = result.faces.length;
+  showStatus(status, `${count} face${count > 1 ? "s" : ""} found.`, "ok");
+  body.append(facesTable(result.faces));
+}
+
+function facesTable(faces) {
+  const table = element("table", "faces-table");
+  const head = element("tr");
+  for (const title of ["#", "expression", "probabilities", "box (x, y, w, h)"]) {
+    head.append(element("th", "", title));
+  }
+  table.append(head);
+  faces.forEach((face, index) => {
+    const row = element("tr", "face-row");
+    row.append(element("td", "", String(index + 1)));
+    const label = element("td", "face-label", faceTitle(face));
+    label.dataset.label = face.label;
+    row.append(label);
+    const bars = element("td");
+    bars.append(probabilityBars(face));
+    row.append(bars, element("td", "box", face.box.join(", ")));
+    table.append(row);
+  });
+  return table;
+}
+
+function handlePhotos(files) {
+  for (const file of files) predictPhoto(file);
+}
+
+// ---- video ------------------------------------------------------------------------
+
+function setProgress(bar, label, fraction) {
+  const percent = Math.round(Math.max(0, Math.min(1, fraction)) * 100);
+  bar.style.width = `${percent}%`;
+  label.textContent = `${percent}%`;
+}
+
+function uploadVideo(file) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", "/v1/videos");
+    for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
+    request.upload.onprogress = (event) => {
+      if (event.lengthComputable) setProgress($("upload-bar"), $("upload-percent"), event.loaded / event.total);
+    };
+    request.onload = () => {
+      let body = null;
+      try { body = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
+      if (request.status === 202 && body) resolve(body);
+      else reject(new Error((body && body.error) || `the server answered ${request.status}`));
+    };
+    request.onerror = () => reject(new Error("the upload failed: the server could not be reached"));
+    const form = new FormData();
+    form.append("file", file, file.name);
+    request.send(form);
+  });
+}
+
+async function processVideo(file) {
+  const status = $("video-status");
+  $("video-result").hidden = true;
+  $("video-progress").hidden = false;
+  setProgress($("upload-bar"), $("upload-percent"), 0);
+  setProgress($("process-bar"), $("process-percent"), 0);
+  showStatus(status, `Uploading ${file.name}…`);
+  let job;
+  try {
+    job = await uploadVideo(file);
+  } catch (error) {
+    $("video-progress").hidden = true;
+    showStatus(status, error.message, "error");
+    return;
+  }
+  setProgress($("upload-bar"), $("upload-percent"), 1);
+  showStatus(status, `Processing ${file.name}…`);
+  for (;;) {
+    await new Promise((done) => setTimeout(done, 500));
+    let response;
+    try {
+      response = await fetch(job.status_url, { headers: authHeaders() });
+    } catch (error) {
+      showStatus(status, `Lost the server while processing (${error.message}).`, "error");
+      return;
+    }
+    if (!response.ok) {
+      showStatus(status, await errorMessage(response), "error");
+      return;
+    }
+    const state = await response.json();
+    if (state.progress && state.progress.fraction !== null) {
+      setProgress($("process-bar"), $("process-percent"), state.progress.fraction);
+    }
+    if (state.status === "failed") {
+      showStatus(status, `The video could not be processed: ${state.error}`, "error");
+      return;
+    }
+    if (state.status === "done") {
+      await showVideoResult(job, state);
+      return;
+    }
+  }
+}
+
+async function showVideoResult(job, state) {
+  const result = state.result;
+  const seconds = state.video.duration_s ?? result.frames_read / state.video.fps;
+  const faceFrames = result.frames_with_face;
+  showStatus(
+    $("video-status"),
+    `${state.filename}: ${result.frames_read} frames (${seconds.toFixed(1)} s), a face on ` +
+    `${faceFrames}, ${result.tracks} track${result.tracks === 1 ? "" : "s"}.`,
+    result.tracks ? "ok" : "no-face",
+  );
+  $("video-result").hidden = false;
+  drawTimeline($("video-chart"), result);
+  drawShares($("video-shares"), result.share_of_time);
+  const response = await fetch(job.annotated_url, { headers: authHeaders() });
+  if (response.ok) {
+    const player = $("video-player");
+    if (player.src) URL.revokeObjectURL(player.src);
+    player.src = URL.createObjectURL(await response.blob());
+  }
+}
+
+// Each expression's smoothed probability over time, for the video's main face (the
+// track seen on most frames).
+function drawTimeline(canvas, result) {
+  const counts = {};
+  for (const frame of result.frames) for (const face of frame.faces) counts[face.track_id] = (counts[face.track_id] || 0) + 1;
+  const main = Object.keys(counts).sort((a, b) => counts[b] - counts[a])[0];
+  const points = [];
+  for (const frame of result.frames) {
+    const face = frame.faces.find((f) => String(f.track_id) === main);
+    if (face) points.push([frame.time_s, face.probabilities]);
+  }
+  const width = canvas.clientWidth || canvas.width;
+  canvas.width = width * (window.devicePixelRatio || 1);
+  canvas.height = Math.round(canvas.width * 0.36);
+  const context = canvas.getContext("2d");
+  const ratio = canvas.width / width;
+  context.scale(ratio, ratio);
+  const w = width;
+  const h = canvas.height / ratio;
+  const left = 40;
+  const bottom = 24;
+  context.clearRect(0, 0, w, h);
+  context.font = "12px system-ui, sans-serif";
+  context.fillStyle = "#666";
+  context.strokeStyle = "#ddd";
+  for (const level of [0, 0.5, 1]) {
+    const y = (h - bottom) * (1 - level) + 4;
+    context.beginPath();
+    context.moveTo(left, y);
+    context.lineTo(w, y);
+    context.stroke();
+    context.fillText(`${level * 100}%`, 4, y - 6);
+  }
+  const end = points.length ? points[points.length - 1][0] || 1 : 1;
+  context.fillText("0 s", left, h - 14);
+  context.fillText(`${end.toFixed(1)} s`, w - 40, h - 14);
+  const legend = $("chart-legend");
+  legend.textContent = "";
+  for (const name of result.classes) {
+    context.strokeStyle = colorOf(name);
+    context.lineWidth = 2;
+    context.beginPath();
+    points.forEach(([time, probabilities], index) => {
+      const x = left + (w - left - 8) * (time / end);
+      const y = (h - bottom) * (1 - probabilities[name]) + 4;
+      if (index === 0) context.moveTo(x, y); else context.lineTo(x, y);
+    });
+    context.stroke();
+    const key = element("span", "legend-item", name);
+    key.style.setProperty("--swatch", colorOf(name));
+    legend.append(key);
+  }
+  if (!points.length) {
+    context.fillStyle = "#333";
+    context.fillText("No face was found in this video.", left + 10, h / 2);
+  }
+}
+
+function drawShares(target, shares) {
+  target.textContent = "";
+  const entries = Object.entries(shares).sort((a, b) => b[1] - a[1]);
+  if (!entries.length) target.append(element("p", "muted", "No face was found."));
+  for (const [name, share] of entries) {
+    const row = element("div", "bar-row share-row");
+    row.dataset.label = name;
+    row.append(element("span", "bar-name", name));
+    const track = element("span", "bar-track");
+    const fill = element("span", "bar-fill");
+    fill.style.width = `${(share * 100).toFixed(1)}%`;
+    fill.style.background = colorOf(name);
+    track.append(fill);
+    row.append(track, element("span", "bar-value", `${(share * 100).toFixed(0)}%`));
+    target.append(row);
+  }
+}
+
+// ---- camera -----------------------------------------------------------------------
+
+const camera = {
+  stream: null, socket: null, inFlight: 0, answers: [], labels: new Set(), timer: null,
+  lastSent: 0, pending: null,
+};
+
+async function startCamera() {
+  const status = $("camera-status");
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showStatus(status, "This browser cannot use a camera here (it needs https or localhost).", "error");
+    return;
+  }
+  try {
+    camera.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+  } catch (error) {
+    showStatus(status, `The camera could not be opened: ${error.message}. Allow the camera for this page and try again.`, "error");
+    return;
+  }
+  const video = $("camera-video");
+  video.srcObject = camera.stream;
+  await video.play();
+  $("camera-view").hidden = false;
+  $("camera-start").hidden = true;
+  $("camera-stop").hidden = false;
+  camera.labels = new Set();
+  camera.answers = [];
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const key = apiKey();
+  const query = key ? `?api_key=${encodeURIComponent(key)}` : "";
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/stream${query}`);
+  socket.binaryType = "arraybuffer";
+  camera.socket = socket;
+  socket.onopen = () => { showStatus(status, "Live: expressions are read as fast as the server can.", "ok"); sendFrames(); };
+  socket.onmessage = (event) => onCameraAnswer(JSON.parse(event.data));
+  socket.onclose = (event) => {
+    if (camera.socket === socket) {
+      const reason = event.reason || (event.code === 1009 ? "a frame was too large" : event.code === 1008 ? "the server refused the connection (API key?)" : "");
+      showStatus(status, `The live connection closed${reason ? `: ${reason}` : ""}.`, event.code === 1000 ? "" : "error");
+      stopCamera(false);
+    }
+  };
+  socket.onerror = () => showStatus(status, "The live connection to the server failed.", "error");
+  camera.timer = setInterval(showRate, 500);
+}
+
+// Keeps CAMERA_IN_FLIGHT frames on their way, no faster than the server's frame-rate
+// limit (frames beyond it would only be dropped).
+function sendFrames() {
+  const socket = camera.socket;
+  const video = $("camera-video");
+  if (!socket || socket.readyState !== WebSocket.OPEN || camera.pending) return;
+  const maxFps = (health && health.limits && health.limits.ws_max_fps) || 30;
+  const wait = camera.lastSent + 1000 / maxFps - performance.now();
+  if (wait > 0 && camera.inFlight < CAMERA_IN_FLIGHT) {
+    camera.pending = setTimeout(() => { camera.pending = null; sendFrames(); }, wait);
+    return;
+  }
+  if (camera.inFlight < CAMERA_IN_FLIGHT && video.videoWidth) {
+    camera.lastSent = performance.now();
+    const scale = Math.min(1, CAMERA_WIDTH / video.videoWidth);
+    const frame = document.createElement("canvas");
+    frame.width = Math.round(video.videoWidth * scale);
+    frame.height = Math.round(video.videoHeight * scale);
+    frame.getContext("2d").drawImage(video, 0, 0, frame.width, frame.height);
+    camera.inFlight += 1;
+    frame.toBlob((blob) => {
+      if (blob && socket.readyState === WebSocket.OPEN) socket.send(blob);
+      else camera.inFlight -= 1;
+    }, "image/jpeg", 0.8);
+    if (camera.inFlight < CAMERA_IN_FLIGHT) sendFrames();
+  }
+  if (!video.videoWidth) setTimeout(sendFrames, 50);
+}
+
+// Every frame sent gets one answer: its faces, an error, or word that it was dropped.
+function onCameraAnswer(answer) {
+  camera.inFlight = Math.max(0, camera.inFlight - 1);
+  if (answer.type === "error") {
+    showStatus($("camera-status"), answer.error, "error");
+  } else if (answer.type === "faces") {
+    camera.answers.push({ time: performance.now(), dropped: answer.dropped });
+    drawCameraFaces(answer);
+  }
+  sendFrames();
+}
+
+function drawCameraFaces(answer) {
+  const video = $("camera-video");
+  const overlay = $("camera-overlay");
+  overlay.width = video.clientWidth;
+  overlay.height = video.clientHeight;
+  const context = overlay.getContext("2d");
+  context.clearRect(0, 0, overlay.width, overlay.height);
+  drawFaces(context, answer.faces, overlay.width / answer.width);
+  const list = $("camera-faces");
+  list.textContent = "";
+  for (const face of answer.faces) {
+    camera.labels.add(face.label);
+    const item = element("div", "live-face");
+    item.dataset.track = face.track_id;
+    item.dataset.label = face.label;
+    item.append(element("strong", "face-label", `face ${face.track_id}: ${faceTitle(face)}`));
+    item.append(probabilityBars(face));
+    list.append(item);
+  }
+  list.dataset.labelsSeen = [...camera.labels].sort().join(",");
+  if (!answer.faces.length) list.append(element("p", "muted no-face", "No face in view."));
+}
+
+function showRate() {
+  const now = performance.now();
+  camera.answers = camera.answers.filter((answer) => now - answer.time <= 2000);
+  const rate = camera.answers.length / 2;
+  const dropped = camera.answers.length ? camera.answers[camera.answers.length - 1].dropped : 0;
+  $("camera-fps").textContent = `${rate.toFixed(1)} frames/s from the server · ${dropped} dropped`;
+  $("camera-fps").dataset.fps = rate.toFixed(2);
+}
+
+function stopCamera(closeSocket = true) {
+  if (camera.timer) clearInterval(camera.timer);
+  if (camera.pending) clearTimeout(camera.pending);
+  camera.timer = null;
+  camera.pending = null;
+  const socket = camera.socket;
+  camera.socket = null;
+  camera.inFlight = 0;
+  if (closeSocket && socket) socket.close(1000);
+  if (camera.stream) for (const track of camera.stream.getTracks()) track.stop();
+  camera.stream = null;
+  $("camera-start").hidden = false;
+  $("camera-stop").hidden = true;
+}
+
+// ---- start ------------------------------------------------------------------------
+
+async function loadHealth() {
+  const info = $("model-info");
+  try {
+    const response = await fetch("/healthz");
+    health = await response.json();
+  } catch (error) {
+    showStatus(info, "The server could not be reached.", "error");
+    return;
+  }
+  const model = health.model;
+  info.textContent = `Model “${model.name}” (${model.classes.join(", ")}), checksums ${model.checksums}; detector ${health.detector}.`;
+  $("key-row").hidden = !health.api_key_required;
+  if (health.api_key_required) {
+    $("api-key").value = sessionStorage.getItem("ferkit-api-key") || "";
+  }
+}
+
+function start() {
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", () => selectPanel(tab.dataset.panel));
+  }
+  $("api-key").addEventListener("change", () => sessionStorage.setItem("ferkit-api-key", apiKey()));
+  $("key-row").addEventListener("submit", (event) => event.preventDefault());
+  $("photo-input").addEventListener("change", (event) => { handlePhotos(event.target.files); event.target.value = ""; });
+  const zone = $("drop-zone");
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    handlePhotos(event.dataTransfer.files);
+  });
+  $("video-input").addEventListener("change", (event) => {
+    const [file] = event.target.files;
+    if (file) processVideo(file);
+    event.target.value = "";
+  });
+  $("camera-start").addEventListener("click", startCamera);
+  $("camera-stop").addEventListener("click", () => { stopCamera(); showStatus($("camera-status"), "Stopped."); });
+  loadHealth();
+}
+
+document.addEventListener("DOMContentLoaded", start);
