@@ -34,6 +34,7 @@ LAYERS = {
     "ferkit.release": 5,
     "ferkit.evaluation": 6,
     "ferkit.cli": 7,
+    "ferkit.serve": 7,
     "ferkit.__main__": 8,
 }
 
@@ -149,7 +150,8 @@ def test_no_private_names_across_modules():
 
 def test_the_top_level_shows_the_stages():
     folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
-    assert folders == ["data", "evaluation", "inference", "models", "release", "training"]
+    stages = ["data", "evaluation", "inference", "models", "release", "training"]
+    assert folders == sorted([*stages, "serve"])  # the stages, and the service over them
     assert len(list(PACKAGE.glob("*.py"))) <= 12  # foundations, cli, __init__, __main__
 
 

@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFil
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import APIKeyHeader
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException
@@ -57,6 +58,36 @@ _api_key_header = APIKeyHeader(
 #: Seconds a client is asked to wait when the server or its video slots are full.
 RETRY_AFTER_BUSY_S = 1
 RETRY_AFTER_JOBS_S = 10
+
+
+class ErrorBody(BaseModel):
+    """Every error response: what went wrong and, where it helps, what to do."""
+
+    error: str
+
+
+_ERROR_MEANINGS = {
+    400: "malformed request (no file, a text field where a file belongs, a broken body)",
+    401: "missing or wrong API key",
+    403: "a request from a page of another site",
+    404: "no such video job (finished jobs are removed after a while)",
+    408: "the request body did not arrive in time",
+    409: "the video job has not finished",
+    413: "over a size limit (request body, pixels, files per request, video length)",
+    415: "not an image (or not a video), or one that cannot be decoded",
+    422: "an option out of range",
+    429: "every video slot is busy; retry after the Retry-After header's seconds",
+    503: "the server is saturated; retry after the Retry-After header's seconds",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI descriptions of the error responses of a route (and of every /v1 route)."""
+    common = (401, 403, 408, 503)
+    return {
+        status: {"model": ErrorBody, "description": _ERROR_MEANINGS[status]}
+        for status in sorted({*statuses, *common})
+    }
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -148,7 +179,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             "limits": limits(config),
         }
 
-    @api.post("/predict", tags=["photos"], summary="Faces and expressions in photos")
+    @api.post(
+        "/predict", tags=["photos"], summary="Faces and expressions in photos",
+        responses=_errors(400, 413, 415, 422),
+    )  # fmt: skip
     async def predict(
         file: Annotated[UploadFile | None, File(description="one image")] = None,
         files: Annotated[list[UploadFile] | None, File(description="several images")] = None,
@@ -178,7 +212,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             return entry
         return {"images": entries}
 
-    @api.post("/videos", tags=["videos"], status_code=202, summary="Start a video job")
+    @api.post(
+        "/videos", tags=["videos"], status_code=202, summary="Start a video job",
+        responses=_errors(400, 413, 415, 422, 429),
+    )  # fmt: skip
     async def submit_video(
         request: Request,
         file: Annotated[UploadFile, File(description="one video (MP4, WebM, AVI, MOV...)")],
@@ -195,14 +232,21 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             headers={"Location": job_url},
         )
 
-    @api.get("/videos/{job_id}", tags=["videos"], name="video_status", summary="A video job's progress and results")  # fmt: skip
+    @api.get(
+        "/videos/{job_id}", tags=["videos"], name="video_status",
+        summary="A video job's progress and results", responses=_errors(404, 422),
+    )  # fmt: skip
     def video_status(job_id: str) -> Any:
         state = jobs.status(job_id)
         if state is None:
             raise HTTPException(404, f"no video job {job_id!r} (finished jobs are removed after {config.job_ttl_s:g} s)")  # fmt: skip
         return state
 
-    @api.get("/videos/{job_id}/annotated", tags=["videos"], summary="A finished job's annotated video (WebM)", response_class=FileResponse)  # fmt: skip
+    @api.get(
+        "/videos/{job_id}/annotated", tags=["videos"],
+        summary="A finished job's annotated video (WebM)", response_class=FileResponse,
+        responses={200: {"content": {"video/webm": {}}}, **_errors(404, 409, 422)},
+    )  # fmt: skip
     def video_annotated(job_id: str) -> Any:
         path = jobs.annotated(job_id)
         if path is None:

@@ -1,0 +1,620 @@
+"""ferkit serve's API on real photos and videos: results equal the library's, every error
+is JSON with its status, limits hold (body size, pixels, files, video length, jobs,
+saturation, time), keys and origins are checked, nothing is left behind on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ferkit.serve.app import create_app  # noqa: E402
+from ferkit.serve.config import ServeConfig, is_loopback  # noqa: E402
+from ferkit.serve.engine import RecognizerPool, Saturated  # noqa: E402
+from ferkit.serve.guards import BodyLimit, Timeout  # noqa: E402
+from ferkit.serve.jobs import valid_job_id  # noqa: E402
+from tests.conftest import require_shared  # noqa: E402
+
+pytestmark = pytest.mark.real_data
+
+KEY = "test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def samples() -> Path:
+    return require_shared("samples")
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    """One server (the bundled model, default settings) for the module's tests."""
+    jobs = tmp_path_factory.mktemp("jobs")
+    app = create_app(ServeConfig(jobs_dir=str(jobs), max_video_s=60))
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        test_client.jobs_dir = jobs
+        yield test_client
+
+
+def post_file(client, name: str, data: bytes, field: str = "file", url: str = "/v1/predict", **kw):
+    return client.post(url, files={field: (name, data)}, **kw)
+
+
+def assert_error(response, status: int, *words: str) -> dict:
+    """The response is a JSON error with ``status`` whose message holds ``words``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert "Traceback" not in body["error"]
+    for word in words:
+        assert word in body["error"], body["error"]
+    return body
+
+
+def wait_for_job(client, url: str, timeout_s: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        state = client.get(url).json()
+        seen.append(state["progress"]["frames_done"])
+        if state["status"] in ("done", "failed"):
+            state["progress_seen"] = seen
+            return state
+        time.sleep(0.3)
+    raise AssertionError(f"the job at {url} did not finish in {timeout_s} s")
+
+
+# -- health ---------------------------------------------------------------------------
+
+
+def test_healthz_names_the_model_its_classes_and_checksum_state(client):
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok"
+    assert body["model"]["name"] == "default"
+    assert body["model"]["classes"] == [
+        "angry", "disgust", "fear", "happy", "neutral", "sad", "surprise",
+    ]  # fmt: skip
+    assert body["model"]["checksums"] == "verified"
+    assert body["limits"]["max_pixels"] == ServeConfig().max_pixels
+
+
+# -- photos ---------------------------------------------------------------------------
+
+
+def test_predict_gives_the_librarys_faces_and_probabilities(client, samples):
+    from ferkit import EmotionRecognizer
+
+    data = (samples / "couple.jpg").read_bytes()
+    response = post_file(client, "couple.jpg", data)
+    assert response.status_code == 200
+    body = response.json()
+    expected = EmotionRecognizer().predict(samples / "couple.jpg")
+    assert (body["width"], body["height"]) == (expected.width, expected.height)
+    assert len(body["faces"]) == len(expected) == 2
+    for face, reference in zip(body["faces"], expected, strict=True):
+        assert face["box"] == list(reference.box)
+        assert face["label"] == reference.label
+        for name, p in reference.probabilities.items():
+            assert face["probabilities"][name] == pytest.approx(p, abs=1e-5)
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert set(face["landmarks"]) >= {"left_eye", "right_eye"}
+        assert 0 < face["detector_confidence"] <= 1
+
+
+def test_predict_reads_the_smile_and_the_empty_photo(client, samples):
+    happy = post_file(client, "justin.jpg", (samples / "justin.jpg").read_bytes()).json()
+    assert [face["label"] for face in happy["faces"]] == ["happy"]
+    empty = post_file(client, "no-faces.jpg", (samples / "no-faces.jpg").read_bytes())
+    assert empty.status_code == 200
+    assert empty.json()["faces"] == []
+
+
+def test_several_files_one_bad_the_rest_complete(client, samples):
+    files = [
+        ("files", ("justin.jpg", (samples / "justin.jpg").read_bytes())),
+        ("files", ("notes.jpg", b"these are notes, not a photo")),
+        ("files", ("couple.jpg", (samples / "couple.jpg").read_bytes())),
+    ]
+    images = client.post("/v1/predict", files=files).json()["images"]
+    assert [entry["filename"] for entry in images] == ["justin.jpg", "notes.jpg", "couple.jpg"]
+    assert [face["label"] for face in images[0]["faces"]] == ["happy"]
+    assert images[1]["status"] == 415 and "not an image" in images[1]["error"]
+    assert len(images[2]["faces"]) == 2
+
+
+def test_faces_crop_option_takes_the_image_as_one_face(client, samples):
+    body = client.post(
+        "/v1/predict?faces=crop", files={"file": ("n.jpg", (samples / "no-faces.jpg").read_bytes())}
+    ).json()
+    assert body["face_mode"] == "crop" and len(body["faces"]) == 1
+    assert body["faces"][0]["detector_confidence"] is None
+
+
+@pytest.mark.parametrize("detector", ["haar", "blazeface"])
+def test_detector_option_is_used(client, samples, detector):
+    data = (samples / "justin.jpg").read_bytes()
+    body = client.post(f"/v1/predict?detector={detector}", files={"file": ("j.jpg", data)}).json()
+    assert len(body["faces"]) == 1
+    # Haar gives no landmarks; BlazeFace gives six: the detector really changed.
+    assert (body["faces"][0]["landmarks"] is None) == (detector == "haar")
+
+
+def test_not_an_image_is_415_naming_the_file(client):
+    assert_error(post_file(client, "report.jpg", b"plain text " * 50), 415, "report.jpg", "not an image")
+
+
+def test_truncated_jpeg_is_415(client, samples):
+    data = (samples / "justin.jpg").read_bytes()[:2000]
+    assert_error(post_file(client, "cut.jpg", data), 415, "cut.jpg", "truncated")
+
+
+def test_pixel_bomb_png_is_refused_without_decoding(client):
+    """A 16000x16000 PNG of a few hundred KB is refused from its header."""
+    image = Image.new("L", (16000, 16000))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=True)
+    del image
+    data = buffer.getvalue()
+    assert len(data) < 2**20
+    started = time.perf_counter()
+    assert_error(post_file(client, "bomb.png", data), 413, "bomb.png", "pixels")
+    assert time.perf_counter() - started < 2.0  # decoding 256 megapixels takes far longer
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [("faces=sideways", ["faces"]), ("detector=nonsense", ["detector"])],
+)
+def test_bad_options_are_422(client, samples, query, words):
+    data = (samples / "justin.jpg").read_bytes()
+    assert_error(client.post(f"/v1/predict?{query}", files={"file": ("j.jpg", data)}), 422, *words)
+
+
+def test_malformed_requests_are_400(client):
+    assert_error(client.post("/v1/predict"), 400, "file")
+    assert_error(client.post("/v1/predict", data={"file": "not a file"}), 400, "file")
+    broken = client.post(
+        "/v1/predict",
+        content=b"--xyz\r\nnonsense",
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    assert broken.status_code == 400 and "error" in broken.json()
+
+
+def test_unknown_routes_and_methods_are_json_errors(client):
+    assert_error(client.get("/v1/nothing"), 404)
+    assert_error(client.get("/v1/predict"), 405)
+
+
+def test_too_many_files_is_413(client, samples):
+    data = (samples / "no-faces.jpg").read_bytes()
+    files = [("files", (f"{i}.jpg", data)) for i in range(ServeConfig().max_files + 1)]
+    assert_error(client.post("/v1/predict", files=files), 413, "files")
+
+
+# -- limits on a small server -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """A server with small limits, an API key and one allowed foreign origin."""
+    config = ServeConfig(
+        api_key=KEY, max_upload_mb=0.5, max_video_mb=1.0, max_video_s=5, max_jobs=1,
+        cors_origins="https://app.example", jobs_dir=str(tmp_path_factory.mktemp("jobs")),
+        job_ttl_s=3600,
+    )  # fmt: skip
+    with TestClient(create_app(config), raise_server_exceptions=False) as test_client:
+        test_client.headers["X-API-Key"] = KEY
+        yield test_client
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(strict):
+    big = b"\xff\xd8\xff" + bytes(600_000)
+    assert_error(post_file(strict, "big.jpg", big), 413, "limit")
+
+
+def test_chunked_body_over_the_limit_is_413(strict):
+    def chunks():
+        for _ in range(20):
+            yield bytes(64_000)
+
+    response = strict.post(
+        "/v1/predict", content=chunks(),
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )  # fmt: skip
+    assert_error(response, 413, "limit")
+
+
+def test_api_key_is_required_except_for_healthz(strict, samples):
+    data = (samples / "justin.jpg").read_bytes()
+    anonymous = {"X-API-Key": ""}
+    assert strict.get("/healthz", headers=anonymous).status_code == 200
+    assert strict.get("/healthz").json()["api_key_required"] is True
+    assert_error(strict.post("/v1/predict", files={"file": ("j.jpg", data)}, headers=anonymous), 401, "API key")  # fmt: skip
+    wrong = {"X-API-Key": "wrong-key-0123456789"}
+    assert_error(strict.post("/v1/predict", files={"file": ("j.jpg", data)}, headers=wrong), 401)
+    assert_error(strict.get("/v1/videos/" + "0" * 32, headers=wrong), 401)
+    assert strict.post("/v1/predict", files={"file": ("j.jpg", data)}).status_code == 200
+
+
+def test_the_socket_needs_the_key_too(strict, samples):
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect) as refused:
+        with strict.websocket_connect("/v1/stream", headers={"X-API-Key": ""}) as socket:
+            socket.receive_text()
+    assert refused.value.code == 1008
+    with strict.websocket_connect(f"/v1/stream?api_key={KEY}") as socket:
+        socket.send_bytes((samples / "justin.jpg").read_bytes())
+        assert json.loads(socket.receive_text())["type"] == "faces"
+
+
+def test_other_sites_are_refused_unless_allowed(strict, samples):
+    data = (samples / "justin.jpg").read_bytes()
+    foreign = strict.post("/v1/predict", files={"file": ("j.jpg", data)},
+                          headers={"Origin": "https://evil.example"})  # fmt: skip
+    assert_error(foreign, 403, "evil.example", "--cors-origins")
+    allowed = strict.post("/v1/predict", files={"file": ("j.jpg", data)},
+                          headers={"Origin": "https://app.example"})  # fmt: skip
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    preflight = strict.options("/v1/predict", headers={"Origin": "https://app.example",
+                               "Access-Control-Request-Method": "POST"})  # fmt: skip
+    assert preflight.status_code == 204
+    assert "x-api-key" in preflight.headers["access-control-allow-headers"]
+    same = strict.post("/v1/predict", files={"file": ("j.jpg", data)},
+                       headers={"Origin": "http://testserver"})  # fmt: skip
+    assert same.status_code == 200 and "access-control-allow-origin" not in same.headers
+
+
+def test_foreign_socket_is_refused(strict):
+    from starlette.websockets import WebSocketDisconnect
+
+    with pytest.raises(WebSocketDisconnect):
+        with strict.websocket_connect(
+            f"/v1/stream?api_key={KEY}", headers={"Origin": "https://evil.example"}
+        ) as socket:
+            socket.receive_text()
+
+
+def test_page_sends_a_restrictive_content_security_policy(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<script src=\"/static/app.js\"" in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "access-control-allow-origin" not in page.headers
+
+
+def test_no_path_reaches_outside_the_jobs_and_static_folders(client):
+    for path in (
+        "/v1/videos/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/v1/videos/../../etc/passwd",
+        "/v1/videos/" + "a" * 31 + "/annotated",
+        "/v1/videos/%2e%2e/annotated",
+        "/static/../app.py",
+        "/static/%2e%2e/app.py",
+    ):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "def create_app" not in response.text and "root:" not in response.text
+    assert valid_job_id("0123456789abcdef0123456789abcdef")
+    assert not valid_job_id("../0123456789abcdef0123456789ab")
+
+
+def test_saturated_server_answers_503_with_retry_after(client, samples):
+    pool = client.app.state.pool
+    data = (samples / "justin.jpg").read_bytes()
+    pool.admitted += pool.capacity  # every place taken, as under a burst
+    try:
+        response = post_file(client, "j.jpg", data)
+    finally:
+        pool.admitted -= pool.capacity
+    assert_error(response, 503, "saturated")
+    assert int(response.headers["retry-after"]) >= 1
+    assert post_file(client, "j.jpg", data).status_code == 200
+
+
+def test_pool_admits_its_capacity_and_lends_each_recogniser_to_one_thread():
+    class Base:
+        detector = type("D", (), {"name": "haar"})()
+
+        def with_detector(self, name=None):
+            return object()
+
+    pool = RecognizerPool(Base(), size=2, max_pending=1)
+    with pool.admit(), pool.admit(), pool.admit():
+        with pytest.raises(Saturated):
+            with pool.admit():
+                pass
+    with pool.lend() as first, pool.lend() as second:
+        assert first is not second
+    with pool.lend() as again:
+        assert again in (first, second)  # returned, not made anew
+
+
+def test_body_limit_and_timeout_layers():
+    """The ASGI layers alone: a streamed body cut at its limit, a slow body (408) and a
+    slow answer (503 with Retry-After)."""
+
+    async def slow_reader(scope, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # what a route does when the body is cut off
+            if not message.get("more_body"):
+                break
+        await asyncio.sleep(5)
+
+    async def call(app, chunks, complete=True):
+        sent = []
+        queue = [{"type": "http.request", "body": c,
+                  "more_body": not complete or i < len(chunks) - 1}
+                 for i, c in enumerate(chunks)]  # fmt: skip
+
+        async def receive():
+            if queue:
+                return queue.pop(0)
+            await asyncio.sleep(10)  # a client that stalls
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/predict", "headers": []}
+        await app(scope, receive, send)
+        return sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+
+    limited = BodyLimit(slow_reader, lambda scope: 1000)
+    assert asyncio.run(call(limited, [bytes(600), bytes(600)]))[0] == 413
+    status, headers = asyncio.run(call(Timeout(slow_reader, 0.2), [b"x"]))
+    assert status == 503 and headers["retry-after"] == "5"
+    status, _ = asyncio.run(call(Timeout(slow_reader, 0.2), [b"x"], complete=False))
+    assert status == 408
+
+
+def test_config_refuses_unsafe_or_impossible_settings():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+    with pytest.raises(ValueError, match="--api-key"):
+        ServeConfig(host="0.0.0.0").check_exposure()
+    ServeConfig(host="0.0.0.0", insecure=True).check_exposure()
+    ServeConfig(host="0.0.0.0", api_key=KEY).check_exposure()
+    with pytest.raises(ValueError, match="at least 8"):
+        ServeConfig(api_key="short")
+    with pytest.raises(ValueError, match="max_upload_mb"):
+        ServeConfig(max_upload_mb=float("nan"))
+    with pytest.raises(ValueError, match="detector"):
+        ServeConfig(detector="nonsense")
+
+
+def test_serve_command_refuses_an_open_address_without_a_key():
+    result = subprocess.run(
+        [sys.executable, "-m", "ferkit", "serve", "--host", "0.0.0.0", "--port", "9"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--api-key" in result.stderr and "--insecure" in result.stderr
+
+
+# -- videos ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def video_job(client, samples):
+    """test.mp4 through a video job, to the end."""
+    data = (samples / "test.mp4").read_bytes()
+    response = post_file(client, "test.mp4", data, url="/v1/videos")
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert response.headers["location"] == created["status_url"]
+    return created, wait_for_job(client, created["status_url"])
+
+
+def test_video_job_reports_progress_and_the_pipelines_results(video_job, samples):
+    from ferkit import EmotionRecognizer
+
+    created, state = video_job
+    assert created["status"] == "queued" and valid_job_id(created["id"])
+    assert state["status"] == "done", state.get("error")
+    assert state["progress"] == {"frames_done": 115, "frames_total": 115, "fraction": 1.0}
+    assert state["progress_seen"] == sorted(state["progress_seen"])  # never goes back
+    result = state["result"]
+    assert result["frames_read"] == 115 and len(result["frames"]) == 115
+    assert sum(result["share_of_time"].values()) == pytest.approx(1.0, abs=1e-3)
+    reference = list(EmotionRecognizer().predict_video(samples / "test.mp4"))
+    for frame, expected in zip(result["frames"], reference, strict=True):
+        assert frame["index"] == expected.index
+        assert [f["label"] for f in frame["faces"]] == [f.label for f in expected.faces]
+        assert [f["raw_label"] for f in frame["faces"]] == [f.raw_label for f in expected.faces]
+        assert [f["track_id"] for f in frame["faces"]] == [f.track_id for f in expected.faces]
+
+
+def test_annotated_video_is_a_playable_webm_with_every_frame(client, video_job, tmp_path):
+    import cv2
+
+    _, state = video_job
+    url = f"/v1/videos/{state['id']}/annotated"
+    response = client.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == "video/webm"
+    assert response.content[:4] == b"\x1a\x45\xdf\xa3"  # the EBML header of WebM
+    path = tmp_path / "annotated.webm"
+    path.write_bytes(response.content)
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 115
+    partial = client.get(url, headers={"Range": "bytes=0-99"})  # browsers seek this way
+    assert partial.status_code == 206 and len(partial.content) == 100
+
+
+def test_finished_job_keeps_no_upload_and_is_removed_after_its_time(client, video_job):
+    _, state = video_job
+    folder = client.jobs_dir / state["id"]
+    assert not list(folder.glob("input*"))  # the upload is gone once processed
+    jobs = client.app.state.jobs
+    assert jobs.sweep(now=time.time()) == []  # not yet expired
+    assert state["id"] in jobs.sweep(now=time.time() + jobs.ttl_s + 1)
+    assert not folder.exists()
+    assert_error(client.get(f"/v1/videos/{state['id']}"), 404, "no video job")
+    assert_error(client.get(f"/v1/videos/{state['id']}/annotated"), 404)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("clip.mp4", b"definitely not a video " * 100, ["not a readable video"]),
+        ("photo.mp4", None, ["JPEG image", "/v1/predict"]),
+        ("empty.mp4", b"", ["empty"]),
+    ],
+)
+def test_video_uploads_that_are_not_videos_are_415(client, samples, name, content, words):
+    data = (samples / "justin.jpg").read_bytes() if content is None else content
+    before = set(client.jobs_dir.iterdir())
+    assert_error(post_file(client, name, data, url="/v1/videos"), 415, *words)
+    assert set(client.jobs_dir.iterdir()) == before  # nothing left behind
+
+
+def test_too_long_video_is_413_and_busy_slots_429(strict, samples):
+    long_video = (samples / "test.mp4").read_bytes()  # 4.7 s, under this server's 5 s
+    first = post_file(strict, "a.mp4", long_video, url="/v1/videos")
+    assert first.status_code == 202
+    second = post_file(strict, "b.mp4", long_video, url="/v1/videos")
+    if second.status_code == 202:  # the first finished already: cannot tell here
+        pytest.skip("the first job finished before the second arrived")
+    assert_error(second, 429, "video jobs")
+    assert int(second.headers["retry-after"]) >= 1
+    wait_for_job(strict, first.json()["status_url"])
+
+
+def test_video_over_the_duration_limit_is_413(strict, samples, tmp_path):
+    import cv2
+
+    path = tmp_path / "long.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 1, (64, 48))
+    for _ in range(8):  # 8 s at 1 frame/s, over the 5 s limit; a few KB
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.release()
+    assert_error(post_file(strict, "long.avi", path.read_bytes(), url="/v1/videos"), 413, "5 s")
+
+
+def test_job_folder_is_removed_when_the_server_stops(tmp_path):
+    app = create_app(ServeConfig())
+    with TestClient(app):
+        root = app.state.jobs.root
+        assert root.is_dir()
+    assert not root.exists()
+
+
+# -- the live socket -----------------------------------------------------------------
+
+
+def frames_of(video: Path, count: int) -> list[bytes]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while len(frames) < count:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.imencode(".jpg", frame)[1].tobytes())
+    return frames
+
+
+def test_stream_tracks_and_smooths_a_face_across_frames(client, samples):
+    frames = frames_of(samples / "woman2.mp4", 30)
+    answers = []
+    with client.websocket_connect("/v1/stream") as socket:
+        for frame in frames:  # one at a time, as a client that waits for each answer
+            socket.send_bytes(frame)
+            answers.append(json.loads(socket.receive_text()))
+            time.sleep(1 / 30)
+    assert [a["type"] for a in answers] == ["faces"] * len(frames)
+    assert [a["frame"] for a in answers] == list(range(1, len(frames) + 1))
+    assert all(len(a["faces"]) == 1 for a in answers)
+    assert {a["faces"][0]["track_id"] for a in answers} == {0}
+    face = answers[-1]["faces"][0]
+    assert set(face) >= {"box", "label", "probabilities", "raw_label", "raw_probabilities"}
+    # Smoothing: the smoothed values move less from frame to frame than the raw ones.
+    raw = np.array([[a["faces"][0]["raw_probabilities"][c] for c in sorted(face["probabilities"])] for a in answers])  # fmt: skip
+    smooth = np.array([[a["faces"][0]["probabilities"][c] for c in sorted(face["probabilities"])] for a in answers])  # fmt: skip
+    assert np.abs(np.diff(smooth, axis=0)).mean() < np.abs(np.diff(raw, axis=0)).mean()
+
+
+def burst(client, frames: list[bytes], url: str = "/v1/stream") -> list[dict]:
+    """Send every frame at once, far faster than frames are classified; the answers."""
+    with client.websocket_connect(url) as socket:
+        for frame in frames:
+            socket.send_bytes(frame)
+        return [json.loads(socket.receive_text()) for _ in frames]
+
+
+def test_stream_drops_frames_over_the_rate_limit(client, samples):
+    answers = burst(client, frames_of(samples / "woman2.mp4", 20))
+    assert sorted(a["frame"] for a in answers) == list(range(1, 21))  # one answer each
+    classified = [a["frame"] for a in answers if a["type"] == "faces"]
+    assert classified[0] == 1 and len(classified) < 5  # 20 frames in far less than 20/30 s
+    reasons = {a["reason"] for a in answers if a["type"] == "dropped"}
+    assert reasons == {"over the frame-rate limit"}
+
+
+def test_stream_keeps_the_newest_frame_rather_than_queueing(samples):
+    """Without a rate limit in the way, frames that arrive while one is classified
+    replace each other: the newest is classified next, the rest are dropped."""
+    app = create_app(ServeConfig(ws_max_fps=10_000))
+    with TestClient(app) as fast:
+        answers = burst(fast, frames_of(samples / "woman2.mp4", 40))
+    assert sorted(a["frame"] for a in answers) == list(range(1, 41))
+    classified = [a["frame"] for a in answers if a["type"] == "faces"]
+    assert len(classified) < 20 and classified[-1] == 40
+    assert {a["reason"] for a in answers if a["type"] == "dropped"} == {
+        "a newer frame came before it was classified"
+    }
+
+
+def test_stream_errors_bad_frames_and_closes_on_oversized_ones(strict):
+    from starlette.websockets import WebSocketDisconnect
+
+    with strict.websocket_connect(f"/v1/stream?api_key={KEY}") as socket:
+        socket.send_text("hello")
+        assert "binary" in json.loads(socket.receive_text())["error"]
+        socket.send_bytes(b"not a jpeg at all")
+        answer = json.loads(socket.receive_text())
+        assert answer["type"] == "error" and "not a usable image" in answer["error"]
+        socket.send_bytes(bytes(ServeConfig().ws_max_frame_kb * 1024 + 1))
+        assert "over the limit" in json.loads(socket.receive_text())["error"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            socket.receive_text()
+        assert closed.value.code == 1009
+
+
+# -- load -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_short_load_has_no_server_errors_and_bounded_memory():
+    """A bounded load on loopback against a real ``ferkit serve`` process (the full
+    figures come from ``ferkit benchmark serve``)."""
+    from ferkit.serve.loadtest import benchmark_serve
+
+    report = benchmark_serve(clients=4, duration_s=8.0)
+    print(report.text())
+    assert report.requests > 20
+    assert report.server_errors == 0 and report.errors == 0
+    assert set(report.statuses) <= {200, 429, 503}
+    assert report.memory_growth_mb < 50
