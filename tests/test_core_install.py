@@ -83,6 +83,9 @@ def test_a_command_that_needs_an_extra_names_it(tmp_path):
                   "--detector", "mtcnn", "--out", str(tmp_path / "p"), "--quiet")  # fmt: skip
     assert result.returncode == 2
     assert "ferkit[train]" in result.stderr
+    result = core("ferkit", "serve", "--port", "9")
+    assert result.returncode == 2
+    assert "pip install 'ferkit[serve]'" in result.stderr
 
 
 def test_core_install_evaluates_the_bundled_model(tmp_path):

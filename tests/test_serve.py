@@ -18,14 +18,14 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from ferkit.serve.app import create_app  # noqa: E402
-from ferkit.serve.config import ServeConfig, is_loopback  # noqa: E402
-from ferkit.serve.engine import RecognizerPool, Saturated  # noqa: E402
-from ferkit.serve.guards import BodyLimit, Timeout  # noqa: E402
-from ferkit.serve.jobs import valid_job_id  # noqa: E402
-from tests.conftest import require_shared  # noqa: E402
+from ferkit.serve.app import create_app
+from ferkit.serve.config import ServeConfig, is_loopback
+from ferkit.serve.engine import RecognizerPool, Saturated
+from ferkit.serve.guards import BodyLimit, Timeout
+from ferkit.serve.jobs import valid_job_id
+from tests.conftest import require_shared
 
 pytestmark = pytest.mark.real_data
 
@@ -152,7 +152,9 @@ def test_detector_option_is_used(client, samples, detector):
 
 
 def test_not_an_image_is_415_naming_the_file(client):
-    assert_error(post_file(client, "report.jpg", b"plain text " * 50), 415, "report.jpg", "not an image")
+    assert_error(
+        post_file(client, "report.jpg", b"plain text " * 50), 415, "report.jpg", "not an image"
+    )
 
 
 def test_truncated_jpeg_is_415(client, samples):
@@ -252,9 +254,9 @@ def test_api_key_is_required_except_for_healthz(strict, samples):
 def test_the_socket_needs_the_key_too(strict, samples):
     from starlette.websockets import WebSocketDisconnect
 
-    with pytest.raises(WebSocketDisconnect) as refused:
-        with strict.websocket_connect("/v1/stream", headers={"X-API-Key": ""}) as socket:
-            socket.receive_text()
+    anonymous = strict.websocket_connect("/v1/stream", headers={"X-API-Key": ""})
+    with pytest.raises(WebSocketDisconnect) as refused, anonymous as socket:
+        socket.receive_text()
     assert refused.value.code == 1008
     with strict.websocket_connect(f"/v1/stream?api_key={KEY}") as socket:
         socket.send_bytes((samples / "justin.jpg").read_bytes())
@@ -282,16 +284,18 @@ def test_other_sites_are_refused_unless_allowed(strict, samples):
 def test_foreign_socket_is_refused(strict):
     from starlette.websockets import WebSocketDisconnect
 
-    with pytest.raises(WebSocketDisconnect):
-        with strict.websocket_connect(
+    with (
+        pytest.raises(WebSocketDisconnect),
+        strict.websocket_connect(
             f"/v1/stream?api_key={KEY}", headers={"Origin": "https://evil.example"}
-        ) as socket:
-            socket.receive_text()
+        ) as socket,
+    ):
+        socket.receive_text()
 
 
 def test_page_sends_a_restrictive_content_security_policy(client):
     page = client.get("/")
-    assert page.status_code == 200 and "<script src=\"/static/app.js\"" in page.text
+    assert page.status_code == 200 and '<script src="/static/app.js"' in page.text
     policy = page.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "script-src 'self'" in policy
     assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
@@ -336,10 +340,8 @@ def test_pool_admits_its_capacity_and_lends_each_recogniser_to_one_thread():
             return object()
 
     pool = RecognizerPool(Base(), size=2, max_pending=1)
-    with pool.admit(), pool.admit(), pool.admit():
-        with pytest.raises(Saturated):
-            with pool.admit():
-                pass
+    with pool.admit(), pool.admit(), pool.admit(), pytest.raises(Saturated), pool.admit():
+        pass
     with pool.lend() as first, pool.lend() as second:
         assert first is not second
     with pool.lend() as again:

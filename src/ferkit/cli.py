@@ -217,12 +217,8 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
     )
-    parser.add_argument(
-        "--clients", type=int, default=8, help="serve: concurrent clients"
-    )
-    parser.add_argument(
-        "--duration", type=float, default=60.0, help="serve: seconds of load"
-    )
+    parser.add_argument("--clients", type=int, default=8, help="serve: concurrent clients")
+    parser.add_argument("--duration", type=float, default=60.0, help="serve: seconds of load")
     parser.add_argument(
         "--photo",
         type=Path,

@@ -59,9 +59,12 @@ class MissingExtraError(ImportError):
 
 def missing_extra(library: str, extra: str, purpose: str) -> MissingExtraError:
     """The error for a missing optional library, naming the extra that installs it."""
+    whole = (
+        " (or pip install -r requirements.txt for the whole toolkit)" if extra == "train" else ""
+    )
     return MissingExtraError(
         f"{purpose} needs {library}, which this installation lacks: pip install "
-        f"'ferkit[{extra}]' (or pip install -r requirements.txt for the whole toolkit)"
+        f"'ferkit[{extra}]'{whole}"
     )
 
 

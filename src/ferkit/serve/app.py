@@ -150,7 +150,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         title="ferkit",
         version=__version__,
         description="Facial-expression recognition: faces and their expressions in photos, "
-        "videos and a live camera. Errors are `{\"error\": \"...\"}`.",
+        'videos and a live camera. Errors are `{"error": "..."}`.',
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
@@ -187,7 +187,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         file: Annotated[UploadFile | None, File(description="one image")] = None,
         files: Annotated[list[UploadFile] | None, File(description="several images")] = None,
         detector: Annotated[DetectorName | None, Query(description="face detector")] = None,
-        faces: Annotated[FaceMode, Query(description="auto, crop (the image is one face) or detect")] = "auto",
+        faces: Annotated[
+            FaceMode, Query(description="auto, crop (the image is one face) or detect")
+        ] = "auto",
     ) -> Any:
         uploads = ([file] if file is not None else []) + list(files or [])
         if not uploads:
@@ -353,4 +355,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def internal(_request: Request, error: Exception) -> JSONResponse:
         logger.error("internal error", exc_info=error)
         return _error(500, "internal error; the server's log has the details")
-

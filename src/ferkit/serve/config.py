@@ -57,7 +57,9 @@ class ServeConfig:
     cors_origins: str = setting(
         "", "comma-separated origins of other sites allowed to call the API (empty: none)"
     )  # fmt: skip
-    jobs_dir: str | None = setting(None, "folder for video jobs; none: a temporary one, removed on exit")
+    jobs_dir: str | None = setting(
+        None, "folder for video jobs; none: a temporary one, removed on exit"
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -98,7 +98,10 @@ def face_json(face: Any) -> dict[str, Any]:
         else round(float(face.detector_confidence), 4),
         "landmarks": None
         if face.landmarks is None
-        else {name: [round(float(x), 1), round(float(y), 1)] for name, (x, y) in face.landmarks.items()},
+        else {
+            name: [round(float(x), 1), round(float(y), 1)]
+            for name, (x, y) in face.landmarks.items()
+        },
     }
     if face.track_id is not None:
         record["track_id"] = face.track_id

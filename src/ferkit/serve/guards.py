@@ -125,12 +125,13 @@ class OriginGuard:
             )
             return
         if scope["type"] == "http" and scope["method"] == "OPTIONS":
-            await send({"type": "http.response.start", "status": 204,
-                        "headers": self._cors(origin) + [
-                            (b"access-control-allow-methods", b"GET, POST"),
-                            (b"access-control-allow-headers", b"x-api-key, authorization, content-type"),
-                            (b"access-control-max-age", b"600"),
-                        ]})  # fmt: skip
+            headers = [
+                *self._cors(origin),
+                (b"access-control-allow-methods", b"GET, POST"),
+                (b"access-control-allow-headers", b"x-api-key, authorization, content-type"),
+                (b"access-control-max-age", b"600"),
+            ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
 

@@ -10,6 +10,7 @@ when its job ends, whatever happens; finished jobs are removed after their time 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ferkit.extras import native_stderr_silenced
 from ferkit.images import VIDEO_EXTENSIONS, sniff_format
 from ferkit.outputs import write_atomic
 from ferkit.serve.engine import face_json
@@ -91,12 +93,16 @@ class VideoJobs:
         self._lock = threading.Lock()
         self._active = 0
         self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="ferkit-jobs-sweep", daemon=True)
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, name="ferkit-jobs-sweep", daemon=True
+        )
         self._sweeper.start()
 
     # -- creating a job -------------------------------------------------------------
 
-    def submit(self, upload: BinaryIO, filename: str, detector: str | None = None) -> dict[str, Any]:
+    def submit(
+        self, upload: BinaryIO, filename: str, detector: str | None = None
+    ) -> dict[str, Any]:
         """Check an uploaded video and queue it.
 
         Raises:
@@ -164,7 +170,8 @@ class VideoJobs:
                 415,
             )
         try:
-            capture, info = open_video(video)
+            with native_stderr_silenced():  # FFmpeg's own lines about the broken file
+                capture, info = open_video(video)
         except (FileNotFoundError, ValueError):
             raise JobError(
                 "the upload is not a readable video (corrupt, or a codec this server's FFmpeg "
@@ -238,10 +245,8 @@ class VideoJobs:
 
     @staticmethod
     def _write_state(folder: Path, state: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # the job was removed meanwhile
             write_atomic(folder / "job.json", json.dumps(state))
-        except FileNotFoundError:  # the job was removed meanwhile
-            pass
 
     # -- reading jobs ---------------------------------------------------------------
 

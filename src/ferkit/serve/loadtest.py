@@ -60,7 +60,9 @@ class LoadReport:
 
     @property
     def server_errors(self) -> int:
-        return sum(count for status, count in self.statuses.items() if status >= 500 and status != 503)
+        return sum(
+            count for status, count in self.statuses.items() if status >= 500 and status != 503
+        )
 
     @property
     def errors(self) -> int:
@@ -73,7 +75,9 @@ class LoadReport:
         return self.memory_after_mb - self.memory_before_mb
 
     def text(self) -> str:
-        statuses = ", ".join(f"{status}: {count}" for status, count in sorted(self.statuses.items()))
+        statuses = ", ".join(
+            f"{status}: {count}" for status, count in sorted(self.statuses.items())
+        )
         failures = ", ".join(f"{name}: {count}" for name, count in self.failures.items()) or "none"
         return "\n".join(
             [
@@ -133,9 +137,13 @@ def multipart(name: str, data: bytes, field_name: str = "file") -> tuple[bytes, 
     """A multipart/form-data body holding one file, and its content type."""
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
-        f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -231,9 +239,7 @@ def benchmark_serve(
     """
     if clients < 1 or not duration_s > 0:
         raise ValueError("clients must be at least 1 and duration a positive number of seconds")
-    named = (
-        [(Path(p).name, Path(p).read_bytes()) for p in photos] if photos else default_photos()
-    )
+    named = [(Path(p).name, Path(p).read_bytes()) for p in photos] if photos else default_photos()
     payloads = [multipart(name, data) for name, data in named]
     port = free_port()
     report = LoadReport(clients, duration_s, [name for name, _ in named], workers=workers)

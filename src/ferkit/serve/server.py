@@ -30,9 +30,7 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
     config.check_exposure()
     own_jobs_dir = config.jobs_dir is None
     if own_jobs_dir:
-        config = dataclasses.replace(
-            config, jobs_dir=tempfile.mkdtemp(prefix="ferkit-serve-jobs-")
-        )
+        config = dataclasses.replace(config, jobs_dir=tempfile.mkdtemp(prefix="ferkit-serve-jobs-"))
     else:
         Path(config.jobs_dir).mkdir(parents=True, exist_ok=True)
     options = {

@@ -327,7 +327,7 @@ function drawTimeline(canvas, result) {
     context.moveTo(left, y);
     context.lineTo(w, y);
     context.stroke();
-    context.fillText(`${level * 100}%`, 4, y - 6);
+    context.fillText(`${level * 100}%`, 4, Math.max(12, y + 4));
   }
   const end = points.length ? points[points.length - 1][0] || 1 : 1;
   context.fillText("0 s", left, h - 14);

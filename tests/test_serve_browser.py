@@ -1,0 +1,198 @@
+"""The web page in a real browser: Debian's Chromium, headless, driven by Playwright,
+against ``ferkit serve`` started on a free loopback port. Photos, a video and the camera
+(Chromium's fake camera fed with frames of the real woman2.mp4).
+
+Screenshots of every state go to ``results/test-screenshots/`` (or
+``$FERKIT_SCREENSHOTS``), and the camera's frame rate to ``camera.json`` beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+from ferkit.serve.loadtest import free_port, running_server  # noqa: E402
+from tests.conftest import require_shared  # noqa: E402
+
+pytestmark = [pytest.mark.real_data, pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("FERKIT_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = Path(
+    os.environ.get(
+        "FERKIT_SCREENSHOTS", Path(__file__).resolve().parents[1] / "results" / "test-screenshots"
+    )
+)
+
+
+def chromium_or_skip() -> Path:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{CHROMIUM} not found in CI; .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} not found; apt-get install chromium")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def samples() -> Path:
+    return require_shared("samples")
+
+
+@pytest.fixture(scope="module")
+def fake_camera(samples, tmp_path_factory) -> Path:
+    """woman2.mp4 as a Y4M file, the format Chromium's fake camera plays (in a loop)."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("camera") / "woman2.y4m"
+    capture = cv2.VideoCapture(str(samples / "woman2.mp4"))
+    width, height = (
+        int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+        int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+    )
+    with open(path, "wb") as handle:
+        handle.write(f"YUV4MPEG2 W{width} H{height} F30000:1001 Ip A1:1 C420jpeg\n".encode())
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            handle.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
+    capture.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = free_port()
+    with running_server(port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def browser(fake_camera):
+    executable = chromium_or_skip()
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    SCREENSHOTS.mkdir(parents=True)
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(executable),
+            args=[
+                "--no-sandbox",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                f"--use-file-for-fake-video-capture={fake_camera}",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page at the web app; its script errors fail the test."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.grant_permissions(["camera"], origin=server)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    # Script errors, not the browser's log of error responses (which some tests provoke).
+    tab.on(
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    tab.goto(server + "/")
+    tab.locator("#model-info", has_text="checksums verified").wait_for()
+    yield tab
+    context.close()
+    assert errors == [], errors
+
+
+def shoot(tab, name: str) -> None:
+    tab.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_photo_with_a_smile_shows_one_happy_face(page, samples):
+    page.set_input_files("#photo-input", str(samples / "justin.jpg"))
+    card = page.locator(".photo-card").first
+    card.locator(".status.ok").wait_for()
+    assert card.locator(".status").inner_text() == "1 face found."
+    labels = card.locator(".face-label")
+    assert labels.count() == 1 and labels.first.get_attribute("data-label") == "happy"
+    assert card.locator("canvas.photo-canvas").is_visible()
+    assert card.locator(".bar-row").count() == 7
+    shoot(page, "photo-happy")
+
+
+def test_photo_without_a_face_says_so(page, samples):
+    page.set_input_files("#photo-input", str(samples / "no-faces.jpg"))
+    status = page.locator(".photo-card .status.no-face")
+    status.wait_for()
+    assert "No face" in status.inner_text()
+    shoot(page, "photo-no-face")
+
+
+def test_text_file_named_jpg_shows_the_servers_error(page, tmp_path):
+    fake = tmp_path / "holiday.jpg"
+    fake.write_text("these are notes, not a photo\n" * 20)
+    page.set_input_files("#photo-input", str(fake))
+    status = page.locator(".photo-card .status.error")
+    status.wait_for()
+    assert "holiday.jpg" in status.inner_text() and "not an image" in status.inner_text()
+    shoot(page, "photo-error")
+
+
+def test_several_photos_at_phone_width(page, samples):
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.set_input_files("#photo-input", [str(samples / "couple.jpg"), str(samples / "justin.jpg")])
+    page.locator(".photo-card .status.ok").nth(1).wait_for()
+    assert page.locator(".photo-card").nth(0).locator(".face-row").count() == 2
+    overflow = page.locator("body").evaluate("b => b.scrollWidth - window.innerWidth")
+    assert overflow <= 0  # nothing wider than the phone's screen
+    shoot(page, "photos-phone")
+
+
+def test_video_upload_progress_chart_and_annotated_video(page, samples):
+    page.click("button[data-panel=video]")
+    page.set_input_files("#video-input", str(samples / "test.mp4"))
+    page.locator("#video-progress").wait_for()
+    page.locator("#video-result").wait_for(timeout=120_000)
+    assert page.locator("#upload-percent").inner_text() == "100%"
+    assert page.locator("#process-percent").inner_text() == "100%"
+    assert "115 frames" in page.locator("#video-status").inner_text()
+    shares = page.locator("#video-shares .share-row")
+    assert shares.count() >= 1
+    player = page.locator("#video-player")
+    page.wait_for_timeout(500)
+    state = player.evaluate(
+        "v => new Promise(r => { v.currentTime = 2; v.onseeked = () => r([v.readyState, v.duration, v.videoWidth]); })"
+    )
+    assert state[0] >= 2 and abs(state[1] - 115 / 24.7) < 0.2 and state[2] == 596
+    shoot(page, "video")
+
+
+def test_camera_shows_a_tracked_face_with_changing_labels(page):
+    page.click("button[data-panel=camera]")
+    page.click("#camera-start")
+    page.locator(".live-face").first.wait_for(timeout=30_000)
+    # woman2.mp4 smiles, then speaks; over 12 s the label of her one face changes.
+    page.wait_for_timeout(12_000)
+    faces = page.locator(".live-face")
+    assert faces.count() == 1 and faces.first.get_attribute("data-track") == "0"
+    seen = page.locator("#camera-faces").get_attribute("data-labels-seen").split(",")
+    fps = float(page.locator("#camera-fps").get_attribute("data-fps"))
+    shoot(page, "camera")
+    (SCREENSHOTS / "camera.json").write_text(json.dumps({"frames_per_s": fps, "labels_seen": seen}))
+    print(f"camera: {fps:.1f} frames/s answered by the server; labels seen: {seen}")
+    assert len(seen) >= 2
+    assert fps >= 3
+    page.click("#camera-stop")
+    assert page.locator("#camera-start").is_visible()
