@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import faulthandler
 import logging
 import os
@@ -788,14 +789,6 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVE_FLAGS = (
-    "host", "port", "model", "detector", "backend", "workers", "threads", "api_key",
-    "insecure", "max_upload_mb", "max_files", "max_pixels", "max_video_mb", "max_video_s",
-    "max_jobs", "job_ttl_s", "max_pending", "request_timeout_s", "ws_max_frame_kb",
-    "ws_max_fps", "cors_origins", "jobs_dir",
-)  # fmt: skip
-
-
 def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.serve.config import ServeConfig
 
@@ -814,8 +807,8 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="Needs the serve extra: pip install 'ferkit[serve]'. Ctrl-C stops the server.",
     )
-    for name in SERVE_FLAGS:
-        add_option(parser, ServeConfig, name)
+    for field in dataclasses.fields(ServeConfig):  # every setting is a flag
+        add_option(parser, ServeConfig, field.name)
     parser.set_defaults(handler=_run_serve)
 
 
@@ -826,7 +819,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from ferkit.serve.config import ServeConfig
     from ferkit.serve.server import run
 
-    config = ServeConfig(**{name: getattr(args, name) for name in SERVE_FLAGS})
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     shown = "localhost" if config.host in ("127.0.0.1", "::1") else config.host
     print(
         f"ferkit serve: the web page at http://{shown}:{config.port}/ and the API reference "

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,9 +41,9 @@ from ferkit.faces import DETECTOR_NAMES
 from ferkit.images import FACE_MODES
 from ferkit.serve.config import ServeConfig, limits
 from ferkit.serve.engine import RecognizerPool, Saturated, predict_uploads
-from ferkit.serve.guards import BodyLimit, OriginGuard, SecurityHeaders, Timeout
+from ferkit.serve.guards import BodyLimit, Gate, OriginGuard, SecurityHeaders, Timeout, header
 from ferkit.serve.jobs import JobError, TooManyJobs, VideoJobs
-from ferkit.serve.stream import CLOSE_POLICY, serve_stream
+from ferkit.serve.stream import CLOSE_POLICY, CLOSE_TRY_LATER, serve_stream
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def _model_info(recognizer: Any) -> dict[str, Any]:
 
     source = Path(recognizer.model.source)
     folder = source if source.is_dir() else source.parent
+    if folder.name == "checkpoints":  # a run folder's best checkpoint
+        folder = folder.parent
     return {
         "name": "default" if folder == DEFAULT_MODEL_DIR else folder.name,
         "file": source.name,
@@ -133,9 +136,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     jobs_root = Path(config.jobs_dir or tempfile.mkdtemp(prefix="ferkit-serve-jobs-"))
     jobs = VideoJobs(
         jobs_root, recognizer, max_jobs=config.max_jobs, ttl_s=config.job_ttl_s,
-        max_video_s=config.max_video_s,
+        max_video_s=config.max_video_s, max_pixels=config.max_pixels,
     )  # fmt: skip
     model = _model_info(recognizer)
+    streams = {"open": 0}  # live camera sockets (all on the event loop's thread)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -199,13 +203,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if not all(isinstance(upload, StarletteUpload) for upload in uploads):
             raise HTTPException(400, "'file' and 'files' must be file uploads, not text fields")
         named = [(_display_name(upload.filename, i), await upload.read()) for i, upload in enumerate(uploads)]  # fmt: skip
-        with pool.admit():
 
-            def work() -> list[dict[str, Any]]:
-                with pool.lend(detector) as lent:
-                    return predict_uploads(lent, named, faces, config.max_pixels)
+        def work() -> list[dict[str, Any]]:
+            # Admitted in the thread that works: a request its client gave up on still
+            # counts until its work is done.
+            with pool.admit(), pool.lend(detector) as lent:
+                return predict_uploads(lent, named, faces, config.max_pixels)
 
-            entries = await run_in_threadpool(work)
+        entries = await run_in_threadpool(work)
         if file is not None and not files:
             entry = entries[0]
             if "error" in entry:
@@ -252,8 +257,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     def video_annotated(job_id: str) -> Any:
         path = jobs.annotated(job_id)
         if path is None:
-            if jobs.folder(job_id) is None:
+            state = jobs.status(job_id)
+            if state is None:
                 raise HTTPException(404, f"no video job {job_id!r}")
+            if state["status"] == "failed":
+                raise HTTPException(404, f"the job failed ({state['error']}), so it has no annotated video")  # fmt: skip
             raise HTTPException(409, "the job has not finished; its annotated video is not ready")
         return FileResponse(path, media_type="video/webm", filename="annotated.webm")
 
@@ -264,6 +272,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         smoothing: float = 0.5,
         api_key: str | None = None,
     ) -> None:
+        # Accepted first, then closed with a reason: a browser sees the code and reason of
+        # a close, but not the status of a refused handshake.
+        await websocket.accept()
         if config.api_key is not None and not _key_matches(
             api_key or websocket.headers.get("x-api-key"), config.api_key
         ):
@@ -272,12 +283,18 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if not 0 <= smoothing <= 10:
             await websocket.close(CLOSE_POLICY, "smoothing must be 0 to 10 seconds")
             return
-        await websocket.accept()
-        await serve_stream(
-            websocket, pool, detector=detector, smoothing_s=smoothing,
-            max_frame_bytes=config.ws_max_frame_kb * 1024, max_fps=config.ws_max_fps,
-            max_pixels=config.max_pixels,
-        )  # fmt: skip
+        if streams["open"] >= config.max_streams:
+            await websocket.close(CLOSE_TRY_LATER, f"{streams['open']} live sessions are open, the most this server takes; try again later")  # fmt: skip
+            return
+        streams["open"] += 1
+        try:
+            await serve_stream(
+                websocket, pool, detector=detector, smoothing_s=smoothing,
+                max_frame_bytes=config.ws_max_frame_kb * 1024, max_fps=config.ws_max_fps,
+                max_pixels=config.max_pixels,
+            )  # fmt: skip
+        finally:
+            streams["open"] -= 1
 
     app.include_router(api)
 
@@ -295,11 +312,43 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         megabytes = config.max_video_mb if scope["path"].rstrip("/") == "/v1/videos" else config.max_upload_mb  # fmt: skip
         return int(megabytes * 2**20)
 
-    # Added innermost first: security headers wrap everything, then the origin check,
-    # the time limit and the body limit.
+    def key_refusal(scope: dict[str, Any]) -> tuple[int, str, dict[str, str]] | None:
+        if config.api_key is None or not scope["path"].startswith("/v1/"):
+            return None
+        if _key_matches(header(scope, b"x-api-key"), config.api_key):
+            return None
+        message = "missing or wrong API key; send it in the X-API-Key header"
+        return 401, message, {"WWW-Authenticate": "ApiKey"}
+
+    uploads = {"open": 0}  # video uploads arriving; each may become a job
+    uploads_lock = threading.Lock()
+
+    def is_video_upload(scope: dict[str, Any]) -> bool:
+        return scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/videos"
+
+    def video_slot_refusal(scope: dict[str, Any]) -> tuple[int, str, dict[str, str]] | None:
+        if not is_video_upload(scope):
+            return None
+        with uploads_lock:
+            if uploads["open"] + jobs.active >= config.max_jobs:
+                busy = f"{config.max_jobs} video uploads or jobs are in progress, the most this server takes at once; try again when one has finished"  # fmt: skip
+                return 429, busy, {"Retry-After": str(RETRY_AFTER_JOBS_S)}
+            uploads["open"] += 1
+        return None
+
+    def video_upload_ended(scope: dict[str, Any]) -> None:
+        if is_video_upload(scope):
+            with uploads_lock:
+                uploads["open"] -= 1
+
+    # Added innermost first. From the outside in: security headers; the host and origin
+    # checks; the API key and the video slots, both before a byte of the body is read;
+    # the time limit; the body limit.
     app.add_middleware(BodyLimit, limit_for=body_limit)
     app.add_middleware(Timeout, seconds=config.request_timeout_s)
-    app.add_middleware(OriginGuard, allowed=config.origins)
+    app.add_middleware(Gate, check=video_slot_refusal, on_end=video_upload_ended)
+    app.add_middleware(Gate, check=key_refusal)
+    app.add_middleware(OriginGuard, allowed=config.origins, hosts=config.served_hosts)
     app.add_middleware(SecurityHeaders)
     return app
 

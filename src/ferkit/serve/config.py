@@ -54,6 +54,10 @@ class ServeConfig:
     request_timeout_s: float = setting(60.0, "longest time for one HTTP request")
     ws_max_frame_kb: int = setting(1024, "largest camera frame over the socket, in KB")
     ws_max_fps: float = setting(30.0, "most camera frames a second per socket (more dropped)")
+    max_streams: int = setting(8, "live camera sockets open at once per process")
+    trusted_hosts: str = setting(
+        "", "comma-separated host names this server answers to besides its own (behind a proxy)"
+    )  # fmt: skip
     cors_origins: str = setting(
         "", "comma-separated origins of other sites allowed to call the API (empty: none)"
     )  # fmt: skip
@@ -69,7 +73,7 @@ class ServeConfig:
             raise ValueError(f"port must be 0 to 65535, not {self.port}")
         for name in (
             "workers", "threads", "max_files", "max_pixels", "max_jobs", "max_pending",
-            "ws_max_frame_kb",
+            "ws_max_frame_kb", "max_streams",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -86,6 +90,18 @@ class ServeConfig:
     @property
     def origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def served_hosts(self) -> set[str] | None:
+        """The ``Host`` names answered (None: any): a loopback server answers to its
+        loopback names and ``trusted_hosts``; another to any name, or to
+        ``trusted_hosts`` alone when given."""
+        from ferkit.serve.guards import LOOPBACK_HOSTS
+
+        trusted = {name.strip().lower() for name in self.trusted_hosts.split(",") if name.strip()}
+        if is_loopback(self.host):
+            return set(LOOPBACK_HOSTS) | trusted
+        return trusted or None
 
     def check_exposure(self) -> None:
         """Refuse to listen beyond this machine without an API key, unless ``insecure``.

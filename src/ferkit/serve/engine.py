@@ -10,14 +10,14 @@ latency and memory grow.
 from __future__ import annotations
 
 import contextlib
-import queue
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from ferkit.images import ImageReadError, decode_image
+
+logger = logging.getLogger(__name__)
 
 
 class Saturated(RuntimeError):
@@ -26,7 +26,8 @@ class Saturated(RuntimeError):
 
 class RecognizerPool:
     """``size`` recognisers per face detector, created when first needed, lent to one
-    request at a time; at most ``size + max_pending`` requests are admitted at once.
+    thread at a time; at most ``size + max_pending`` requests (and camera frames) are
+    admitted at once.
 
     Args:
         base: the recogniser whose model (and settings) every lent one shares.
@@ -38,12 +39,14 @@ class RecognizerPool:
         self.capacity = size + max_pending
         self.admitted = 0
         self._lock = threading.Lock()
-        self._free: dict[str, queue.SimpleQueue] = {}
+        self._returned = threading.Condition(self._lock)
+        self._free: dict[str, list[Any]] = {}
         self._made: dict[str, int] = {}
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
-        """Count a request in for its whole duration.
+        """Count a request in for its whole duration (hold it in the thread that does
+        the work, so that a request abandoned by its client still counts until done).
 
         Raises:
             Saturated: the pool is working and its queue is full.
@@ -64,26 +67,34 @@ class RecognizerPool:
     @contextlib.contextmanager
     def lend(self, detector: str | None = None) -> Iterator[Any]:
         """A recogniser with ``detector`` (default: the base's), for this thread alone
-        until the block ends; waits while all of that detector's are lent."""
+        until the block ends; waits, first come first served, while all are lent.
+
+        Raises:
+            ValueError, MissingExtraError: the detector cannot be made (unknown, or its
+                library is not installed).
+        """
         name = detector or self.base.detector.name
-        with self._lock:
-            free = self._free.setdefault(name, queue.SimpleQueue())
-            make = free.empty() and self._made.get(name, 0) < self.size
-            if make:
+        with self._returned:
+            free = self._free.setdefault(name, [])
+            while not free and self._made.get(name, 0) >= self.size:
+                self._returned.wait()
+            recognizer = free.pop(0) if free else None
+            if recognizer is None:
                 self._made[name] = self._made.get(name, 0) + 1
-        if make:
+        if recognizer is None:
             try:
                 recognizer = self.base.with_detector(name)
             except BaseException:
-                with self._lock:
+                with self._returned:
                     self._made[name] -= 1
+                    self._returned.notify()  # a waiter may make one now
                 raise
-        else:
-            recognizer = free.get()
         try:
             yield recognizer
         finally:
-            free.put(recognizer)
+            with self._returned:
+                free.append(recognizer)
+                self._returned.notify()
 
 
 def face_json(face: Any) -> dict[str, Any]:
@@ -131,7 +142,8 @@ def error_status(error: ImageReadError) -> int:
 def predict_uploads(
     recognizer: Any, uploads: list[tuple[str, bytes]], faces: str, max_pixels: int
 ) -> list[dict[str, Any]]:
-    """Decode each uploaded image and classify all their faces in one batch.
+    """Decode and classify each uploaded image in turn (one decoded image in memory at
+    a time, whatever the number of uploads).
 
     Args:
         uploads: ``(name, encoded bytes)``; the name is only shown, never opened.
@@ -140,21 +152,19 @@ def predict_uploads(
         Per upload, in order, ``{"filename", **image_json}`` or ``{"filename", "error",
         "status"}`` for one that cannot be used; the others are still classified.
     """
-    decoded: list[np.ndarray] = []
-    entries: list[dict[str, Any]] = []
+    entries = []
     for name, data in uploads:
         try:
-            decoded.append(decode_image(data, source=name, max_pixels=max_pixels))
-            entries.append({"filename": name})
+            rgb = decode_image(data, source=name, max_pixels=max_pixels)
         except ImageReadError as error:
             entries.append({"filename": name, "error": error.reason, "status": error_status(error)})
-    results = iter(recognizer.predict_batch(decoded, faces=faces, errors="record"))
-    for entry in entries:
-        if "error" in entry:
             continue
-        result = next(results)
-        if result.error is not None:
-            entry.update(error=result.error, status=422)
+        (result,) = recognizer.predict_batch([rgb], faces=faces, errors="record")
+        del rgb
+        if result.error is not None:  # the detector failed on this image: no detail out
+            logger.warning("%s: %s", name, result.error)
+            entries.append({"filename": name, "error": "face detection failed on this image",
+                            "status": 422})  # fmt: skip
         else:
-            entry.update(image_json(result))
+            entries.append({"filename": name, **image_json(result)})
     return entries

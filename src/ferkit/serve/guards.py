@@ -91,8 +91,30 @@ def own_origin(scope: Scope) -> str:
     return f"{scheme}://{host}"
 
 
+async def _refuse_socket(receive: Receive, send: Send, reason: str) -> None:
+    """Accept a socket's handshake and close it at once with 1008 and ``reason``: a
+    browser sees the code and reason of a close, not the status of a refused handshake."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": 1008, "reason": reason})
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:8000`` → ``[::1]``)."""
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+#: The host names of a server that listens on loopback only.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
 class OriginGuard:
     """Closes the API to other web sites (CORS closed by default).
+
+    ``hosts``: when given, the only ``Host`` names served (a loopback server serves its
+    loopback names alone, which defeats DNS rebinding).
 
     A browser says where a request comes from (``Origin``); requests from pages of other
     origins are refused (403; WebSocket handshakes too) unless the origin is allowed,
@@ -100,13 +122,26 @@ class OriginGuard:
     an ``Origin`` (curl, scripts) are not browsers' and pass.
     """
 
-    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+    def __init__(self, app: ASGIApp, allowed: list[str], hosts: set[str] | None = None) -> None:
         self.app = app
         self.allowed = {origin.rstrip("/") for origin in allowed}
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        host = (header(scope, b"host") or "").lower()
+        if self.hosts is not None and _host_name(host) not in self.hosts:
+            # A page of another site whose name was pointed at this machine (DNS
+            # rebinding) comes with its own name as Host: a loopback server refuses it.
+            if scope["type"] == "websocket":
+                await _refuse_socket(receive, send, f"host {host!r} is not served here")
+                return
+            await send_error(
+                send, 403, f"requests for host {host!r} are not served here; use "
+                "http://localhost, or add the name to --trusted-hosts",
+            )  # fmt: skip
             return
         origin = header(scope, b"origin")
         if origin is None or origin == own_origin(scope):
@@ -114,8 +149,7 @@ class OriginGuard:
             return
         if origin not in self.allowed:
             if scope["type"] == "websocket":
-                await receive()  # the handshake request
-                await send({"type": "websocket.close", "code": 1008})
+                await _refuse_socket(receive, send, f"pages of {origin} may not connect")
                 return
             await send_error(
                 send,
@@ -206,9 +240,11 @@ class BodyLimit:
 
 
 class Timeout:
-    """Bounds the time until a request's response starts: a client that has not sent
-    its body by then gets 408, a request the server has not answered gets 503 with
-    ``Retry-After``. Streaming a response, once started, is not cut."""
+    """Bounds how long a request may take, in two parts: while its body arrives, each
+    piece must follow the last within ``seconds`` (a stalled client gets 408; a slow but
+    steady upload is not cut); once the body is in, the response must start within
+    ``seconds`` (else 503 with ``Retry-After``). Streaming a response, once started, is
+    not cut."""
 
     def __init__(self, app: ASGIApp, seconds: float) -> None:
         self.app = app
@@ -218,14 +254,17 @@ class Timeout:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        loop = asyncio.get_running_loop()
         started = asyncio.Event()
         body_done = scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
+        deadline = loop.time() + self.seconds
 
         async def tracking_receive() -> Message:
-            nonlocal body_done
+            nonlocal body_done, deadline
             message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_done = True
+            if message["type"] == "http.request":
+                deadline = loop.time() + self.seconds  # each piece of the body resets it
+                body_done = body_done or not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -235,15 +274,21 @@ class Timeout:
 
         task = asyncio.ensure_future(self.app(scope, tracking_receive, tracking_send))
         waiter = asyncio.ensure_future(started.wait())
-        done, _ = await asyncio.wait(
-            {task, waiter}, timeout=self.seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-        if done:
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {task, waiter}, timeout=max(0.0, deadline - loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+                if done or loop.time() >= deadline:
+                    break
+        finally:
             waiter.cancel()
+            if not task.done() and not started.is_set():
+                task.cancel()
+        if started.is_set() or task.done():
             await task
             return
-        task.cancel()
-        waiter.cancel()
         with contextlib.suppress(BaseException):
             await task
         if body_done:
@@ -256,5 +301,39 @@ class Timeout:
             )
         else:
             await send_error(
-                send, 408, f"the request body was not received within {self.seconds:g} s"
+                send, 408, f"the request body stalled for over {self.seconds:g} s; send it again"
             )
+
+
+class Gate:
+    """Refuses HTTP requests before their body is read.
+
+    ``check(scope)`` returns None to let a request through, or the ``(status, message,
+    headers)`` of its refusal; ``on_end(scope)``, if given, runs when a request that was
+    let through ends (to count requests in progress).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        check: Callable[[Scope], tuple[int, str, dict[str, str]] | None],
+        on_end: Callable[[Scope], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.check = check
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.check(scope)
+        if refusal is not None:
+            status, message, headers = refusal
+            await send_error(send, status, message, headers)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if self.on_end is not None:
+                self.on_end(scope)

@@ -39,6 +39,14 @@ PROGRESS_EVERY_S = 0.25
 #: Annotated video of a job, relative to its folder.
 ANNOTATED = "result/annotated/input.webm"
 
+#: Frame rate up to which a video's frames are all processed: a file that claims more
+#: frames a second still gets at most this many for each second of the duration limit.
+MAX_FPS = 60.0
+
+
+class JobStopped(RuntimeError):
+    """The server is stopping: a running job ends early."""
+
 
 class JobError(ValueError):
     """An upload that cannot become a job; ``status`` is the HTTP status to answer."""
@@ -76,11 +84,20 @@ class VideoJobs:
         recognizer: the process's base recogniser; each job thread uses its own copy.
         max_jobs: jobs processed at once; more are refused (:class:`TooManyJobs`).
         ttl_s: seconds a finished job is kept.
-        max_video_s: longest video accepted; a video whose length is unknown is cut there.
+        max_video_s: longest video accepted; a video whose length is unknown (or whose
+            frame rate is over :data:`MAX_FPS`) is cut after that many seconds' frames.
+        max_pixels: largest frame (width x height) accepted.
     """
 
     def __init__(
-        self, root: Path, recognizer: Any, *, max_jobs: int, ttl_s: float, max_video_s: float
+        self,
+        root: Path,
+        recognizer: Any,
+        *,
+        max_jobs: int,
+        ttl_s: float,
+        max_video_s: float,
+        max_pixels: int,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -88,6 +105,7 @@ class VideoJobs:
         self.max_jobs = max_jobs
         self.ttl_s = ttl_s
         self.max_video_s = max_video_s
+        self.max_pixels = max_pixels
         self._executor = ThreadPoolExecutor(max_workers=max_jobs, thread_name_prefix="ferkit-job")
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -97,6 +115,12 @@ class VideoJobs:
             target=self._sweep_loop, name="ferkit-jobs-sweep", daemon=True
         )
         self._sweeper.start()
+
+    @property
+    def active(self) -> int:
+        """Jobs being checked or processed now."""
+        with self._lock:
+            return self._active
 
     # -- creating a job -------------------------------------------------------------
 
@@ -126,7 +150,7 @@ class VideoJobs:
             with open(video, "wb") as handle:
                 shutil.copyfileobj(upload, handle, 1 << 20)
             info = self._check_video(video)
-            max_frames = max(1, math.ceil(self.max_video_s * info.fps))
+            max_frames = max(1, math.ceil(self.max_video_s * min(info.fps, MAX_FPS)))
             state = {
                 "id": job_id,
                 "status": "queued",
@@ -179,6 +203,12 @@ class VideoJobs:
                 415,
             ) from None
         capture.release()
+        if info.width * info.height > self.max_pixels:
+            raise JobError(
+                f"the video's frames are {info.width}x{info.height}, over this server's "
+                f"limit of {self.max_pixels / 1e6:.0f} megapixels; downscale it",
+                413,
+            )
         if info.frame_count is not None and info.frame_count / info.fps > self.max_video_s:
             raise JobError(
                 f"the video lasts {info.frame_count / info.fps:.0f} s, over this server's "
@@ -206,6 +236,8 @@ class VideoJobs:
             last_write = [0.0]
 
             def on_frame(_name: str, done: int, total: int | None) -> None:
+                if self._stop.is_set():
+                    raise JobStopped("the server stopped before the job finished")
                 now = time.monotonic()
                 if now - last_write[0] < PROGRESS_EVERY_S:
                     return
@@ -223,6 +255,8 @@ class VideoJobs:
                 max_frames=max_frames, on_frame=on_frame,
             )  # fmt: skip
             entry = summary.sources[0]
+            if self._stop.is_set():
+                raise JobStopped("the server stopped before the job finished")
             if entry["status"] == "error":
                 raise JobError(entry.get("reason", "the video could not be processed"), 415)
             result = _result_document(folder / "result", entry, max_frames)
@@ -232,9 +266,8 @@ class VideoJobs:
             state.update(status="done", updated=time.time())
         except Exception as error:  # the job fails, the server goes on
             logger.warning("video job %s failed", folder.name, exc_info=True)
-            reason = str(error) if isinstance(error, JobError) else (
-                f"processing failed ({type(error).__name__})"
-            )  # fmt: skip
+            known = isinstance(error, JobError | JobStopped)
+            reason = str(error) if known else f"processing failed ({type(error).__name__})"
             state.update(status="failed", error=reason, updated=time.time())
         finally:
             video.unlink(missing_ok=True)
@@ -315,9 +348,21 @@ class VideoJobs:
                 logger.warning("sweeping the video jobs failed", exc_info=True)
 
     def close(self) -> None:
-        """Stop the sweeper, drop queued jobs and wait for the running ones."""
+        """Stop the sweeper, end the running jobs at their next frame, and mark the
+        queued ones failed (their uploads removed)."""
         self._stop.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            try:
+                state = json.loads((folder / "job.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if state["status"] == "queued" and state.get("pid") == os.getpid():
+                for upload in folder.glob("input*"):
+                    upload.unlink(missing_ok=True)
+                state.update(status="failed", error="the server stopped before the job ran",
+                             updated=time.time())  # fmt: skip
+                self._write_state(folder, state)
 
 
 def _result_document(out: Path, entry: dict[str, Any], max_frames: int) -> dict[str, Any]:

@@ -17,12 +17,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,39 +153,43 @@ def multipart(name: str, data: bytes, field_name: str = "file") -> tuple[bytes, 
 @contextlib.contextmanager
 def running_server(
     port: int, *extra_args: str, workers: int = 1, startup_s: float = 120.0
-) -> subprocess.Popen:
+) -> Iterator[subprocess.Popen]:
     """``ferkit serve`` in a child process on 127.0.0.1:``port``, up and answering
     ``/healthz`` when the block starts, stopped (Ctrl-C, then kill) when it ends."""
     command = [sys.executable, "-m", "ferkit", "serve", "--host", "127.0.0.1", "--port",
                str(port), "--workers", str(workers), *extra_args]  # fmt: skip
-    server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(
-                    "ferkit serve stopped at start: " + server.stderr.read().decode()[-2000:]
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ferkit serve did not answer within {startup_s:.0f} s")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/healthz")
-                if connection.getresponse().status == 200:
-                    break
-            time.sleep(0.2)
-        yield server
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        server.stderr.close()
+    # The server's messages go to a file, not a pipe, so it can never block on them.
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+        )
+        try:
+            _wait_until_up(server, port, startup_s, log)
+            yield server
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGINT)
+                try:
+                    server.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
+
+
+def _wait_until_up(server: subprocess.Popen, port: int, startup_s: float, log: Any) -> None:
+    deadline = time.monotonic() + startup_s
+    while True:
+        if server.poll() is not None:
+            log.seek(0)
+            raise RuntimeError("ferkit serve stopped at start: " + log.read().decode()[-2000:])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ferkit serve did not answer within {startup_s:.0f} s")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
+                return
+        time.sleep(0.2)
 
 
 def _client(

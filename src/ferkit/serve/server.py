@@ -3,8 +3,11 @@ share, run Uvicorn, and remove the jobs folder when the server stops."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,6 +40,7 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
         "host": config.host,
         "port": config.port,
         "log_level": log_level,
+        "log_config": _log_config(),
         "ws_max_size": config.ws_max_frame_kb * 1024 + 1024,
         "timeout_keep_alive": 5,
         "server_header": False,
@@ -57,3 +61,30 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
     finally:
         if own_jobs_dir:
             shutil.rmtree(config.jobs_dir, ignore_errors=True)
+
+
+class RedactKeys(logging.Filter):
+    """Hides ``api_key=...`` in the access log's request lines (the live socket takes its
+    key in the URL, since browsers cannot set a socket's headers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.args = tuple(
+                _KEY_IN_URL.sub(r"\1***", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+_KEY_IN_URL = re.compile(r"((?:^|[?&])api_key=)[^&\s]*")
+
+
+def _log_config() -> dict:
+    """Uvicorn's logging settings, with API keys kept out of the access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_keys"] = {"()": RedactKeys}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact_keys")
+    return config

@@ -16,19 +16,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ferkit.extras import MissingExtraError
 from ferkit.images import ImageReadError, decode_image
 from ferkit.inference.video import FrameStream
-from ferkit.serve.engine import RecognizerPool, face_json
+from ferkit.serve.engine import RecognizerPool, Saturated, face_json
 
-#: Close codes: the frame is too big; the client broke the protocol.
+logger = logging.getLogger(__name__)
+
+#: Close codes: the frame is too big; the client broke a rule (the key); the server has
+#: no room for another session.
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
+CLOSE_TRY_LATER = 1013
 
 
 class _Session:
@@ -40,7 +46,7 @@ class _Session:
         self.last_accepted = -float("inf")
         self.waiting: tuple[int, bytes, float] | None = None
         self.wake = asyncio.Event()
-        self.received = self.dropped = self.answered = 0
+        self.received = self.dropped = 0
         self.closed = False
 
     def offer(self, data: bytes) -> tuple[int, str] | None:
@@ -89,7 +95,8 @@ async def serve_stream(
             answer = await run_in_threadpool(
                 _classify, pool, stream, data, time_s, detector, max_pixels
             )
-            session.answered += 1
+            if answer["type"] == "dropped":
+                session.dropped += 1
             answer.update(frame=index, received=session.received, dropped=session.dropped)
             if not await _send(websocket, answer, sending):
                 break
@@ -162,8 +169,15 @@ def _classify(
         rgb = decode_image(data, source="frame", max_pixels=max_pixels)
     except ImageReadError as error:
         return {"type": "error", "error": f"the frame is not a usable image: {error.reason}"}
-    with pool.lend(detector) as recognizer:
-        faces = stream.process(recognizer, rgb, time_s)
+    try:
+        with pool.admit(), pool.lend(detector) as recognizer:
+            faces = stream.process(recognizer, rgb, time_s)
+    except Saturated:
+        return {"type": "dropped", "reason": "the server is busy"}
+    except Exception as error:  # one bad frame ends nothing: it is answered, and logged
+        logger.warning("a camera frame failed", exc_info=True)
+        message = str(error) if isinstance(error, MissingExtraError) else "face detection failed"
+        return {"type": "error", "error": f"{message} on this frame"}
     return {
         "type": "faces",
         "time_s": round(time_s, 3),

@@ -230,7 +230,10 @@ function uploadVideo(file) {
   });
 }
 
+let videoRun = 0; // the latest video picked; an older one's loop stops when it changes
+
 async function processVideo(file) {
+  const run = ++videoRun;
   const status = $("video-status");
   $("video-result").hidden = true;
   $("video-progress").hidden = false;
@@ -247,19 +250,31 @@ async function processVideo(file) {
   }
   setProgress($("upload-bar"), $("upload-percent"), 1);
   showStatus(status, `Processing ${file.name}…`);
+  let failures = 0;
   for (;;) {
     await new Promise((done) => setTimeout(done, 500));
+    if (run !== videoRun) return; // another video was picked
     let response;
     try {
       response = await fetch(job.status_url, { headers: authHeaders() });
     } catch (error) {
-      showStatus(status, `Lost the server while processing (${error.message}).`, "error");
-      return;
+      response = null;
+      if (++failures >= 10) {
+        showStatus(status, `Lost the server while processing (${error.message}).`, "error");
+        return;
+      }
+      continue;
+    }
+    if (response.status === 503 || response.status === 429) {
+      const wait = Number(response.headers.get("Retry-After") || 1);
+      await new Promise((done) => setTimeout(done, wait * 1000));
+      continue;
     }
     if (!response.ok) {
       showStatus(status, await errorMessage(response), "error");
       return;
     }
+    failures = 0;
     const state = await response.json();
     if (state.progress && state.progress.fraction !== null) {
       setProgress($("process-bar"), $("process-percent"), state.progress.fraction);
@@ -269,7 +284,7 @@ async function processVideo(file) {
       return;
     }
     if (state.status === "done") {
-      await showVideoResult(job, state);
+      if (run === videoRun) await showVideoResult(job, state);
       return;
     }
   }
@@ -288,11 +303,20 @@ async function showVideoResult(job, state) {
   $("video-result").hidden = false;
   drawTimeline($("video-chart"), result);
   drawShares($("video-shares"), result.share_of_time);
-  const response = await fetch(job.annotated_url, { headers: authHeaders() });
-  if (response.ok) {
-    const player = $("video-player");
-    if (player.src) URL.revokeObjectURL(player.src);
+  const player = $("video-player");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.removeAttribute("src");
+  let response;
+  try {
+    response = await fetch(job.annotated_url, { headers: authHeaders() });
+  } catch (error) {
+    response = null;
+  }
+  if (response && response.ok) {
     player.src = URL.createObjectURL(await response.blob());
+  } else {
+    const reason = response ? await errorMessage(response) : "the server could not be reached";
+    showStatus($("video-status"), `The annotated video could not be loaded: ${reason}.`, "error");
   }
 }
 
@@ -376,24 +400,31 @@ function drawShares(target, shares) {
 
 const camera = {
   stream: null, socket: null, inFlight: 0, answers: [], labels: new Set(), timer: null,
-  lastSent: 0, pending: null,
+  lastSent: 0, pending: null, starting: false,
 };
 
 async function startCamera() {
   const status = $("camera-status");
+  if (camera.starting || camera.stream) return; // one session at a time
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     showStatus(status, "This browser cannot use a camera here (it needs https or localhost).", "error");
     return;
   }
+  camera.starting = true;
+  $("camera-start").disabled = true;
   try {
     camera.stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 } }, audio: false });
+    const video = $("camera-video");
+    video.srcObject = camera.stream;
+    await video.play();
   } catch (error) {
+    stopCamera();
     showStatus(status, `The camera could not be opened: ${error.message}. Allow the camera for this page and try again.`, "error");
     return;
+  } finally {
+    camera.starting = false;
+    $("camera-start").disabled = false;
   }
-  const video = $("camera-video");
-  video.srcObject = camera.stream;
-  await video.play();
   $("camera-view").hidden = false;
   $("camera-start").hidden = true;
   $("camera-stop").hidden = false;
@@ -406,10 +437,10 @@ async function startCamera() {
   socket.binaryType = "arraybuffer";
   camera.socket = socket;
   socket.onopen = () => { showStatus(status, "Live: expressions are read as fast as the server can.", "ok"); sendFrames(); };
-  socket.onmessage = (event) => onCameraAnswer(JSON.parse(event.data));
+  socket.onmessage = (event) => { if (camera.socket === socket) onCameraAnswer(JSON.parse(event.data)); };
   socket.onclose = (event) => {
     if (camera.socket === socket) {
-      const reason = event.reason || (event.code === 1009 ? "a frame was too large" : event.code === 1008 ? "the server refused the connection (API key?)" : "");
+      const reason = event.reason || (event.code === 1009 ? "a frame was too large" : event.code === 1006 ? "the server could not be reached" : "");
       showStatus(status, `The live connection closed${reason ? `: ${reason}` : ""}.`, event.code === 1000 ? "" : "error");
       stopCamera(false);
     }
@@ -439,8 +470,12 @@ function sendFrames() {
     frame.getContext("2d").drawImage(video, 0, 0, frame.width, frame.height);
     camera.inFlight += 1;
     frame.toBlob((blob) => {
-      if (blob && socket.readyState === WebSocket.OPEN) socket.send(blob);
-      else camera.inFlight -= 1;
+      if (blob && socket.readyState === WebSocket.OPEN) {
+        socket.send(blob);
+      } else {
+        camera.inFlight -= 1;
+        setTimeout(sendFrames, 50);
+      }
     }, "image/jpeg", 0.8);
     if (camera.inFlight < CAMERA_IN_FLIGHT) sendFrames();
   }
@@ -453,6 +488,8 @@ function onCameraAnswer(answer) {
   if (answer.type === "error") {
     showStatus($("camera-status"), answer.error, "error");
   } else if (answer.type === "faces") {
+    const status = $("camera-status");
+    if (status.classList.contains("error")) showStatus(status, "Live: expressions are read as fast as the server can.", "ok");
     camera.answers.push({ time: performance.now(), dropped: answer.dropped });
     drawCameraFaces(answer);
   }
