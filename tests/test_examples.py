@@ -48,6 +48,7 @@ def test_every_example_has_a_header_and_is_tested():
         "export_onnx.py",
         "predict_photos.py",
         "predict_video.py",
+        "serve_client.py",
         "train_small_model.py",
     ]
     source = Path(__file__).read_text()
@@ -169,3 +170,20 @@ def test_export_onnx_of_a_trained_run(trained, tmp_path):
     assert number_after("max |p_onnx - p_keras| on 64 faces", process.stdout) < 1e-4
     assert "checkpoints/best.keras" in process.stdout
     assert list(tmp_path.iterdir()) == []  # the export went to a temporary folder
+
+
+def test_serve_client_talks_to_a_running_server(tmp_path):
+    pytest.importorskip("fastapi")
+    from ferkit.serve.loadtest import free_port, running_server
+
+    video = require_shared("samples", "test.mp4")
+    port = free_port()
+    with running_server(port, "--api-key", "example-key-0123"):
+        url = f"http://127.0.0.1:{port}"
+        result = run_example("serve_client.py", "--url", url, "--api-key", "example-key-0123",
+                             "--video", str(video), cwd=tmp_path)  # fmt: skip
+        refused = run_example("serve_client.py", "--url", url, cwd=tmp_path, check=False)
+    assert "justin.jpg: 1 face(s) happy" in result.stdout
+    assert "test.mp4: 115 frames; time per emotion:" in result.stdout
+    assert "30 frames with a face" in result.stdout
+    assert refused.returncode == 1 and "401 missing or wrong API key" in refused.stderr

@@ -43,6 +43,8 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
         "log_config": _log_config(),
         "ws_max_size": config.ws_max_frame_kb * 1024 + 1024,
         "timeout_keep_alive": 5,
+        # Ctrl-C ends the server within seconds even with browsers still connected.
+        "timeout_graceful_shutdown": 5,
         "server_header": False,
     }
     try:
