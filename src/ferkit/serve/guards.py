@@ -196,7 +196,7 @@ class BodyLimit:
             return
         limit = self.limit_for(scope)
         message = (
-            f"the request body is over the limit of {limit / 2**20:.0f} MB for "
+            f"the request body is over the limit of {limit / 2**20:.3g} MB for "
             f"{scope['path']}; send a smaller file"
         )
         declared = header(scope, b"content-length")

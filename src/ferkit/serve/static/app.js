@@ -99,20 +99,24 @@ function drawFaces(context, faces, scale) {
   });
 }
 
+// One expression's bar: its name, a bar of its colour as long as `share`, the figure.
+function barRow(name, share, digits, className = "bar-row") {
+  const row = element("div", className);
+  row.dataset.label = name;
+  row.append(element("span", "bar-name", name));
+  const track = element("span", "bar-track");
+  const fill = element("span", "bar-fill");
+  fill.style.width = `${(share * 100).toFixed(1)}%`;
+  fill.style.background = colorOf(name);
+  track.append(fill);
+  row.append(track, element("span", "bar-value", `${(share * 100).toFixed(digits)}%`));
+  return row;
+}
+
 // A face's probabilities as bars, likeliest first.
 function probabilityBars(face) {
   const list = element("div", "bars");
-  for (const [name, p] of ranked(face.probabilities)) {
-    const row = element("div", "bar-row");
-    row.append(element("span", "bar-name", name));
-    const track = element("span", "bar-track");
-    const fill = element("span", "bar-fill");
-    fill.style.width = `${(p * 100).toFixed(1)}%`;
-    fill.style.background = colorOf(name);
-    track.append(fill);
-    row.append(track, element("span", "bar-value", `${(p * 100).toFixed(1)}%`));
-    list.append(row);
-  }
+  for (const [name, p] of ranked(face.probabilities)) list.append(barRow(name, p, 1));
   return list;
 }
 
@@ -382,18 +386,7 @@ function drawShares(target, shares) {
   target.textContent = "";
   const entries = Object.entries(shares).sort((a, b) => b[1] - a[1]);
   if (!entries.length) target.append(element("p", "muted", "No face was found."));
-  for (const [name, share] of entries) {
-    const row = element("div", "bar-row share-row");
-    row.dataset.label = name;
-    row.append(element("span", "bar-name", name));
-    const track = element("span", "bar-track");
-    const fill = element("span", "bar-fill");
-    fill.style.width = `${(share * 100).toFixed(1)}%`;
-    fill.style.background = colorOf(name);
-    track.append(fill);
-    row.append(track, element("span", "bar-value", `${(share * 100).toFixed(0)}%`));
-    target.append(row);
-  }
+  for (const [name, share] of entries) target.append(barRow(name, share, 0, "bar-row share-row"));
 }
 
 // ---- camera -----------------------------------------------------------------------
