@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,47 @@ def test_the_page_and_its_files_are_served_with_their_policy(port):
         port, "GET /static/app.js HTTP/1.1\nHost: localhost\nConnection: close\n"
     )
     assert status == 200 and "javascript" in headers["content-type"]
+
+
+def test_two_workers_share_the_video_jobs(tmp_path):
+    """With --workers 2 a job started through one worker is followed through whichever
+    answers (the jobs live on disk), to its results and annotated video."""
+    samples = require_shared("samples")
+    number = free_port()
+    with running_server(number, "--jobs-dir", str(tmp_path / "jobs"), workers=2) as server:
+        boundary = "ferkitboundary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="t.mp4"'
+                "\r\nContent-Type: video/mp4\r\n\r\n"
+            ).encode()
+            + (samples / "test.mp4").read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        status, _, answer = raw_request(
+            number,
+            "POST /v1/videos HTTP/1.1\nHost: localhost\nContent-Type: multipart/form-data; "
+            f"boundary={boundary}\nContent-Length: {len(body)}\nConnection: close\n",
+            body,
+        )
+        assert status == 202, answer
+        job = json.loads(answer)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status, _, answer = raw_request(
+                number, f"GET {job['status_url']} HTTP/1.1\nHost: localhost\nConnection: close\n"
+            )
+            state = json.loads(answer)
+            if state["status"] in ("done", "failed"):
+                break
+            time.sleep(0.3)
+        assert state["status"] == "done", state
+        assert state["result"]["frames_read"] == 115
+        status, _, video = raw_request(
+            number, f"GET {job['annotated_url']} HTTP/1.1\nHost: localhost\nConnection: close\n"
+        )
+        assert status == 200 and video[:4] == b"\x1a\x45\xdf\xa3"
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text()
+        workers = [int(pid) for pid in children.split()]
+        assert len(workers) >= 2  # the worker processes behind the one port
+    assert not list((tmp_path / "jobs").glob("*/input*"))  # no upload left behind

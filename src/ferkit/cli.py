@@ -185,7 +185,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         " and an emotion-over-time plot (or --camera 0 for a webcam)\n"
         "  ferkit evaluate --data LABELLED_FOLDER --out results/eval\n"
         "                                                accuracy report on your own labelled"
-        " photos (one sub-folder per expression)"
+        " photos (one sub-folder per expression)\n"
+        "  ferkit serve                                  a web page and REST API for photos,"
+        " videos and your camera (pip install 'ferkit[serve]')"
     )
     return summary.exit_status()
 
