@@ -157,6 +157,16 @@ def test_several_photos_at_phone_width(page, samples):
     assert page.locator(".photo-card").nth(0).locator(".face-row").count() == 2
     overflow = page.locator("body").evaluate("b => b.scrollWidth - window.innerWidth")
     assert overflow <= 0  # nothing wider than the phone's screen
+    for index in range(2):  # and nothing cut off inside a card: every figure is in view
+        inside = (
+            page.locator(".photo-card")
+            .nth(index)
+            .evaluate(
+                "card => [...card.querySelectorAll('.bar-value, .face-label')].every("
+                "e => e.getBoundingClientRect().right <= card.getBoundingClientRect().right + 0.5)"
+            )
+        )
+        assert inside
     shoot(page, "photos-phone")
 
 
