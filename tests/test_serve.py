@@ -645,7 +645,7 @@ def test_stream_drops_frames_over_the_rate_limit(client, samples):
     answers = burst(client, frames_of(samples / "woman2.mp4", 20))
     assert sorted(a["frame"] for a in answers) == list(range(1, 21))  # one answer each
     classified = [a["frame"] for a in answers if a["type"] == "faces"]
-    assert classified[0] == 1 and len(classified) < 5  # 20 frames in far less than 20/30 s
+    assert classified[0] <= 2 and len(classified) < 5  # 20 frames in far less than 20/30 s
     reasons = {a["reason"] for a in answers if a["type"] == "dropped"}
     assert "over the frame-rate limit" in reasons
     assert reasons <= {"over the frame-rate limit", "a newer frame came before it was classified"}

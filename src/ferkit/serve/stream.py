@@ -38,26 +38,33 @@ CLOSE_TRY_LATER = 1013
 
 
 class _Session:
-    """One connection's state: the newest frame waiting, and what was dropped."""
+    """One connection's state: the newest frame waiting, the rate allowance, and what was
+    dropped."""
+
+    #: Frames a client may send back to back within the rate limit (network jitter).
+    BURST = 2
 
     def __init__(self, max_fps: float) -> None:
         self.started = time.monotonic()
-        self.min_gap_s = 1.0 / max_fps
-        self.last_accepted = -float("inf")
+        self.max_fps = max_fps
+        self.allowance = float(self.BURST)  # a token bucket: max_fps a second, BURST at most
+        self.last_offer = self.started
         self.waiting: tuple[int, bytes, float] | None = None
         self.wake = asyncio.Event()
         self.received = self.dropped = 0
         self.closed = False
 
     def offer(self, data: bytes) -> tuple[int, str] | None:
-        """Take a frame: drop it when it comes too soon, else let it replace the one
-        waiting. Returns the dropped frame's number and why, if one was dropped."""
+        """Take a frame: drop it when it comes over the rate limit, else let it replace
+        the one waiting. Returns the dropped frame's number and why, if one was dropped."""
         self.received += 1
         now = time.monotonic()
-        if now - self.last_accepted < self.min_gap_s:
+        self.allowance = min(self.BURST, self.allowance + (now - self.last_offer) * self.max_fps)
+        self.last_offer = now
+        if self.allowance < 1:
             self.dropped += 1
             return self.received, "over the frame-rate limit"
-        self.last_accepted = now
+        self.allowance -= 1
         replaced = self.waiting
         self.waiting = (self.received, data, now - self.started)
         self.wake.set()
