@@ -822,13 +822,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     from ferkit.serve.server import run
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
-    shown = "localhost" if config.host in ("127.0.0.1", "::1") else config.host
-    print(
-        f"ferkit serve: the web page at http://{shown}:{config.port}/ and the API reference "
-        f"at http://{shown}:{config.port}/docs; Ctrl-C stops the server",
-        flush=True,
+    run(
+        config,
+        log_level="info" if args.verbose else "warning",
+        announce=lambda line: print(line, flush=True),
     )
-    run(config, log_level="info" if args.verbose else "warning")
     return 0
 
 

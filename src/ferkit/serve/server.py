@@ -10,12 +10,15 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from ferkit.serve.config import API_KEY_ENV, CONFIG_ENV, ServeConfig
+from ferkit.serve.config import API_KEY_ENV, CONFIG_ENV, ServeConfig, is_loopback
 
 
-def run(config: ServeConfig, *, log_level: str = "info") -> None:
+def run(
+    config: ServeConfig, *, log_level: str = "info", announce: Callable[[str], None] = print
+) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM).
 
     The model is loaded before the port is opened (with one worker) so that a bad model
@@ -47,12 +50,20 @@ def run(config: ServeConfig, *, log_level: str = "info") -> None:
         "timeout_graceful_shutdown": 5,
         "server_header": False,
     }
+    shown = "localhost" if is_loopback(config.host) else config.host
+    banner = (
+        f"ferkit serve: the web page at http://{shown}:{config.port}/ and the API reference "
+        f"at http://{shown}:{config.port}/docs; Ctrl-C stops the server"
+    )
     try:
         if config.workers == 1:
             from ferkit.serve.app import create_app
 
-            uvicorn.run(create_app(config), **options)
+            app = create_app(config)  # a model that cannot load stops here, port unopened
+            announce(banner)
+            uvicorn.run(app, **options)
         else:
+            announce(banner)
             os.environ[CONFIG_ENV] = config.to_json()
             uvicorn.run(
                 "ferkit.serve.app:create_app_from_env",
