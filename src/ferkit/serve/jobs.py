@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from ferkit.extras import native_stderr_silenced
 from ferkit.images import VIDEO_EXTENSIONS, sniff_format
+from ferkit.inference.results import FaceResult
 from ferkit.outputs import write_atomic
 from ferkit.serve.engine import face_json
 
@@ -378,7 +379,7 @@ def _result_document(out: Path, entry: dict[str, Any], max_frames: int) -> dict[
             frame = frames.setdefault(
                 record["frame"], {"index": record["frame"], "time_s": record["time_s"], "faces": []}
             )
-            frame["faces"].append(face_json(_RecordFace(record, classes)))
+            frame["faces"].append(face_json(_record_face(record, classes)))
     return {
         "classes": classes,
         "frames_read": entry.get("frames", 0),
@@ -392,15 +393,14 @@ def _result_document(out: Path, entry: dict[str, Any], max_frames: int) -> dict[
     }
 
 
-class _RecordFace:
-    """A face read back from a prediction record, shaped as :func:`face_json` reads it."""
-
-    def __init__(self, record: dict[str, Any], classes: list[str]) -> None:
-        self.box = (record["x"], record["y"], record["width"], record["height"])
-        self.label = record["label"]
-        self.probabilities = {name: record[f"p_{name}"] for name in classes}
-        self.detector_confidence = record.get("detector_confidence")
-        self.landmarks = None
-        self.track_id = record.get("track_id")
-        self.raw_label = record.get("raw_label")
-        self.raw_probabilities = {name: record[f"raw_p_{name}"] for name in classes}
+def _record_face(record: dict[str, Any], classes: list[str]) -> FaceResult:
+    """A video face read back from its prediction record."""
+    return FaceResult(
+        box=(record["x"], record["y"], record["width"], record["height"]),
+        detector_confidence=record.get("detector_confidence"),
+        label=record["label"],
+        probabilities={name: record[f"p_{name}"] for name in classes},
+        track_id=record.get("track_id"),
+        raw_label=record.get("raw_label"),
+        raw_probabilities={name: record[f"raw_p_{name}"] for name in classes},
+    )
