@@ -396,7 +396,8 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
         "--teacher",
         action="append",
         required=True,
-        help="a teacher model: run folder, bundle folder, .keras file or 'default'; repeat "
+        help="a teacher model: run folder, bundle folder, .keras file or an installed model "
+        "name ('default'); repeat "
         "for several (their probabilities are averaged)",
     )
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder")
@@ -442,7 +443,48 @@ def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
         help="Markdown file appended to the model card (other experiments, measured timings; "
         "default: none)",
     )
+    parser.add_argument(
+        "--evaluation",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="a 'ferkit evaluate' output folder of this run's model whose figures go into "
+        "the card and metrics.json under NAME (e.g. 'FER+ valid, majority labels=results/x'); "
+        "repeat for several (default: none)",
+    )
     parser.set_defaults(handler=_run_bundle)
+
+
+def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
+    """``NAME=DIR`` (or ``DIR``): the main figures of a ``ferkit evaluate`` folder.
+
+    Raises:
+        FileNotFoundError: no metrics.json in DIR.
+        ValueError: DIR evaluated another model than ``run``'s.
+    """
+    import json
+
+    name, _, folder = spec.rpartition("=")
+    folder_path = Path(folder)
+    metrics_file = folder_path / "metrics.json"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"--evaluation {spec}: no metrics.json in {folder_path}; give a folder 'ferkit evaluate' wrote")  # fmt: skip
+    metrics = json.loads(metrics_file.read_text())
+    evaluated = Path(metrics["model"]["source"]).resolve()
+    if run.resolve() not in (evaluated, *evaluated.parents):
+        raise ValueError(
+            f"--evaluation {spec}: it evaluated {evaluated}, not the model of {run}; evaluate "
+            f"the run first: ferkit evaluate --model {run} ..."
+        )
+    return {
+        "name": name or folder_path.name,
+        "data": metrics["data"]["source"],
+        "split": metrics["data"]["split"],
+        **{
+            key: metrics[key]
+            for key in ("faces", "accuracy", "balanced_accuracy", "macro_f1", "ece")
+        },
+    }
 
 
 def _run_bundle(args: argparse.Namespace) -> int:
@@ -452,7 +494,7 @@ def _run_bundle(args: argparse.Namespace) -> int:
     from ferkit.models.folder import DEFAULT_MODEL_DIR, load_model
     from ferkit.release.bundle import bundle_run
     from ferkit.release.export import add_runtimes_to_bundle
-    from ferkit.release.model_card import accuracy_floor, write_model_card
+    from ferkit.release.model_card import accuracy_floor, selected_on, write_model_card
     from ferkit.training.config import TrainConfig
     from ferkit.training.sampling import run_splits
 
@@ -460,20 +502,53 @@ def _run_bundle(args: argparse.Namespace) -> int:
     _, val = run_splits(
         TrainConfig.from_yaml(args.run / "config.yaml"), PreparedDataset(config["data"])
     )
+    evaluations = [_read_evaluation(spec, args.run) for spec in args.evaluation]
     loaded = load_model(args.run)
     accuracy = float((loaded.predict_proba(val.images).argmax(axis=1) == val.labels).mean())
-    card = write_model_card(args.run, val, loaded)
+    dest_folder = args.dest or DEFAULT_MODEL_DIR
+    card = write_model_card(args.run, val, loaded, name=dest_folder.name, evaluations=evaluations)
     if args.card_notes:
         card = card.rstrip("\n") + "\n\n" + args.card_notes.read_text().strip("\n") + "\n"
-    floor = {"val_accuracy_floor": accuracy_floor(accuracy), "val_accuracy_bundled": accuracy}
-    dest = bundle_run(
-        args.run, args.dest or DEFAULT_MODEL_DIR, model_card=card, extra_metrics=floor
-    )
+    extra = {
+        "val_accuracy_floor": accuracy_floor(accuracy),
+        "val_accuracy_bundled": accuracy,
+        "selected_on": selected_on(args.run),
+        "evaluations": evaluations,
+    }
+    dest = bundle_run(args.run, dest_folder, model_card=card, extra_metrics=extra)
     # ONNX float32 and int8 copies, so prediction runs without TensorFlow; int8 is
     # calibrated on the run's own training faces.
     add_runtimes_to_bundle(dest, config["data"], val)
     print(f"bundled {args.run} into {dest}")
     print(card)
+    return 0
+
+
+def _add_models(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        formatter_class=_HelpFormatter,
+        help="list the models installed with ferkit (pick one with --model NAME)",
+        description=(
+            "List the models installed with ferkit: their classes, parameters, size on "
+            "disk, runtimes, validation accuracy and calibration error, further "
+            "evaluations, and where each model card is. Any command's --model (and "
+            "EmotionRecognizer(model=NAME), and the server's ?model=NAME) takes these names."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(handler=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    import json
+
+    from ferkit.models.catalogue import describe_models, format_models
+
+    models = describe_models()
+    if not models:
+        raise FileNotFoundError("no model is installed with ferkit; reinstall ferkit")
+    print(json.dumps(models, indent=2) if args.json else format_models(models))
     return 0
 
 
@@ -522,9 +597,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model",
-        type=Path,
         default=None,
-        help="run, bundle or export folder, or model file (default: the bundled model)",
+        help="installed model name ('ferkit models' lists them: default, ferplus), or a "
+        "run, bundle or export folder, or a model file (default: the bundled default model)",
     )
     parser.add_argument(
         "--faces",
@@ -635,7 +710,10 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXIT_STATUSES,
     )
     parser.add_argument(
-        "--model", type=Path, default=None, help="run folder or model file (default: bundled)"
+        "--model",
+        default=None,
+        help="installed model name (default, ferplus), run folder or model file (default: "
+        "the bundled default model)",
     )
     parser.add_argument("--data", type=Path, required=True, help="prepared folder or raw source")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/NAME")
@@ -751,7 +829,12 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXIT_STATUSES,
     )
-    parser.add_argument("--model", type=Path, default=None, help="default: the bundled model")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="installed model name (default, ferplus), run or bundle folder, or .keras file "
+        "(default: the bundled default model)",
+    )
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="file format")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     _overwrite_flag(parser, "export")
@@ -845,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_compare(subparsers)
     _add_predict(subparsers)
+    _add_models(subparsers)
     _add_export(subparsers)
     _add_demo(subparsers)
     _add_serve(subparsers)

@@ -514,9 +514,10 @@ def _write_plots(
 
 
 def _history_file(model: Any) -> Path | None:
-    from ferkit.models.folder import DEFAULT_MODEL_DIR
+    from ferkit.models.folder import DEFAULT_MODEL_DIR, resolve_model
 
-    folder = DEFAULT_MODEL_DIR if model is None else Path(model)
+    resolved = resolve_model(model)
+    folder = DEFAULT_MODEL_DIR if resolved is None else resolved
     folder = folder if folder.is_dir() else folder.parent
     history = folder / "history.csv"
     return history if history.is_file() else None

@@ -38,8 +38,10 @@ class EmotionRecognizer:
     """Find faces in images and tell which expression each shows.
 
     Args:
-        model: ``None`` for the bundled default model, or a run folder, bundle folder,
-            export folder, or ``.keras``/``.onnx``/``.tflite`` file.
+        model: ``None`` for the bundled default model, the name of another installed
+            model (``"ferplus"``: eight classes with contempt; ``ferkit models`` lists
+            them), or a run folder, bundle folder, export folder, or
+            ``.keras``/``.onnx``/``.tflite`` file.
         detector: ``blazeface-full`` (default: fast, finds small and turned faces, aligns
             by the eyes), ``blazeface`` (short range, fastest), ``mtcnn`` or ``haar``; see
             :mod:`ferkit.faces` for the measurements behind the default.
@@ -78,6 +80,7 @@ class EmotionRecognizer:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         self.model = load_classifier(model, backend, threads=threads)
+        self.backend, self.threads = backend, threads
         self.classes = self.model.classes
         self.detector = make_detector(detector)
         self.margin = margin
@@ -95,6 +98,15 @@ class EmotionRecognizer:
         twin = copy.copy(self)
         twin.detector = make_detector(detector or self.detector.name)
         return twin
+
+    def with_model(self, model: str | os.PathLike[str] | None) -> EmotionRecognizer:
+        """A recogniser with this one's settings (detector kind, runtime, margins,
+        limits) and another ``model`` (an installed model's name, or a path)."""
+        return EmotionRecognizer(
+            model, detector=self.detector.name, margin=self.margin, backend=self.backend,
+            faces=self.faces, crop_max_side=self.crop_max_side, max_pixels=self.max_pixels,
+            threads=self.threads,
+        )  # fmt: skip
 
     def _to_rgb(self, image: ImageInput, color_order: str) -> np.ndarray:
         if isinstance(image, str | os.PathLike):

@@ -109,13 +109,12 @@ class TFLiteModel(Classifier):
             return self._interpreter.get_tensor(self._output).copy()
 
 
-def _model_folder(model: str | os.PathLike[str] | None) -> Path:
+def _model_folder(model: Path | None) -> Path:
     from ferkit.models.folder import DEFAULT_MODEL_DIR
 
     if model is None:
         return DEFAULT_MODEL_DIR
-    path = Path(model)
-    return path if path.is_dir() else path.parent
+    return model if model.is_dir() else model.parent
 
 
 def load_classifier(
@@ -127,7 +126,8 @@ def load_classifier(
 ) -> Classifier:
     """The classifier of ``model`` (bundled when ``None``) on the chosen runtime.
 
-    ``model`` may be a run folder, a bundle folder, an export folder (from ``ferkit
+    ``model`` may be the name of an installed model (``"default"``, ``"ferplus"``; see
+    ``ferkit models``), a run folder, a bundle folder, an export folder (from ``ferkit
     export``), or a ``.keras``/``.onnx``/``.tflite`` file. ``threads``: threads of one
     ONNX Runtime or LiteRT call (default: one per core; a server that runs calls in
     parallel gives each fewer).
@@ -145,11 +145,13 @@ def load_classifier(
         ONNX_INT8_FILE,
         TFLITE_FILE,
         load_model,
+        resolve_model,
         verify_or_warn,
     )
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    model = resolve_model(model)
     if model is not None and not Path(model).exists():
         raise FileNotFoundError(f"{model}: no such model file or folder")
     model_suffixes = (".keras", ".h5", ".onnx", ".tflite")

@@ -23,7 +23,10 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "default"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+
+
+DEFAULT_MODEL_DIR = ASSETS_DIR / "default"
 
 
 MODEL_FILE = "model.keras"
@@ -137,7 +140,7 @@ def verify_checksums(folder: Path) -> None:
         items = list(listed.items())
     except (ValueError, AttributeError) as error:
         raise ChecksumError(f"{folder / CHECKSUMS}: unreadable ({error})") from None
-    installed = folder.resolve() == DEFAULT_MODEL_DIR.resolve()
+    installed = folder.resolve().parent == ASSETS_DIR.resolve()
     fix = (
         "reinstall ferkit (pip install --force-reinstall ferkit)"
         if installed
@@ -188,13 +191,64 @@ def bundled_model_available(folder: Path = DEFAULT_MODEL_DIR) -> bool:
     return (folder / MODEL_FILE).is_file() and (folder / CHECKSUMS).is_file()
 
 
+def installed_models() -> dict[str, Path]:
+    """The models installed with ferkit, by name (``default`` first, then the others in
+    alphabetical order): each folder of the package's assets that holds a model and its
+    ``labels.json``."""
+    found = {}
+    for folder in sorted(ASSETS_DIR.iterdir()) if ASSETS_DIR.is_dir() else []:
+        has_model = any((folder / name).is_file() for name in (MODEL_FILE, ONNX_FILE))
+        if has_model and (folder / "labels.json").is_file():
+            found[folder.name] = folder
+    return dict(sorted(found.items(), key=lambda item: (item[0] != "default", item[0])))
+
+
+def resolve_model(
+    model: str | os.PathLike[str] | None,
+) -> Path | None:
+    """Where ``model`` is: ``None`` or ``"default"`` is the bundled default model
+    (``None``), the name of another installed model (``"ferplus"``) is its folder, and
+    anything else is a path.
+
+    Only a ``str`` names an installed model; a :class:`~pathlib.Path` is always a path.
+    A name wins over a folder of the same name in the working directory (a warning says
+    so; write ``./ferplus`` for the folder).
+
+    Raises:
+        FileNotFoundError: a bare name that is neither installed nor a path (the message
+            lists the installed models).
+    """
+    if model is None or (isinstance(model, str) and model == "default"):
+        return None
+    if isinstance(model, str) and model and "/" not in model and os.sep not in model:
+        installed = installed_models()
+        if model in installed and model != "default":
+            if Path(model).exists():
+                logger.warning(
+                    "%r is the installed model of that name, not ./%s; write ./%s for the folder",
+                    model,
+                    model,
+                    model,
+                )
+            return installed[model]
+        if not Path(model).exists() and "." not in model:
+            raise FileNotFoundError(
+                f"{model}: no installed model of that name and no such file or folder; "
+                f"installed models: {', '.join(installed) or 'none'} ('ferkit models' lists "
+                "them)"
+            )
+    return Path(model)
+
+
 def model_location(path: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
-    """The folder and ``.keras`` file of the bundled model (``path=None``), a run folder
-    (its best checkpoint), a bundle folder or a ``.keras`` file.
+    """The folder and ``.keras`` file of the bundled model (``path=None`` or
+    ``"default"``), another installed model by name (``"ferplus"``), a run folder (its
+    best checkpoint), a bundle folder or a ``.keras`` file.
 
     Raises:
         FileNotFoundError: nothing loadable at ``path`` (or no bundled model installed).
     """
+    path = resolve_model(path)
     if path is None:
         if not bundled_model_available(DEFAULT_MODEL_DIR):
             raise FileNotFoundError(
@@ -216,7 +270,8 @@ def model_location(path: str | os.PathLike[str] | None = None) -> tuple[Path, Pa
 
 
 def load_model(path: str | os.PathLike[str] | None = None, *, verify: bool = True) -> LoadedModel:
-    """Load the bundled model (``path=None``), a run folder, a bundle folder or a
+    """Load the bundled model (``path=None``), another installed model by name
+    (``"ferplus"``; see :func:`installed_models`), a run folder, a bundle folder or a
     ``.keras`` file.
 
     Raises:

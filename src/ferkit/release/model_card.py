@@ -40,9 +40,89 @@ def _distillation_note(config: dict[str, Any]) -> str:
     )
 
 
-def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: LoadedModel) -> str:
+def dataset_title(manifest: dict[str, Any]) -> str:
+    """A prepared dataset's usual name, from its manifest: ``FER+`` for Microsoft's
+    layout, ``FER2013`` for the CSV or a folder of that name, else the source folder's
+    name."""
+    if manifest.get("format") == "ferplus":
+        return "FER+"
+    source = Path(str(manifest.get("source", "")))
+    if manifest.get("format") == "fer2013-csv" or source.name.lower().startswith("fer2013"):
+        return "FER2013"
+    return source.name or "the prepared dataset"
+
+
+def _run_manifest(config: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of the data a run trained on (following a ``ferkit soft-labels``
+    copy back to the dataset it was made from)."""
+    manifest_path = Path(config["data"]) / "manifest.json"
+    if not manifest_path.is_file():
+        return {}
+    manifest = json.loads(manifest_path.read_text())
+    origin = (manifest.get("teacher_labels") or {}).get("source")
+    if origin and (Path(origin) / "manifest.json").is_file():
+        return {
+            **json.loads((Path(origin) / "manifest.json").read_text()),
+            "splits": manifest.get("splits", {}),
+        }
+    return manifest
+
+
+def selected_on(run_dir: str | os.PathLike[str]) -> str:
+    """Which split of which dataset a run's model was chosen on, e.g. ``FER2013 val``."""
+    import yaml
+
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    return f"{dataset_title(_run_manifest(config))} {config['val_split']}"
+
+
+def _data_section(config: dict[str, Any], val_faces: int, classes: list[str]) -> tuple[str, str]:
+    """The card's data paragraph and its dataset-specific limitation line."""
+    manifest = _run_manifest(config)
+    title = dataset_title(manifest)
+    splits = manifest.get("splits", {})
+    train = splits.get(config["train_split"], {})
+    per_class = train.get("per_class", {})
+    count = f"{train['count']:,} faces" if "count" in train else "faces"
+    soft = config.get("soft_labels")
+    if title == "FER+":
+        mode = manifest.get("settings", {}).get("ferplus_mode", "plurality")
+        described = (
+            f"Trained on FER+ `{config['train_split']}` ({count}: FER2013's training faces, "
+            "48x48 grayscale, each labelled by ten annotators"
+            + ("; the target of each face is its annotators' vote distribution over the "
+               "eight expressions" if soft else "")
+            + f"), model selected on FER+ `{config['val_split']}` ({val_faces:,} faces, "
+            f"{mode} labels). FER+'s test split was never used."
+        )  # fmt: skip
+    elif title == "FER2013":
+        described = (
+            f"Trained on FER2013 `{config['train_split']}` ({count}, 48x48 grayscale), model "
+            f"selected on FER2013 `{config['val_split']}` (PublicTest, {val_faces:,} faces). "
+            "The PrivateTest split was never used."
+        )
+    else:
+        described = (
+            f"Trained on {title} `{config['train_split']}` ({count}), model selected on "
+            f"`{config['val_split']}` ({val_faces:,} faces)."
+        )
+    rarest = ""
+    if per_class:
+        name = min(per_class, key=per_class.get)
+        rarest = f"\n- `{name}` has only {per_class[name]:,} training faces: its recall is the least reliable."
+    return described, rarest
+
+
+def write_model_card(
+    run_dir: str | os.PathLike[str],
+    val_split: Any,
+    loaded: LoadedModel,
+    name: str = "default",
+    evaluations: list[dict[str, Any]] | None = None,
+) -> str:
     """A Markdown model card: data, config, per-class validation metrics, calibration,
-    training time on this machine, and limitations."""
+    further evaluations (from ``ferkit evaluate``), training time and hardware, and
+    limitations."""
     import platform
 
     import yaml
@@ -66,7 +146,10 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
     hours = metrics["training_seconds"] / 3600
     lineage = ""
     if config.get("init_from"):
-        parent = Path(config["init_from"]) / "metrics.json"
+        from ferkit.models.folder import DEFAULT_MODEL_DIR, resolve_model
+
+        parent_path = resolve_model(str(config["init_from"])) or DEFAULT_MODEL_DIR
+        parent = (parent_path if parent_path.is_dir() else parent_path.parent) / "metrics.json"
         lineage = f"\n- Started from the weights of `{config['init_from']}` (`init_from`)"
         if parent.is_file():
             parent_metrics = json.loads(parent.read_text())
@@ -87,15 +170,30 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
     optimizer = {"adamw": "AdamW", "sgd": "SGD with Nesterov momentum"}[
         config.get("optimizer", "adamw")
     ]
-    return f"""# ferkit default model: {config["model"]["arch"]}
-
+    data, rarest = _data_section(config, len(val_split.labels), loaded.classes)
+    selected = selected_on(run_dir)
+    further = ""
+    if evaluations:
+        further = (
+            "\n## Further evaluations (`ferkit evaluate`, single model, no test-time augmentation)\n\n| data | faces | accuracy | balanced accuracy | macro F1 | ECE |\n| --- | --- | --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {e['name']} | {e['faces']:,} | {e['accuracy']:.2%} | {e['balanced_accuracy']:.2%} | {e['macro_f1']:.3f} | {e['ece']:.3f} |"
+                for e in evaluations
+            )
+            + "\n"
+        )
+    usage = (
+        ""
+        if name == "default"
+        else f'\nUse it with `--model {name}` in any command, or `EmotionRecognizer(model="{name}")`.\n'
+    )
+    return f"""# ferkit model `{name}`: {config["model"]["arch"]}
+{usage}
 ## Data
-- Trained on FER2013 `{config["train_split"]}` (28,709 faces, 48x48 grayscale), model selected
-  on FER2013 `{config["val_split"]}` (PublicTest, {len(val_split.labels):,} faces). The
-  PrivateTest split was never used.{targets}
+- {data}{targets}
 - Classes, in output order: {", ".join(loaded.classes)}.
 
-## Results on FER2013 val (single model, no test-time augmentation)
+## Results on {selected} (single model, no test-time augmentation)
 - Accuracy: **{accuracy:.2%}** (best epoch {metrics["best_epoch"]} of {metrics["epochs_trained"]} trained{"; run ended " + metrics["finished_early"] + " planned, for time" if "finished_early" in metrics else ""}); the
   test suite holds the bundled model to a floor of {accuracy_floor(accuracy):.0%}.
 - Macro F1: {float(scores["f1"].mean()):.3f}.
@@ -108,7 +206,7 @@ def write_model_card(run_dir: str | os.PathLike[str], val_split: Any, loaded: Lo
 Temperature scaling fitted on val: T = {calibration["temperature"]:.3f}. Expected calibration
 error (15 bins) {calibration["ece_before"]:.3f} before, {expected_calibration_error(probabilities, val_split.labels):.3f} after.
 (Fitted and measured on the same split: a held-out split would give a less optimistic figure.)
-
+{further}
 ## Training
 - `{config["model"]["arch"]}`, {metrics["parameters"]:,} parameters; {config["epochs"]} epochs, batch
   {config["batch_size"]}, {optimizer} (lr {config["learning_rate"]}, weight decay {config["weight_decay"]}),
@@ -120,10 +218,10 @@ error (15 bins) {calibration["ece_before"]:.3f} before, {expected_calibration_er
 ## Limitations
 - Input is a 48x48 grayscale face crop, as in FER2013: colour and fine detail are lost,
   and accuracy depends on the face detector and alignment in front of the model.
-- FER2013 was scraped from web searches: posed and exaggerated expressions, mostly
-  frontal faces, a skew towards young adults and lighter skin, and noisy labels (human
-  accuracy on it is about 65%). Expect lower accuracy on spontaneous expressions,
-  profile views, children, older people and under-represented groups.
-- `disgust` has only 436 training faces: its recall is the least reliable.
+- FER2013's faces were scraped from web searches: posed and exaggerated expressions,
+  mostly frontal faces, a skew towards young adults and lighter skin. Its own labels are
+  noisy (human accuracy on it is about 65%); FER+'s ten votes a face are cleaner but still
+  disagree on many faces. Expect lower accuracy on spontaneous expressions, profile
+  views, children, older people and under-represented groups.{rarest}
 - Expressions are not emotions: the model reports what a face shows, not what a person feels.
 """

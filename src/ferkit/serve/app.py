@@ -100,14 +100,16 @@ def _key_matches(given: str | None, expected: str) -> bool:
 
 
 def _model_info(recognizer: Any) -> dict[str, Any]:
-    from ferkit.models.folder import CHECKSUMS, DEFAULT_MODEL_DIR
+    from ferkit.models.folder import CHECKSUMS, installed_models
 
     source = Path(recognizer.model.source)
     folder = source if source.is_dir() else source.parent
     if folder.name == "checkpoints":  # a run folder's best checkpoint
         folder = folder.parent
+    installed = {path.resolve(): name for name, path in installed_models().items()}
     return {
-        "name": "default" if folder == DEFAULT_MODEL_DIR else folder.name,
+        "name": installed.get(folder.resolve(), folder.name),
+        "installed": folder.resolve() in installed,
         "file": source.name,
         "classes": list(recognizer.classes),
         "input_shape": list(recognizer.model.image_shape),
@@ -131,14 +133,46 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         config.model, detector=config.detector, backend=config.backend,
         max_pixels=config.max_pixels, threads=max(1, (os.cpu_count() or 1) // config.threads),
     )  # fmt: skip
-    pool = RecognizerPool(recognizer, config.threads, config.max_pending)
+    offered = config.offered_models()
+    model = _model_info(recognizer)
+    pool = RecognizerPool(
+        recognizer, config.threads, config.max_pending, offered,
+        served=model["name"] if model["installed"] else None,
+    )  # fmt: skip
     own_jobs_dir = config.jobs_dir is None
     jobs_root = Path(config.jobs_dir or tempfile.mkdtemp(prefix="ferkit-serve-jobs-"))
     jobs = VideoJobs(
         jobs_root, recognizer, max_jobs=config.max_jobs, ttl_s=config.job_ttl_s,
         max_video_s=config.max_video_s, max_pixels=config.max_pixels,
+        recognizer_for=pool.base_for,
     )  # fmt: skip
-    model = _model_info(recognizer)
+    _model_info_name = model["name"]
+    # ?model=NAME: one of the offered installed models (listed in the schema).
+    ModelName = Literal[offered] if offered else Literal["default"]  # type: ignore[valid-type]
+    model_help = (
+        f"installed model to use instead of the served one ({', '.join(offered)}; "
+        "/healthz lists their classes)"
+        if offered
+        else "this server offers no other model"
+    )
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name not in offered:
+            raise HTTPException(422, f"model {name!r} is not offered here; choose one of: {', '.join(offered) or 'none'}")  # fmt: skip
+
+    def models_info() -> dict[str, Any]:
+        from ferkit.models.catalogue import describe_models
+
+        described = {entry["name"]: entry for entry in describe_models()}
+        return {
+            name: {
+                key: described[name][key]
+                for key in ("classes", "parameters", "val_accuracy", "selected_on")
+            }
+            for name in offered
+            if name in described
+        }
+
     streams = {"open": 0}  # live camera sockets (all on the event loop's thread)
 
     @contextlib.asynccontextmanager
@@ -177,6 +211,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             "status": "ok",
             "version": __version__,
             "model": model,
+            "models": models_info(),
             "detector": config.detector,
             "detectors": list(DETECTOR_NAMES),
             "api_key_required": config.api_key is not None,
@@ -194,7 +229,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         faces: Annotated[
             FaceMode, Query(description="auto, crop (the image is one face) or detect")
         ] = "auto",
+        model: Annotated[ModelName | None, Query(description=model_help)] = None,
     ) -> Any:
+        check_model(model)
         uploads = ([file] if file is not None else []) + list(files or [])
         if not uploads:
             raise HTTPException(400, "send an image in the multipart field 'file' (or several in 'files')")  # fmt: skip
@@ -207,17 +244,18 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         def work() -> list[dict[str, Any]]:
             # Admitted in the thread that works: a request its client gave up on still
             # counts until its work is done.
-            with pool.admit(), pool.lend(detector) as lent:
+            with pool.admit(), pool.lend(detector, model) as lent:
                 return predict_uploads(lent, named, faces, config.max_pixels)
 
         entries = await run_in_threadpool(work)
+        used = model or _model_info_name
         if file is not None and not files:
             entry = entries[0]
             if "error" in entry:
                 return _error(entry["status"], f"{entry['filename']}: {entry['error']}")
             entry.pop("filename")
-            return entry
-        return {"images": entries}
+            return {**entry, "model": used}
+        return {"images": entries, "model": used}
 
     @api.post(
         "/videos", tags=["videos"], status_code=202, summary="Start a video job",
@@ -227,11 +265,13 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         request: Request,
         file: Annotated[UploadFile, File(description="one video (MP4, WebM, AVI, MOV...)")],
         detector: Annotated[DetectorName | None, Query(description="face detector")] = None,
+        model: Annotated[ModelName | None, Query(description=model_help)] = None,
     ) -> JSONResponse:
+        check_model(model)
         if not isinstance(file, StarletteUpload):
             raise HTTPException(400, "'file' must be a file upload, not a text field")
         name = _display_name(file.filename, 0)
-        state = await run_in_threadpool(jobs.submit, file.file, name, detector)
+        state = await run_in_threadpool(jobs.submit, file.file, name, detector, model)
         job_url = str(request.url_for("video_status", job_id=state["id"]).path)
         return JSONResponse(
             {**state, "status_url": job_url, "annotated_url": job_url + "/annotated"},
@@ -271,6 +311,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         detector: DetectorName | None = None,
         smoothing: float = 0.5,
         api_key: str | None = None,
+        model: str | None = None,
     ) -> None:
         # Accepted first, then closed with a reason: a browser sees the code and reason of
         # a close, but not the status of a refused handshake.
@@ -283,6 +324,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if not 0 <= smoothing <= 10:
             await websocket.close(CLOSE_POLICY, "smoothing must be 0 to 10 seconds")
             return
+        if model is not None and model not in offered:
+            await websocket.close(CLOSE_POLICY, f"model {model!r} is not offered here; choose one of: {', '.join(offered) or 'none'}")  # fmt: skip
+            return
         if streams["open"] >= config.max_streams:
             await websocket.close(CLOSE_TRY_LATER, f"{streams['open']} live sessions are open, the most this server takes; try again later")  # fmt: skip
             return
@@ -291,7 +335,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             await serve_stream(
                 websocket, pool, detector=detector, smoothing_s=smoothing,
                 max_frame_bytes=config.ws_max_frame_kb * 1024, max_fps=config.ws_max_fps,
-                max_pixels=config.max_pixels,
+                max_pixels=config.max_pixels, model=model,
             )  # fmt: skip
         finally:
             streams["open"] -= 1

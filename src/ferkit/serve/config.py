@@ -32,7 +32,12 @@ class ServeConfig:
 
     host: str = setting("127.0.0.1", "address to listen on (another than loopback needs --api-key)")
     port: int = setting(8000, "port to listen on")
-    model: str | None = setting(None, "model folder or file; none or 'default': the bundled model")
+    model: str | None = setting(
+        None, "model served when a request names none: an installed model's name ('ferkit models'), a folder or a file; none: 'default'"
+    )  # fmt: skip
+    models: str = setting(
+        "installed", "models a request may pick with ?model=NAME: 'installed' (all, each loaded when first asked for), a comma-separated list of installed names, or 'none'"
+    )  # fmt: skip
     detector: str = setting(DEFAULT_DETECTOR, "default face detector", choices=detector_names)
     backend: str = setting("auto", "classifier runtime", choices=_backends)
     workers: int = setting(1, "server processes; the model loads once in each")
@@ -84,8 +89,31 @@ class ServeConfig:
             value = getattr(self, name)
             if not value > 0 or value == float("inf"):
                 raise ValueError(f"{name} must be a positive number, not {value}")
+        self.offered_models()  # refuses unknown names now, not at the first request
         if self.api_key is not None and len(self.api_key) < 8:
             raise ValueError("the API key must be at least 8 characters long")
+
+    def offered_models(self) -> tuple[str, ...]:
+        """The installed models a request may pick by name (``models``).
+
+        Raises:
+            ValueError: a name that is not installed.
+        """
+        from ferkit.models.folder import installed_models
+
+        installed = tuple(installed_models())
+        if self.models.strip().lower() == "installed":
+            return installed
+        if self.models.strip().lower() == "none":
+            return ()
+        names = tuple(name.strip() for name in self.models.split(",") if name.strip())
+        unknown = [name for name in names if name not in installed]
+        if unknown:
+            raise ValueError(
+                f"--models: {', '.join(unknown)} not installed; installed models: "
+                f"{', '.join(installed)} (or 'installed', 'none')"
+            )
+        return names
 
     @property
     def origins(self) -> list[str]:

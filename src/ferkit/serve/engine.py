@@ -25,23 +25,56 @@ class Saturated(RuntimeError):
 
 
 class RecognizerPool:
-    """``size`` recognisers per face detector, created when first needed, lent to one
-    thread at a time; at most ``size + max_pending`` requests (and camera frames) are
-    admitted at once.
+    """``size`` recognisers per model and face detector, created when first needed,
+    lent to one thread at a time; at most ``size + max_pending`` requests (and camera
+    frames) are admitted at once, whatever their model.
 
     Args:
-        base: the recogniser whose model (and settings) every lent one shares.
+        base: the recogniser of the served model, whose settings every lent one shares.
+        models: the installed models a request may pick by name besides the served one;
+            each loads once, when first asked for.
+        served: the installed name of the served model, if it is one (asking for it by
+            name lends the base's recognisers, not a second copy).
     """
 
-    def __init__(self, base: Any, size: int, max_pending: int) -> None:
+    def __init__(
+        self,
+        base: Any,
+        size: int,
+        max_pending: int,
+        models: tuple[str, ...] = (),
+        served: str | None = None,
+    ) -> None:
         self.base = base
+        self.served = served
         self.size = size
         self.capacity = size + max_pending
+        self.models = tuple(models)
         self.admitted = 0
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
-        self._free: dict[str, list[Any]] = {}
-        self._made: dict[str, int] = {}
+        self._free: dict[tuple[str | None, str], list[Any]] = {}
+        self._made: dict[tuple[str | None, str], int] = {}
+        self._bases: dict[str, Any] = {}
+        self._loading = threading.Lock()
+
+    def base_for(self, model: str | None) -> Any:
+        """The recogniser of ``model`` (``None``: the served model), loaded on first use.
+
+        Raises:
+            ValueError: ``model`` is not one a request may pick.
+        """
+        if model is None or model == self.served:
+            return self.base
+        if model not in self.models:
+            raise ValueError(
+                f"model {model!r} is not offered here; choose one of: "
+                f"{', '.join(self.models) or 'none (this server runs one model)'}"
+            )
+        with self._loading:  # one load per model, even when requests for it race
+            if model not in self._bases:
+                self._bases[model] = self.base.with_model(model)
+            return self._bases[model]
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -65,15 +98,17 @@ class RecognizerPool:
                 self.admitted -= 1
 
     @contextlib.contextmanager
-    def lend(self, detector: str | None = None) -> Iterator[Any]:
-        """A recogniser with ``detector`` (default: the base's), for this thread alone
-        until the block ends; waits, first come first served, while all are lent.
+    def lend(self, detector: str | None = None, model: str | None = None) -> Iterator[Any]:
+        """A recogniser of ``model`` (default: the served one) with ``detector``
+        (default: the base's), for this thread alone until the block ends; waits, first
+        come first served, while all are lent.
 
         Raises:
-            ValueError, MissingExtraError: the detector cannot be made (unknown, or its
-                library is not installed).
+            ValueError, MissingExtraError: the model is not offered, or the detector
+                cannot be made (unknown, or its library is not installed).
         """
-        name = detector or self.base.detector.name
+        base = self.base_for(model)
+        name = (None if model == self.served else model, detector or self.base.detector.name)
         with self._returned:
             free = self._free.setdefault(name, [])
             while not free and self._made.get(name, 0) >= self.size:
@@ -83,7 +118,7 @@ class RecognizerPool:
                 self._made[name] = self._made.get(name, 0) + 1
         if recognizer is None:
             try:
-                recognizer = self.base.with_detector(name)
+                recognizer = base.with_detector(name[1])
             except BaseException:
                 with self._returned:
                     self._made[name] -= 1

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,6 +84,8 @@ class VideoJobs:
     Args:
         root: the jobs folder (shared by the server's processes).
         recognizer: the process's base recogniser; each job thread uses its own copy.
+        recognizer_for: the base recogniser of a model a job names (default: none may
+            be named).
         max_jobs: jobs processed at once; more are refused (:class:`TooManyJobs`).
         ttl_s: seconds a finished job is kept.
         max_video_s: longest video accepted; a video whose length is unknown (or whose
@@ -99,10 +102,12 @@ class VideoJobs:
         ttl_s: float,
         max_video_s: float,
         max_pixels: int,
+        recognizer_for: Callable[[str], Any] | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.recognizer = recognizer
+        self.recognizer_for = recognizer_for
         self.max_jobs = max_jobs
         self.ttl_s = ttl_s
         self.max_video_s = max_video_s
@@ -126,7 +131,11 @@ class VideoJobs:
     # -- creating a job -------------------------------------------------------------
 
     def submit(
-        self, upload: BinaryIO, filename: str, detector: str | None = None
+        self,
+        upload: BinaryIO,
+        filename: str,
+        detector: str | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """Check an uploaded video and queue it.
 
@@ -160,6 +169,7 @@ class VideoJobs:
                 "updated": time.time(),
                 "pid": os.getpid(),
                 "detector": detector,
+                "model": model,
                 "video": {
                     "fps": round(info.fps, 3),
                     "frames": info.frame_count,
@@ -220,16 +230,21 @@ class VideoJobs:
 
     # -- running a job --------------------------------------------------------------
 
-    def _thread_recognizer(self) -> Any:
-        if getattr(self._local, "recognizer", None) is None:
-            self._local.recognizer = self.recognizer.with_detector()
-        return self._local.recognizer
+    def _thread_recognizer(self, model: str | None = None) -> Any:
+        """This job thread's own recogniser of ``model`` (``None``: the served one)."""
+        made = self._local.__dict__.setdefault("recognizers", {})
+        if model not in made:
+            if model is not None and self.recognizer_for is None:
+                raise ValueError(f"model {model!r} is not offered here")
+            base = self.recognizer if model is None else self.recognizer_for(model)
+            made[model] = base.with_detector()
+        return made[model]
 
     def _run(self, folder: Path, video: Path, state: dict[str, Any], max_frames: int) -> None:
         from ferkit.inference.predict import predict
 
         try:
-            recognizer = self._thread_recognizer()
+            recognizer = self._thread_recognizer(state.get("model"))
             if state["detector"]:
                 recognizer = recognizer.with_detector(state["detector"])
             state.update(status="running", updated=time.time())

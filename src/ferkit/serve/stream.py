@@ -83,8 +83,10 @@ async def serve_stream(
     max_frame_bytes: int,
     max_fps: float,
     max_pixels: int,
+    model: str | None = None,
 ) -> None:
-    """Run one accepted camera session until the client leaves."""
+    """Run one accepted camera session until the client leaves (``model``: an offered
+    installed model's name; ``None``: the served model)."""
     session = _Session(max_fps)
     stream = FrameStream(smoothing_s=smoothing_s)
     sending = asyncio.Lock()
@@ -100,7 +102,7 @@ async def serve_stream(
             index, data, time_s = session.waiting
             session.waiting = None
             answer = await run_in_threadpool(
-                _classify, pool, stream, data, time_s, detector, max_pixels
+                _classify, pool, stream, data, time_s, detector, max_pixels, model
             )
             if answer["type"] == "dropped":
                 session.dropped += 1
@@ -170,6 +172,7 @@ def _classify(
     time_s: float,
     detector: str | None,
     max_pixels: int,
+    model: str | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     try:
@@ -177,7 +180,7 @@ def _classify(
     except ImageReadError as error:
         return {"type": "error", "error": f"the frame is not a usable image: {error.reason}"}
     try:
-        with pool.admit(), pool.lend(detector) as recognizer:
+        with pool.admit(), pool.lend(detector, model) as recognizer:
             faces = stream.process(recognizer, rgb, time_s)
     except Saturated:
         return {"type": "dropped", "reason": "the server is busy"}

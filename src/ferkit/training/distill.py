@@ -25,7 +25,7 @@ def _teacher(teacher: str | os.PathLike[str] | None, classes: list[str], source:
     """Load a teacher model and check that it predicts the dataset's classes."""
     from ferkit.models.folder import load_model
 
-    model = load_model(None if teacher in (None, "default") else teacher)
+    model = load_model(teacher)
     if list(model.classes) != list(classes):
         raise ValueError(
             f"{teacher or 'default'}: classes {model.classes} differ from {source}'s "
@@ -71,7 +71,9 @@ def write_teacher_labels(
     unknown = sorted(set(splits) - set(data.splits))
     if unknown:
         raise ValueError(f"{source}: no split {unknown}; it has {data.splits}")
-    local_teachers = [t for t in teachers if t not in (None, "default")]
+    from ferkit.models.folder import resolve_model
+
+    local_teachers = [path for t in teachers if (path := resolve_model(t)) is not None]
     inputs = [source, *local_teachers]
     with output_folder(out, "soft-labels", overwrite=overwrite, inputs=inputs) as staging:
         # Loaded once the output folder is known to be usable: a refusal comes first.

@@ -37,6 +37,12 @@ function faceTitle(face) {
 
 function apiKey() { return $("api-key").value.trim(); }
 
+// The chosen model as a query string ("" for the served one).
+function modelQuery(prefix = "?") {
+  const chosen = $("model-select").value;
+  return chosen ? `${prefix}model=${encodeURIComponent(chosen)}` : "";
+}
+
 function authHeaders() {
   const key = apiKey();
   return key ? { "X-API-Key": key } : {};
@@ -138,7 +144,7 @@ async function predictPhoto(file) {
   form.append("file", file, file.name);
   let response;
   try {
-    response = await fetch("/v1/predict", { method: "POST", body: form, headers: authHeaders() });
+    response = await fetch(`/v1/predict${modelQuery()}`, { method: "POST", body: form, headers: authHeaders() });
   } catch (error) {
     showStatus(status, `The server could not be reached (${error.message}).`, "error");
     card.classList.add("failed");
@@ -216,7 +222,7 @@ function setProgress(bar, label, fraction) {
 function uploadVideo(file) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
-    request.open("POST", "/v1/videos");
+    request.open("POST", `/v1/videos${modelQuery()}`);
     for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
     request.upload.onprogress = (event) => {
       if (event.lengthComputable) setProgress($("upload-bar"), $("upload-percent"), event.loaded / event.total);
@@ -425,7 +431,7 @@ async function startCamera() {
   camera.answers = [];
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const key = apiKey();
-  const query = key ? `?api_key=${encodeURIComponent(key)}` : "";
+  const query = (key ? `?api_key=${encodeURIComponent(key)}` : "") + modelQuery(key ? "&" : "?");
   const socket = new WebSocket(`${scheme}://${location.host}/v1/stream${query}`);
   socket.binaryType = "arraybuffer";
   camera.socket = socket;
@@ -549,6 +555,16 @@ async function loadHealth() {
   }
   const model = health.model;
   info.textContent = `Model “${model.name}” (${model.classes.join(", ")}), checksums ${model.checksums}; detector ${health.detector}.`;
+  const select = $("model-select");
+  const others = Object.entries(health.models || {}).filter(([name]) => name !== model.name);
+  const describe = (name, classes) => `${name}: ${classes.length} expressions`;
+  select.replaceChildren(new Option(describe(model.name, model.classes), ""));
+  for (const [name, entry] of others) select.append(new Option(describe(name, entry.classes), name));
+  $("model-row").hidden = others.length === 0;
+  select.addEventListener("change", () => {
+    const chosen = select.value ? health.models[select.value] : model;
+    info.textContent = `Model “${select.value || model.name}” (${chosen.classes.join(", ")}); detector ${health.detector}.`;
+  });
   $("key-row").hidden = !health.api_key_required;
   if (health.api_key_required) {
     $("api-key").value = sessionStorage.getItem("ferkit-api-key") || "";
