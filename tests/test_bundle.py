@@ -127,3 +127,39 @@ def test_bundle_into_a_new_nested_folder(finished_run, tmp_path):
     run, _ = finished_run
     dest = bundle_run(run, tmp_path / "not" / "yet" / "there")
     assert load_model(dest).classes
+
+
+def test_bundle_records_further_evaluations_in_its_metrics_and_card(finished_run, tmp_path):
+    run, data = finished_run
+    evaluated = tmp_path / "evaluated"
+    argv = ["evaluate", "--model", str(run), "--data", str(data), "--split", "val", "--quiet"]
+    assert main([*argv, "--out", str(evaluated)]) == 0
+    figures = json.loads((evaluated / "metrics.json").read_text())
+    bundle = ["bundle", str(run), "--dest", str(tmp_path / "b")]
+    assert main([*bundle, "--evaluation", f"drawn val, again={evaluated}"]) == 0
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    [entry] = metrics["evaluations"]
+    assert entry["name"] == "drawn val, again" and entry["faces"] == figures["faces"]
+    assert entry["accuracy"] == figures["accuracy"] and entry["ece"] == figures["ece"]
+    assert metrics["selected_on"].endswith(" val")
+    card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    row = f"| drawn val, again | {figures['faces']:,} | {figures['accuracy']:.2%} |"
+    assert "## Further evaluations" in card and row in card
+    # An evaluation of another model (here the bundled default) is refused, and nothing
+    # is bundled.
+    other = tmp_path / "other"
+    assert (
+        main(["evaluate", "--data", str(data), "--split", "val", "--quiet", "--out", str(other)])
+        == 0
+    )
+    assert main([*bundle[:3], str(tmp_path / "c"), "--evaluation", str(other)]) == 2
+    assert not (tmp_path / "c").exists()
+
+
+def test_model_card_names_the_dataset_it_was_trained_on(fer2013_prepared, ferplus_val_prepared):
+    from ferkit.release.model_card import dataset_title
+
+    for fixture, title in ((fer2013_prepared, "FER2013"), (ferplus_val_prepared, "FER+")):
+        manifest = json.loads((fixture[1].out_dir / "manifest.json").read_text())
+        assert dataset_title(manifest) == title
+    assert dataset_title({"format": "folder", "source": "/data/my_faces"}) == "my_faces"

@@ -213,6 +213,81 @@ def test_too_many_files_is_413(client, samples):
     assert_error(client.post("/v1/predict", files=files), 413, "files")
 
 
+# -- other installed models (?model=NAME) ------------------------------------------
+
+EIGHT = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+def test_healthz_lists_the_models_a_request_may_pick(client):
+    models = client.get("/healthz").json()["models"]
+    assert list(models) == ["default", "ferplus"]
+    assert models["ferplus"]["classes"] == EIGHT and len(models["default"]["classes"]) == 7
+    assert models["ferplus"]["selected_on"] == "FER+ val"
+
+
+def test_a_request_picks_the_ferplus_model_by_name(client, samples):
+    from ferkit import EmotionRecognizer
+
+    response = client.post(
+        "/v1/predict?model=ferplus",
+        files={"file": ("c.jpg", (samples / "couple.jpg").read_bytes())},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "ferplus"
+    expected = EmotionRecognizer(model="ferplus").predict(samples / "couple.jpg")
+    assert [face["label"] for face in body["faces"]] == [face.label for face in expected]
+    for face, reference in zip(body["faces"], expected, strict=True):
+        assert list(face["probabilities"]) == EIGHT
+        for name, p in reference.probabilities.items():
+            assert face["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    # Without ?model= (or with the served model's own name): the served model, one copy.
+    plain = post_file(client, "c.jpg", (samples / "couple.jpg").read_bytes()).json()
+    assert plain["model"] == "default" and "contempt" not in plain["faces"][0]["probabilities"]
+    pool = client.app.state.pool
+    assert pool.base_for("default") is pool.base and pool.base_for("ferplus") is pool.base_for(
+        "ferplus"
+    )
+    assert_error(
+        client.post("/v1/predict?model=nope", files={"file": ("c.jpg", b"x")}), 422, "model"
+    )
+
+
+def test_video_jobs_and_the_socket_take_the_model_too(client, samples):
+    data = (samples / "test.mp4").read_bytes()
+    created = post_file(client, "test.mp4", data, url="/v1/videos?model=ferplus")
+    assert created.status_code == 202, created.text
+    state = wait_for_job(client, created.json()["status_url"])
+    assert state["status"] == "done", state.get("error")
+    faces = [face for frame in state["result"]["frames"] for face in frame["faces"]]
+    assert faces and all(list(face["probabilities"]) == EIGHT for face in faces)
+    frame = frames_of(samples / "woman2.mp4", 1)[0]
+    with client.websocket_connect("ws://localhost/v1/stream?model=ferplus") as socket:
+        socket.send_bytes(frame)
+        answer = json.loads(socket.receive_text())
+    assert answer["type"] == "faces" and list(answer["faces"][0]["probabilities"]) == EIGHT
+    from starlette.websockets import WebSocketDisconnect
+
+    unknown = client.websocket_connect("ws://localhost/v1/stream?model=nope")
+    with pytest.raises(WebSocketDisconnect) as closed, unknown as socket:
+        socket.receive_text()
+    assert closed.value.code == 1008 and "not offered" in closed.value.reason
+
+
+def test_a_server_may_offer_no_other_model(tmp_path, samples):
+    config = ServeConfig(models="none", jobs_dir=str(tmp_path / "jobs"))
+    with local_client(create_app(config)) as limited:
+        assert limited.get("/healthz").json()["models"] == {}
+        response = limited.post(
+            "/v1/predict?model=ferplus",
+            files={"file": ("j.jpg", (samples / "justin.jpg").read_bytes())},
+        )
+        assert_error(response, 422, "model")
+    assert ServeConfig(models="ferplus").offered_models() == ("ferplus",)
+    with pytest.raises(ValueError, match="not installed"):
+        ServeConfig(models="ferplus,nope")
+
+
 # -- limits on a small server -------------------------------------------------------
 
 

@@ -147,14 +147,17 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         recognizer_for=pool.base_for,
     )  # fmt: skip
     _model_info_name = model["name"]
-    # ?model=NAME: one of the offered installed models (listed in the schema).
-    ModelName = Literal[offered] if offered else Literal["default"]  # type: ignore[valid-type]
+    # ?model=NAME: one of the offered installed models (listed in the schema). A default
+    # value, not an annotation: annotations are strings here, read in the module's scope.
     model_help = (
         f"installed model to use instead of the served one ({', '.join(offered)}; "
         "/healthz lists their classes)"
         if offered
         else "this server offers no other model"
     )
+
+    def model_query() -> Any:
+        return Query(None, description=model_help, json_schema_extra={"enum": list(offered)})
 
     def check_model(name: str | None) -> None:
         if name is not None and name not in offered:
@@ -229,7 +232,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         faces: Annotated[
             FaceMode, Query(description="auto, crop (the image is one face) or detect")
         ] = "auto",
-        model: Annotated[ModelName | None, Query(description=model_help)] = None,
+        model: str | None = model_query(),
     ) -> Any:
         check_model(model)
         uploads = ([file] if file is not None else []) + list(files or [])
@@ -265,7 +268,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         request: Request,
         file: Annotated[UploadFile, File(description="one video (MP4, WebM, AVI, MOV...)")],
         detector: Annotated[DetectorName | None, Query(description="face detector")] = None,
-        model: Annotated[ModelName | None, Query(description=model_help)] = None,
+        model: str | None = model_query(),
     ) -> JSONResponse:
         check_model(model)
         if not isinstance(file, StarletteUpload):

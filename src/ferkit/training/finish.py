@@ -67,8 +67,12 @@ def finish_run(
 
     from ferkit.calibration import expected_calibration_error, fit_temperature, softmax
     from ferkit.models.folder import write_checksums
+    from ferkit.models.keras_nets import custom_layers
 
-    model = keras.models.load_model(run_dir / BEST_CHECKPOINT)
+    custom_layers()  # registered before loading a model that uses them
+    # Without its optimizer: a process that did not train (``--finish``) has not
+    # registered the training schedule the optimizer refers to.
+    model = keras.models.load_model(run_dir / BEST_CHECKPOINT, compile=False)
     logits = predict_logits(model, val_split.images)
     labels = val_split.labels
     temperature = fit_temperature(logits, labels) if config.temperature_scaling else 1.0
