@@ -132,6 +132,23 @@ def test_photo_with_a_smile_shows_one_happy_face(page, samples):
     shoot(page, "photo-happy")
 
 
+def test_model_picker_switches_to_the_eight_class_ferplus_model(page, samples):
+    picker = page.locator("#model-select")
+    assert page.locator("#model-row").is_visible()
+    assert picker.locator("option").all_inner_texts() == [
+        "default: 7 expressions",
+        "ferplus: 8 expressions",
+    ]
+    picker.select_option("ferplus")
+    assert "contempt" in page.locator("#model-info").inner_text()
+    page.set_input_files("#photo-input", str(samples / "justin.jpg"))
+    card = page.locator(".photo-card").first
+    card.locator(".status.ok").wait_for()
+    assert card.locator(".bar-row").count() == 8  # contempt included
+    assert card.locator(".face-label").first.get_attribute("data-label") == "happy"
+    shoot(page, "photo-ferplus")
+
+
 def test_photo_without_a_face_says_so(page, samples):
     page.set_input_files("#photo-input", str(samples / "no-faces.jpg"))
     status = page.locator(".photo-card .status.no-face")
