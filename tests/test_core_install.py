@@ -75,6 +75,23 @@ def test_core_install_predicts_on_the_samples(tmp_path):
     assert summary["model"].endswith("model.onnx")
 
 
+@pytest.mark.real_data
+def test_core_install_lists_and_runs_the_installed_ferplus_model(tmp_path):
+    """The installed package (not the checkout) holds both models, and the FER+ one
+    predicts by name without TensorFlow."""
+    listed = core("ferkit", "models", "--json")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    models = {entry["name"]: entry for entry in json.loads(listed.stdout)}
+    assert set(models) == {"default", "ferplus"} and "contempt" in models["ferplus"]["classes"]
+    justin = require_shared("samples") / "justin.jpg"
+    out = tmp_path / "out"
+    result = core("ferkit", "predict", str(justin), "--model", "ferplus", "--out", str(out), "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sources"][0]["labels"] == ["happy"]
+    assert summary["model"].endswith("ferplus/model.onnx")
+
+
 def test_a_command_that_needs_an_extra_names_it(tmp_path):
     result = core("ferkit", "train", "--data", str(tmp_path), "--out", str(tmp_path / "run"))
     assert result.returncode == 2

@@ -167,3 +167,24 @@ def test_every_command_and_the_python_api_take_the_name(ferplus_majority, tmp_pa
     # a name that is not installed is a clear error, exit status 2
     assert main(["predict", str(couple), "--model", "ferplsu", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_the_wheel_installs_both_models_whole(tmp_path):
+    """What pip installs: every file each model's checksums list, in the wheel."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation",
+         "--quiet", "--wheel-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = tmp_path.glob("ferkit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name, folder in installed_models().items():
+        listed = json.loads((folder / "checksums.json").read_text())
+        missing = {f"ferkit/assets/{name}/{file}" for file in [*listed, "checksums.json"]} - names
+        assert not missing, f"the wheel lacks {sorted(missing)}"
