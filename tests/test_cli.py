@@ -85,6 +85,17 @@ def test_demo_runs_on_the_shipped_photos_and_says_what_next(tmp_path, capsys):
     assert (out / "annotated" / "selfie-many-people.jpg").is_file()
 
 
+def test_demo_takes_an_installed_model_by_name(tmp_path, capsys):
+    import csv
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "ferplus", "--out", str(out), "--quiet"]) == 0
+    assert "with the model ferplus:" in capsys.readouterr().out
+    with open(out / "predictions.csv", newline="") as handle:
+        faces = [row for row in csv.DictReader(handle) if row["label"]]
+    assert len(faces) == 7 and all("p_contempt" in row for row in faces)
+
+
 def test_help_shows_every_default():
     from ferkit.cli import build_parser
 

@@ -157,6 +157,12 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: a new results/demo/...)"
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="installed model name (default, ferplus) or model folder (default: the bundled "
+        "default model)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_demo)
 
@@ -168,10 +174,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     photos = args.photos or [str(path) for path in sorted(SAMPLES_DIR.glob("*.jpg"))]
     out = args.out or default_run_folder(Path("results") / "demo")
     which = "your photos" if args.photos else "two real photos shipped with ferkit"
-    print(f"Recognising facial expressions in {which} with the bundled model:")
+    model = "the bundled model" if args.model is None else f"the model {args.model}"
+    print(f"Recognising facial expressions in {which} with {model}:")
     summary = predict(
-        photos, out, annotate=True, progress=not args.quiet, echo=lambda line: print(f"  {line}")
-    )
+        photos, out, annotate=True, model=args.model, progress=not args.quiet,
+        echo=lambda line: print(f"  {line}"),
+    )  # fmt: skip
     annotated = [entry["annotated"] for entry in summary.sources if entry.get("annotated")]
     print(f"\nResults are in {out}/")
     for name in annotated:
@@ -183,6 +191,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         "  ferkit predict YOUR_PHOTO.jpg --annotate      your own photos, folders or URLs\n"
         "  ferkit predict YOUR_VIDEO.mp4 --annotate      videos: tracked faces, smoothed labels"
         " and an emotion-over-time plot (or --camera 0 for a webcam)\n"
+        "  ferkit predict YOUR_PHOTO.jpg --model ferplus eight expressions, contempt too"
+        " ('ferkit models' lists the installed models)\n"
         "  ferkit evaluate --data LABELLED_FOLDER --out results/eval\n"
         "                                                accuracy report on your own labelled"
         " photos (one sub-folder per expression)\n"
@@ -220,6 +230,12 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
     )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="classifier, video, serve: installed model name or model folder (default: the "
+        "bundled default model)",
+    )
     parser.add_argument("--clients", type=int, default=8, help="serve: concurrent clients")
     parser.add_argument("--duration", type=float, default=60.0, help="serve: seconds of load")
     parser.add_argument(
@@ -246,10 +262,10 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     )
 
     if args.stage == "classifier":
-        print(benchmark_classifier(repeats=args.repeats))
+        print(benchmark_classifier(repeats=args.repeats, model=args.model))
         return 0
     if args.stage == "video":
-        print(benchmark_video(args.video, repeats=args.repeats))
+        print(benchmark_video(args.video, repeats=args.repeats, model=args.model))
         return 0
     if args.stage == "models":
         print(benchmark_models(repeats=args.repeats))
@@ -263,6 +279,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         report = benchmark_serve(
             photos=args.photo, clients=args.clients, duration_s=args.duration,
             workers=args.server_workers,
+            server_args=("--model", args.model) if args.model else (),
         )  # fmt: skip
         print(report.text())
         return 0

@@ -127,8 +127,11 @@ def benchmark_models(
     return "\n".join(lines)
 
 
-def benchmark_classifier(repeats: int = 3, n_faces: int = 2048) -> str:
-    """Faces/s of the bundled classifier on each runtime at batch sizes 1 and 256.
+def benchmark_classifier(
+    repeats: int = 3, n_faces: int = 2048, model: str | os.PathLike[str] | None = None
+) -> str:
+    """Faces/s of a classifier (``model``: default, the bundled one) on each runtime at
+    batch sizes 1 and 256.
 
     Medians of ``repeats`` timed passes over random 48x48 faces (the model's cost does
     not depend on the pixel values); returns a printable table.
@@ -138,7 +141,7 @@ def benchmark_classifier(repeats: int = 3, n_faces: int = 2048) -> str:
     from ferkit.inference.runtimes import TFLiteModel, load_classifier
     from ferkit.release.export import export_tflite
 
-    models = {name: load_classifier(None, name) for name in ("keras", "onnx", "onnx-int8")}
+    models = {name: load_classifier(model, name) for name in ("keras", "onnx", "onnx-int8")}
     with tempfile.TemporaryDirectory() as scratch:
         keras_model = models["keras"]
         path = export_tflite(keras_model.model, Path(scratch) / "model.tflite")
@@ -146,7 +149,7 @@ def benchmark_classifier(repeats: int = 3, n_faces: int = 2048) -> str:
         shape = keras_model.image_shape
         faces = np.random.default_rng(0).integers(0, 256, (n_faces, *shape)).astype(np.uint8)
         lines = [
-            f"bundled classifier on {os.cpu_count()} cores, {shape[0]}x{shape[1]} faces, "
+            f"{'bundled' if model is None else model} classifier on {os.cpu_count()} cores, {shape[0]}x{shape[1]} faces, "
             f"medians of {repeats} runs",
             f"{'runtime':<12}{'b=1 faces/s':>14}{'b=256 faces/s':>16}",
         ]
@@ -168,7 +171,11 @@ VIDEO_PIPELINES = (
 )
 
 
-def benchmark_video(video: str | os.PathLike[str] | None = None, repeats: int = 3) -> str:
+def benchmark_video(
+    video: str | os.PathLike[str] | None = None,
+    repeats: int = 3,
+    model: str | os.PathLike[str] | None = None,
+) -> str:
     """Frames/s of the full pipeline (decode, detect, crop, classify, track, smooth).
 
     Each pipeline reads the whole video (MTCNN only its first 60 frames: it runs at a
@@ -183,7 +190,7 @@ def benchmark_video(video: str | os.PathLike[str] | None = None, repeats: int = 
     rates = {}
     found = {}
     for label, detector, backend, detect_every, max_frames in VIDEO_PIPELINES:
-        recognizer = EmotionRecognizer(detector=detector, backend=backend)
+        recognizer = EmotionRecognizer(model, detector=detector, backend=backend)
         counts: list[int] = []
 
         def run(
