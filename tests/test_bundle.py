@@ -129,7 +129,7 @@ def test_bundle_into_a_new_nested_folder(finished_run, tmp_path):
     assert load_model(dest).classes
 
 
-def test_bundle_records_further_evaluations_in_its_metrics_and_card(finished_run, tmp_path):
+def test_bundle_records_further_evaluations_in_its_metrics_and_card(finished_run, tmp_path, capsys):
     run, data = finished_run
     evaluated = tmp_path / "evaluated"
     argv = ["evaluate", "--model", str(run), "--data", str(data), "--split", "val", "--quiet"]
@@ -152,7 +152,9 @@ def test_bundle_records_further_evaluations_in_its_metrics_and_card(finished_run
         main(["evaluate", "--data", str(data), "--split", "val", "--quiet", "--out", str(other)])
         == 0
     )
+    capsys.readouterr()
     assert main([*bundle[:3], str(tmp_path / "c"), "--evaluation", str(other)]) == 2
+    assert "not the model of" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
 

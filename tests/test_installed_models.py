@@ -107,8 +107,16 @@ def test_names_resolve_to_installed_models_and_paths_stay_paths(tmp_path, monkey
     (tmp_path / "ferplus").mkdir()
     with caplog.at_level(logging.WARNING):
         assert resolve_model("ferplus") == FERPLUS_DIR  # the name wins, and says so
-    assert "write ./ferplus for the folder" in caplog.text
+    assert "write ./ferplus for the file or folder" in caplog.text
     assert resolve_model("./ferplus") == Path("./ferplus")
+    (tmp_path / "default").mkdir()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_model("default") is None
+    assert "write ./default for the" in caplog.text
+    assert resolve_model("model.keras") == Path("model.keras")  # a file name: a path
+    with pytest.raises(FileNotFoundError, match="empty model name"):
+        resolve_model("")
 
 
 def test_models_command_lists_every_installed_model(capsys):

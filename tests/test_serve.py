@@ -283,6 +283,11 @@ def test_a_server_may_offer_no_other_model(tmp_path, samples):
             files={"file": ("j.jpg", (samples / "justin.jpg").read_bytes())},
         )
         assert_error(response, 422, "model")
+        served = limited.post(
+            "/v1/predict?model=default",
+            files={"file": ("j.jpg", (samples / "justin.jpg").read_bytes())},
+        )
+        assert served.status_code == 200 and served.json()["model"] == "default"  # its own
     assert ServeConfig(models="ferplus").offered_models() == ("ferplus",)
     with pytest.raises(ValueError, match="not installed"):
         ServeConfig(models="ferplus,nope")
@@ -476,6 +481,42 @@ def test_pool_survives_a_detector_that_cannot_be_made():
     assert outcomes == ["refused"] * 3
     with pool.lend() as recognizer:
         assert recognizer is not None
+
+
+def test_pool_loads_each_model_once_and_remembers_one_that_fails():
+    import threading
+
+    from ferkit.serve.engine import ModelUnavailable
+
+    loads = []
+
+    class Base:
+        detector = type("D", (), {"name": "haar"})()
+
+        def with_detector(self, name=None):
+            return object()
+
+        def with_model(self, name):
+            loads.append(name)
+            time.sleep(0.05)
+            if name == "broken":
+                raise ValueError("checksum mismatch")
+            return Base()
+
+    pool = RecognizerPool(Base(), size=1, max_pending=4, models=("good", "broken"))
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(pool.base_for("good"))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert loads == ["good"] and len({id(base) for base in got}) == 1  # racing requests, one load
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable, match="checksum mismatch"):
+            pool.base_for("broken")
+    assert loads == ["good", "broken"]  # the failure is remembered, not retried
+    with pytest.raises(ValueError, match="not offered"):
+        pool.base_for("other")
 
 
 def test_body_limit_and_timeout_layers():

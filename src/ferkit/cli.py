@@ -481,21 +481,25 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
     """
     import json
 
-    name, _, folder = spec.rpartition("=")
+    from ferkit.models.folder import model_location
+
+    if Path(spec).is_dir():  # a folder whose name holds "=" is a folder
+        name, folder = "", spec
+    else:
+        name, _, folder = spec.partition("=")
     folder_path = Path(folder)
     metrics_file = folder_path / "metrics.json"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"--evaluation {spec}: no metrics.json in {folder_path}; give a folder 'ferkit evaluate' wrote")  # fmt: skip
     metrics = json.loads(metrics_file.read_text())
     evaluated = Path(metrics["model"]["source"]).resolve()
-    if run.resolve() not in (evaluated, *evaluated.parents):
+    if evaluated != model_location(run)[1].resolve():  # the file bundle_run copies
         raise ValueError(
             f"--evaluation {spec}: it evaluated {evaluated}, not the model of {run}; evaluate "
             f"the run first: ferkit evaluate --model {run} ..."
         )
     return {
         "name": name or folder_path.name,
-        "data": metrics["data"]["source"],
         "split": metrics["data"]["split"],
         **{
             key: metrics[key]

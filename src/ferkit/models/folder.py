@@ -218,19 +218,22 @@ def resolve_model(
         FileNotFoundError: a bare name that is neither installed nor a path (the message
             lists the installed models).
     """
-    if model is None or (isinstance(model, str) and model == "default"):
+    if model is None:
         return None
-    if isinstance(model, str) and model and "/" not in model and os.sep not in model:
+    if isinstance(model, str) and not model.strip():
+        raise FileNotFoundError("an empty model name; give an installed model's name or a path")
+    if isinstance(model, str) and "/" not in model and os.sep not in model:
         installed = installed_models()
-        if model in installed and model != "default":
+        if model in installed or model == "default":
             if Path(model).exists():
                 logger.warning(
-                    "%r is the installed model of that name, not ./%s; write ./%s for the folder",
+                    "%r is the installed model of that name, not ./%s; write ./%s for the "
+                    "file or folder",
                     model,
                     model,
                     model,
                 )
-            return installed[model]
+            return None if model == "default" else installed[model]
         if not Path(model).exists() and "." not in model:
             raise FileNotFoundError(
                 f"{model}: no installed model of that name and no such file or folder; "

@@ -95,7 +95,7 @@ def _data_section(config: dict[str, Any], val_faces: int, classes: list[str]) ->
             + f"), model selected on FER+ `{config['val_split']}` ({val_faces:,} faces, "
             f"{mode} labels). FER+'s test split was never used."
         )  # fmt: skip
-    elif title == "FER2013":
+    elif title == "FER2013" and manifest.get("format") == "fer2013-csv":
         described = (
             f"Trained on FER2013 `{config['train_split']}` ({count}, 48x48 grayscale), model "
             f"selected on FER2013 `{config['val_split']}` (PublicTest, {val_faces:,} faces). "
@@ -107,9 +107,21 @@ def _data_section(config: dict[str, Any], val_faces: int, classes: list[str]) ->
             f"`{config['val_split']}` ({val_faces:,} faces)."
         )
     rarest = ""
-    if per_class:
-        name = min(per_class, key=per_class.get)
-        rarest = f"\n- `{name}` has only {per_class[name]:,} training faces: its recall is the least reliable."
+    if per_class:  # the rarest class, and any other with under 1% of the training faces
+        total = sum(per_class.values())
+        rare = sorted(
+            (
+                name
+                for name, n in per_class.items()
+                if n < 0.01 * total or n == min(per_class.values())
+            ),
+            key=per_class.get,
+        )
+        listed = " and ".join(f"`{name}` ({per_class[name]:,})" for name in rare)
+        rarest = (
+            f"\n- {listed} {'has' if len(rare) == 1 else 'have'} the fewest training faces: "
+            f"{'its' if len(rare) == 1 else 'their'} recall is the least reliable."
+        )
     return described, rarest
 
 
@@ -148,7 +160,10 @@ def write_model_card(
     if config.get("init_from"):
         from ferkit.models.folder import DEFAULT_MODEL_DIR, resolve_model
 
-        parent_path = resolve_model(str(config["init_from"])) or DEFAULT_MODEL_DIR
+        try:
+            parent_path = resolve_model(str(config["init_from"])) or DEFAULT_MODEL_DIR
+        except FileNotFoundError:  # the parent run is gone: its figures are left out
+            parent_path = Path(str(config["init_from"]))
         parent = (parent_path if parent_path.is_dir() else parent_path.parent) / "metrics.json"
         lineage = f"\n- Started from the weights of `{config['init_from']}` (`init_from`)"
         if parent.is_file():

@@ -40,7 +40,7 @@ from ferkit.extras import MissingExtraError
 from ferkit.faces import DETECTOR_NAMES
 from ferkit.images import FACE_MODES
 from ferkit.serve.config import ServeConfig, limits
-from ferkit.serve.engine import RecognizerPool, Saturated, predict_uploads
+from ferkit.serve.engine import ModelUnavailable, RecognizerPool, Saturated, predict_uploads
 from ferkit.serve.guards import BodyLimit, Gate, OriginGuard, SecurityHeaders, Timeout, header
 from ferkit.serve.jobs import JobError, TooManyJobs, VideoJobs
 from ferkit.serve.stream import CLOSE_POLICY, CLOSE_TRY_LATER, serve_stream
@@ -107,8 +107,11 @@ def _model_info(recognizer: Any) -> dict[str, Any]:
     if folder.name == "checkpoints":  # a run folder's best checkpoint
         folder = folder.parent
     installed = {path.resolve(): name for name, path in installed_models().items()}
+    name = installed.get(folder.resolve(), folder.name)
+    if folder.resolve() not in installed and name in installed.values():
+        name = f"{name} (local folder)"  # not to be taken for the installed model
     return {
-        "name": installed.get(folder.resolve(), folder.name),
+        "name": name,
         "installed": folder.resolve() in installed,
         "file": source.name,
         "classes": list(recognizer.classes),
@@ -133,7 +136,19 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         config.model, detector=config.detector, backend=config.backend,
         max_pixels=config.max_pixels, threads=max(1, (os.cpu_count() or 1) // config.threads),
     )  # fmt: skip
-    offered = config.offered_models()
+    from ferkit.models.catalogue import describe_models
+
+    described = {entry["name"]: entry for entry in describe_models()}
+    offered = tuple(
+        name for name in config.offered_models()
+        if config.backend == "auto" or config.backend in described[name]["runtimes"]
+    )  # fmt: skip
+    if set(offered) != set(config.offered_models()):
+        logger.warning(
+            "not offering %s: no file for the %s runtime",
+            ", ".join(sorted(set(config.offered_models()) - set(offered))),
+            config.backend,
+        )
     model = _model_info(recognizer)
     pool = RecognizerPool(
         recognizer, config.threads, config.max_pending, offered,
@@ -159,22 +174,21 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     def model_query() -> Any:
         return Query(None, description=model_help, json_schema_extra={"enum": list(offered)})
 
+    def model_refusal(name: str | None) -> str | None:
+        """Why ``?model=name`` is refused (the name is not repeated: it is the client's)."""
+        if name is None or name in offered or name == pool.served:
+            return None
+        return f"that model is not offered here; choose one of: {', '.join(offered) or 'none'}"
+
     def check_model(name: str | None) -> None:
-        if name is not None and name not in offered:
-            raise HTTPException(422, f"model {name!r} is not offered here; choose one of: {', '.join(offered) or 'none'}")  # fmt: skip
+        refusal = model_refusal(name)
+        if refusal is not None:
+            raise HTTPException(422, refusal)
 
-    def models_info() -> dict[str, Any]:
-        from ferkit.models.catalogue import describe_models
-
-        described = {entry["name"]: entry for entry in describe_models()}
-        return {
-            name: {
-                key: described[name][key]
-                for key in ("classes", "parameters", "val_accuracy", "selected_on")
-            }
-            for name in offered
-            if name in described
-        }
+    models_info = {  # computed once: /healthz needs no key and must stay cheap
+        name: {key: described[name][key] for key in ("classes", "parameters", "val_accuracy", "selected_on")}
+        for name in offered
+    }  # fmt: skip
 
     streams = {"open": 0}  # live camera sockets (all on the event loop's thread)
 
@@ -214,7 +228,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             "status": "ok",
             "version": __version__,
             "model": model,
-            "models": models_info(),
+            "models": models_info,
             "detector": config.detector,
             "detectors": list(DETECTOR_NAMES),
             "api_key_required": config.api_key is not None,
@@ -273,6 +287,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         check_model(model)
         if not isinstance(file, StarletteUpload):
             raise HTTPException(400, "'file' must be a file upload, not a text field")
+        await run_in_threadpool(pool.base_for, model)  # a model that cannot load: 503 now
         name = _display_name(file.filename, 0)
         state = await run_in_threadpool(jobs.submit, file.file, name, detector, model)
         job_url = str(request.url_for("video_status", job_id=state["id"]).path)
@@ -327,8 +342,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if not 0 <= smoothing <= 10:
             await websocket.close(CLOSE_POLICY, "smoothing must be 0 to 10 seconds")
             return
-        if model is not None and model not in offered:
-            await websocket.close(CLOSE_POLICY, f"model {model!r} is not offered here; choose one of: {', '.join(offered) or 'none'}")  # fmt: skip
+        refusal = model_refusal(model)
+        if refusal is not None:  # a close reason must fit in 123 bytes
+            await websocket.close(CLOSE_POLICY, refusal.encode()[:123].decode(errors="ignore"))
             return
         if streams["open"] >= config.max_streams:
             await websocket.close(CLOSE_TRY_LATER, f"{streams['open']} live sessions are open, the most this server takes; try again later")  # fmt: skip
@@ -434,6 +450,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Saturated)
     async def saturated(_request: Request, error: Saturated) -> JSONResponse:
         return _error(503, str(error), {"Retry-After": str(RETRY_AFTER_BUSY_S)})
+
+    @app.exception_handler(ModelUnavailable)
+    async def model_unavailable(_request: Request, error: ModelUnavailable) -> JSONResponse:
+        return _error(503, str(error))
 
     @app.exception_handler(TooManyJobs)
     async def too_many_jobs(_request: Request, error: TooManyJobs) -> JSONResponse:

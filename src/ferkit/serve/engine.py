@@ -24,6 +24,11 @@ class Saturated(RuntimeError):
     """Every recogniser is busy and the queue is full: answer 503 with Retry-After."""
 
 
+class ModelUnavailable(RuntimeError):
+    """An offered model could not be loaded (damaged, or no file for the runtime): answer
+    503 with the reason; the failure is remembered, so it is not retried per request."""
+
+
 class RecognizerPool:
     """``size`` recognisers per model and face detector, created when first needed,
     lent to one thread at a time; at most ``size + max_pending`` requests (and camera
@@ -56,24 +61,36 @@ class RecognizerPool:
         self._free: dict[tuple[str | None, str], list[Any]] = {}
         self._made: dict[tuple[str | None, str], int] = {}
         self._bases: dict[str, Any] = {}
-        self._loading = threading.Lock()
+        self._failed: dict[str, str] = {}
+        self._loading = {name: threading.Lock() for name in self.models}
 
     def base_for(self, model: str | None) -> Any:
         """The recogniser of ``model`` (``None``: the served model), loaded on first use.
 
         Raises:
             ValueError: ``model`` is not one a request may pick.
+            ModelUnavailable: it could not be loaded (now or at an earlier request).
         """
         if model is None or model == self.served:
             return self.base
         if model not in self.models:
             raise ValueError(
-                f"model {model!r} is not offered here; choose one of: "
+                f"that model is not offered here; choose one of: "
                 f"{', '.join(self.models) or 'none (this server runs one model)'}"
             )
-        with self._loading:  # one load per model, even when requests for it race
+        loaded = self._bases.get(model)
+        if loaded is not None:
+            return loaded
+        with self._loading[model]:  # one load per model; other models are not held up
+            if model in self._failed:
+                raise ModelUnavailable(self._failed[model])
             if model not in self._bases:
-                self._bases[model] = self.base.with_model(model)
+                try:
+                    self._bases[model] = self.base.with_model(model)
+                except Exception as error:
+                    logger.error("model %s could not be loaded", model, exc_info=True)
+                    self._failed[model] = f"the model {model} could not be loaded: {error}"
+                    raise ModelUnavailable(self._failed[model]) from None
             return self._bases[model]
 
     @contextlib.contextmanager

@@ -29,7 +29,7 @@ from ferkit.extras import native_stderr_silenced
 from ferkit.images import VIDEO_EXTENSIONS, sniff_format
 from ferkit.inference.results import FaceResult
 from ferkit.outputs import write_atomic
-from ferkit.serve.engine import face_json
+from ferkit.serve.engine import ModelUnavailable, face_json
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class VideoJobs:
             state.update(status="done", updated=time.time())
         except Exception as error:  # the job fails, the server goes on
             logger.warning("video job %s failed", folder.name, exc_info=True)
-            known = isinstance(error, JobError | JobStopped)
+            known = isinstance(error, JobError | JobStopped | ModelUnavailable)
             reason = str(error) if known else f"processing failed ({type(error).__name__})"
             state.update(status="failed", error=reason, updated=time.time())
         finally:

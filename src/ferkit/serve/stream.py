@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ferkit.extras import MissingExtraError
 from ferkit.images import ImageReadError, decode_image
 from ferkit.inference.video import FrameStream
-from ferkit.serve.engine import RecognizerPool, Saturated, face_json
+from ferkit.serve.engine import ModelUnavailable, RecognizerPool, Saturated, face_json
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ def _classify(
         return {"type": "dropped", "reason": "the server is busy"}
     except Exception as error:  # one bad frame ends nothing: it is answered, and logged
         logger.warning("a camera frame failed", exc_info=True)
-        message = str(error) if isinstance(error, MissingExtraError) else "face detection failed"
+        known = isinstance(error, MissingExtraError | ModelUnavailable)
+        message = str(error) if known else "face detection failed"
         return {"type": "error", "error": f"{message} on this frame"}
     return {
         "type": "faces",
