@@ -76,6 +76,15 @@ def _overwrite_flag(parser: argparse.ArgumentParser, what: str = "results") -> N
     )
 
 
+def _model_flag(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"{prefix}an installed model's name ('ferkit models' lists them: default, ferplus), "
+        "or a run, bundle or export folder, or a model file (default: the bundled default model)",
+    )
+
+
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare",
@@ -157,12 +166,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: a new results/demo/...)"
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="installed model name (default, ferplus) or model folder (default: the bundled "
-        "default model)",
-    )
+    _model_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_demo)
 
@@ -230,12 +234,7 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="classifier, video, serve: installed model name or model folder (default: the "
-        "bundled default model)",
-    )
+    _model_flag(parser, "classifier, video, serve: ")
     parser.add_argument("--clients", type=int, default=8, help="serve: concurrent clients")
     parser.add_argument("--duration", type=float, default=60.0, help="serve: seconds of load")
     parser.add_argument(
@@ -616,12 +615,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--camera", type=int, default=None, help="read this webcam (0 = first; default: none)"
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="installed model name ('ferkit models' lists them: default, ferplus), or a "
-        "run, bundle or export folder, or a model file (default: the bundled default model)",
-    )
+    _model_flag(parser)
     parser.add_argument(
         "--faces",
         default=default_of(predict, "faces"),
@@ -730,12 +724,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXIT_STATUSES,
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="installed model name (default, ferplus), run folder or model file (default: "
-        "the bundled default model)",
-    )
+    _model_flag(parser)
     parser.add_argument("--data", type=Path, required=True, help="prepared folder or raw source")
     parser.add_argument("--out", type=Path, required=True, help="output folder, e.g. results/NAME")
     _overwrite_flag(parser, "evaluation")
@@ -850,12 +839,7 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=EXIT_STATUSES,
     )
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="installed model name (default, ferplus), run or bundle folder, or .keras file "
-        "(default: the bundled default model)",
-    )
+    _model_flag(parser)
     parser.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="file format")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     _overwrite_flag(parser, "export")
