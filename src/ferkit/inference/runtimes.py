@@ -141,9 +141,7 @@ def load_classifier(
             ``labels.json``.
     """
     from ferkit.models.folder import (
-        ONNX_FILE,
-        ONNX_INT8_FILE,
-        TFLITE_FILE,
+        RUNTIME_FILES,
         load_model,
         resolve_model,
         verify_or_warn,
@@ -166,7 +164,7 @@ def load_classifier(
         backend = {".onnx": "onnx", ".tflite": "tflite"}[given_file.suffix]  # the file decides
         file = given_file
     else:
-        names = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE, "tflite": TFLITE_FILE}
+        names = {b: name for b, name in RUNTIME_FILES.items() if b != "keras"}
         if backend == "auto":  # the first runtime whose file is there, else Keras
             backend = next((b for b, name in names.items() if (folder / name).is_file()), "keras")
         if backend == "keras":

@@ -13,22 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ferkit.models.folder import (
-    MODEL_FILE,
-    ONNX_FILE,
-    ONNX_INT8_FILE,
-    TFLITE_FILE,
-    installed_models,
-    read_metadata,
-)
-
-#: Runtime name and the file a model folder needs for it.
-RUNTIME_FILES = {
-    "keras": MODEL_FILE,
-    "onnx": ONNX_FILE,
-    "onnx-int8": ONNX_INT8_FILE,
-    "tflite": TFLITE_FILE,
-}
+from ferkit.models.folder import RUNTIME_FILES, installed_models, read_metadata
 
 
 def describe_model(name: str, folder: Path) -> dict[str, Any]:

@@ -139,14 +139,15 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     from ferkit.models.catalogue import describe_models
 
     described = {entry["name"]: entry for entry in describe_models()}
+    wanted = config.offered_models()
     offered = tuple(
-        name for name in config.offered_models()
+        name for name in wanted
         if config.backend == "auto" or config.backend in described[name]["runtimes"]
     )  # fmt: skip
-    if set(offered) != set(config.offered_models()):
+    if set(offered) != set(wanted):
         logger.warning(
             "not offering %s: no file for the %s runtime",
-            ", ".join(sorted(set(config.offered_models()) - set(offered))),
+            ", ".join(sorted(set(wanted) - set(offered))),
             config.backend,
         )
     model = _model_info(recognizer)
@@ -161,7 +162,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         max_video_s=config.max_video_s, max_pixels=config.max_pixels,
         recognizer_for=pool.base_for,
     )  # fmt: skip
-    _model_info_name = model["name"]
+    served_name = model["name"]
     # ?model=NAME: one of the offered installed models (listed in the schema). A default
     # value, not an annotation: annotations are strings here, read in the module's scope.
     model_help = (
@@ -265,7 +266,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 return predict_uploads(lent, named, faces, config.max_pixels)
 
         entries = await run_in_threadpool(work)
-        used = model or _model_info_name
+        used = model or served_name
         if file is not None and not files:
             entry = entries[0]
             if "error" in entry:
