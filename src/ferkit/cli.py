@@ -411,10 +411,16 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--teacher",
         action="append",
-        required=True,
         help="a teacher model: run folder, bundle folder, .keras file or an installed model "
         "name ('default'); repeat "
         "for several (their probabilities are averaged)",
+    )
+    parser.add_argument(
+        "--votes",
+        type=Path,
+        help="a dataset prepared with --soft-labels that holds copies of the same faces (FER+ "
+        "for FER2013): each face found there by its pixels gets its vote distribution as one "
+        "more teacher; classes are matched by name, others (contempt) dropped",
     )
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder")
     _overwrite_flag(parser, "dataset")
@@ -433,8 +439,9 @@ def _run_soft_labels(args: argparse.Namespace) -> int:
 
     out = write_teacher_labels(
         args.data,
-        args.teacher,
+        args.teacher or [],
         args.out,
+        votes=args.votes,
         label_weight=args.label_weight,
         splits=tuple(args.split or ["train"]),
         overwrite=args.overwrite,

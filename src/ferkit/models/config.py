@@ -17,6 +17,9 @@ class AugmentConfig:
     contrast: float = 0.2
     erasing: float = 0.25  # probability-like strength of random erasing; 0 disables
     sharpness: float = 0.0  # blend towards blurred or sharpened by up to this; 0 disables
+    # share of faces given one random corruption (blur, downscale, JPEG, noise, gamma,
+    # occlusion: ferkit.models.corruption); 0 disables
+    corruption: float = 0.0
 
     def sharpness_range(self) -> tuple[float, float]:
         """Keras ``RandomSharpness`` factors for ``sharpness``: centred on 0.5 (the image

@@ -85,6 +85,9 @@ def augmentation(config: AugmentConfig, seed: int = 0) -> keras.Sequential:
         steps.append(
             layers.RandomSharpness(config.sharpness_range(), value_range=(0, 255), seed=seed + 7)
         )
+    if config.corruption:
+        # Blur, downscaling, JPEG, noise, gamma or occlusion, at random (ferkit.models.corruption).
+        steps.append(custom_layers()["RandomCorruption"](config.corruption, seed=seed + 8))
     if config.erasing:
         steps.append(
             layers.RandomErasing(
@@ -122,7 +125,49 @@ def custom_layers() -> dict[str, type]:
             bgr = keras.ops.flip(inputs, axis=-1)
             return bgr - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=bgr.dtype)
 
-    return {"GrayToRGB": GrayToRGB, "VGGPreprocess": VGGPreprocess}
+    @keras.saving.register_keras_serializable(package="ferkit")
+    class RandomCorruption(layers.Layer):
+        """In training only: give a share ``rate`` of the faces one random corruption of
+        :data:`ferkit.models.corruption.KINDS` (blur, downscaling, JPEG, noise, gamma,
+        occlusion) at a random strength."""
+
+        def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.rate = float(rate)
+            self.seed = seed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, inputs: Any, training: bool | None = None) -> Any:
+            from ferkit.models import corruption
+
+            if not training or not self.rate:
+                return inputs
+            ops = keras.ops
+            images = ops.cast(inputs, "float32")
+            batch = ops.shape(images)[0]
+            draws = keras.random.uniform(
+                (batch, corruption.DRAWS), seed=self.seed_generator, dtype="float32"
+            )
+            noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+            side = int(images.shape[1])
+            constants = {
+                name: ops.convert_to_tensor(value)
+                for name, value in corruption.constants(side).items()
+            }
+            result = corruption.corrupt(ops, images, draws, noise, self.rate, constants)
+            return ops.cast(result, inputs.dtype)
+
+        def compute_output_shape(self, input_shape: tuple) -> tuple:
+            return input_shape
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+    return {
+        "GrayToRGB": GrayToRGB,
+        "VGGPreprocess": VGGPreprocess,
+        "RandomCorruption": RandomCorruption,
+    }
 
 
 def _input_and_augment(config: ModelConfig) -> tuple[keras.KerasTensor, keras.KerasTensor]:

@@ -133,6 +133,18 @@ def augment_batch(images: Any, augment: Any, generator: Any) -> Any:
         images = ((images - mean) * factor[:, None, None, None] + mean).clamp(0, 255)
     if augment.sharpness:
         images = sharpen(images, 2 * uniform(*augment.sharpness_range()))
+    if augment.corruption:
+        from ferkit.models import corruption
+
+        constants = {
+            name: torch.as_tensor(value, device=device)
+            for name, value in corruption.constants(height).items()
+        }
+        draws = torch.rand((n, corruption.DRAWS), generator=generator, device=device)
+        noise = torch.randn(images.shape, generator=generator, device=device)
+        images = corruption.corrupt(
+            torch, images, draws, noise, augment.corruption, constants, channels_last=False
+        )
     if augment.erasing:
         chosen = uniform(0, 1) < augment.erasing
         area = uniform(0.02, 0.15) * height * width
