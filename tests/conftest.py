@@ -134,7 +134,7 @@ def fer2013_subset(fer2013_prepared, ferplus_val_prepared, tmp_path_factory):
     Returns a namespace: ``fer2013`` and ``ferplus`` (PrepareResult each).
     """
     from ferkit.data.dataset import PreparedDataset
-    from ferkit.data.explore import match_faces
+    from ferkit.data.matching import match_faces
     from ferkit.data.prepare import prepare
 
     fer_source, fer_result = fer2013_prepared

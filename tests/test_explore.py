@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.data.explore import match_faces
+from ferkit.data.matching import match_faces
 
 
 def _jpeg(face: np.ndarray) -> np.ndarray:

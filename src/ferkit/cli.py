@@ -740,6 +740,20 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tta", action="store_true", help="also test-time augmentation")
     parser.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="also the robustness benchmark: accuracy and calibration after JPEG, blur, "
+        "downscaling, sensor noise, brightness, contrast, gamma, colour-to-grey weightings, "
+        "rotation, box jitter and occlusion (glasses, hand, mask), each at 3 severities, and "
+        "their mean (robustness.csv, plots/robustness.png)",
+    )
+    parser.add_argument(
+        "--votes",
+        type=Path,
+        help="a dataset prepared with --soft-labels holding copies of the same faces (FER+ for "
+        "FER2013): also report accuracy against its vote pluralities",
+    )
+    parser.add_argument(
         "--faces",
         default=default_of(evaluate, "faces"),
         choices=FACE_MODES,
@@ -773,6 +787,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         faces=args.faces,
         detector=args.detector,
         backend=args.backend,
+        corruptions=args.corruptions,
+        votes=args.votes,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -787,6 +803,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print(
             f"  with TTA           {metrics['tta']['accuracy']:.4f} ({metrics['tta']['accuracy_gain']:+.4f})"
         )
+    if "votes" in metrics:
+        votes = metrics["votes"]
+        print(
+            f"  against votes      {votes['accuracy']:.4f} ({votes['faces_matched']} faces of "
+            f"{votes['source']})"
+        )
+    if "robustness" in metrics:
+        from ferkit.evaluation.robustness import format_robustness
+
+        print("robustness (accuracy):")
+        print("  " + format_robustness(metrics["robustness"]).replace("\n", "\n  "))
     if metrics["classes"]["data_classes_unknown_to_model"]:
         print(f"  not scored (unknown to the model): {metrics['faces_of_unknown_classes']}")
     print(f"report: {args.out / 'report.html'}")

@@ -187,3 +187,39 @@ def plot_comparison(table: Any, metrics: list[str]) -> Any:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_robustness(report: dict[str, Any], ax: Any = None) -> Any:
+    """Accuracy under each shift of the robustness benchmark: one bar per severity, with
+    the clean accuracy and the mean over all shifts as lines."""
+    fig, ax = _figure(ax, (9, 0.45 * len(report["per_shift"]) + 1.8))
+    names = list(report["per_shift"])
+    positions = np.arange(len(names))
+    height = 0.27
+    shades = ("#9ecae1", "#4292c6", "#08519c")
+    for index, severity in enumerate(report["severities"]):
+        values = [
+            next(
+                row["accuracy"]
+                for row in report["conditions"]
+                if row["shift"] == name and row["severity"] == severity
+            )
+            for name in names
+        ]
+        ax.barh(
+            positions + (index - 1) * height, values, height=height, color=shades[index % 3],
+            label=f"severity {severity}",
+        )  # fmt: skip
+    ax.axvline(report["clean"]["accuracy"], color="#222", linestyle="--", label="clean")
+    ax.axvline(report["mean"]["accuracy"], color="#d62728", label="mean over shifts")
+    ax.set_yticks(positions, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy")
+    ax.set_title(
+        f"robustness: clean {report['clean']['accuracy']:.1%}, "
+        f"mean over shifts {report['mean']['accuracy']:.1%}"
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

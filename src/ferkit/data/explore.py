@@ -84,38 +84,6 @@ def duplicate_summary(dataset: Any) -> dict[str, int]:
     return {key: value for key, value in duplicates.items() if isinstance(value, int)}
 
 
-def match_faces(
-    a: np.ndarray, b: np.ndarray, max_mean_abs: float = 6.0, chunk: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pair each face of ``a`` with the same face in ``b`` (another copy of the dataset,
-    re-encoded: FER2013's JPEGs against FER+'s PNGs).
-
-    Nearest neighbour in pixel space, kept when the mean absolute difference is at most
-    ``max_mean_abs`` grey levels and the pair is mutual.
-
-    Returns:
-        Index arrays ``(in_a, in_b)`` of the matched pairs.
-    """
-    flat_a = a.reshape(len(a), -1).astype(np.float32)
-    flat_b = b.reshape(len(b), -1).astype(np.float32)
-    norms_b = (flat_b**2).sum(axis=1)
-
-    def nearest(rows: np.ndarray, others: np.ndarray, other_norms: np.ndarray) -> np.ndarray:
-        best = np.empty(len(rows), dtype=np.int64)
-        for start in range(0, len(rows), chunk):
-            block = rows[start : start + chunk]
-            distances = other_norms[None, :] - 2.0 * block @ others.T
-            best[start : start + chunk] = distances.argmin(axis=1)
-        return best
-
-    a_to_b = nearest(flat_a, flat_b, norms_b)
-    b_to_a = nearest(flat_b, flat_a, (flat_a**2).sum(axis=1))
-    mutual = b_to_a[a_to_b] == np.arange(len(a))
-    gap = np.abs(flat_a - flat_b[a_to_b]).mean(axis=1)
-    keep = mutual & (gap <= max_mean_abs)
-    return np.flatnonzero(keep), a_to_b[keep]
-
-
 def label_agreement(a_split: Any, b_split: Any, **match_settings: Any) -> tuple[Any, dict]:
     """How two labellings of the same faces agree.
 
@@ -124,6 +92,8 @@ def label_agreement(a_split: Any, b_split: Any, **match_settings: Any) -> tuple[
         summary: faces matched and the share with the same class name.
     """
     import pandas as pd
+
+    from ferkit.data.matching import match_faces
 
     in_a, in_b = match_faces(a_split.images, b_split.images, **match_settings)
     labels_a = [a_split.classes[i] for i in a_split.labels[in_a]]

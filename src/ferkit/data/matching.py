@@ -12,54 +12,70 @@ import numpy as np
 
 from ferkit.data.dataset import Split
 
-#: Largest root-mean-square pixel difference (0..255) of two copies of one face. JPEG
-#: copies of FER2013 differ from the PNG originals by about 2; different faces by 40+.
-MATCH_MAX_RMSE = 8.0
+#: Largest mean absolute pixel difference (0..255) of two copies of one face. JPEG copies
+#: of FER2013 differ from the PNG originals by about 1.3; different faces by 30 or more.
+MATCH_MAX_MEAN_ABS = 6.0
 
 _SMALL_SIDE = 16  # faces are compared at this side first, then checked at full size
 
 
 def _small(images: np.ndarray) -> np.ndarray:
-    """Faces as float vectors at ``_SMALL_SIDE`` px (area averaging; side a multiple)."""
-    grey = images.astype(np.float32).mean(axis=-1) if images.ndim == 4 else images
+    """Faces as float vectors at ``_SMALL_SIDE`` px (area averaging), or at full size when
+    the side is not a multiple of it."""
+    grey = images.astype(np.float32)
+    grey = grey.mean(axis=-1) if grey.ndim == 4 else grey
     n, side = len(grey), grey.shape[1]
-    if side % _SMALL_SIDE:
-        raise ValueError(f"faces of {side} px cannot be matched; use a multiple of {_SMALL_SIDE}")
+    if side % _SMALL_SIDE or grey.shape[2] != side:
+        return grey.reshape(n, -1)
     step = side // _SMALL_SIDE
     return grey.reshape(n, _SMALL_SIDE, step, _SMALL_SIDE, step).mean(axis=(2, 4)).reshape(n, -1)
 
 
-def match_faces(
-    query: np.ndarray,
-    reference: np.ndarray,
-    *,
-    max_rmse: float = MATCH_MAX_RMSE,
-    chunk: int = 1024,
-) -> np.ndarray:
-    """For each face of ``query``, the index of the same face in ``reference``, or -1.
+def _nearest(rows: np.ndarray, others: np.ndarray, chunk: int) -> np.ndarray:
+    other_norms = (others**2).sum(axis=1)
+    best = np.empty(len(rows), dtype=np.int64)
+    for start in range(0, len(rows), chunk):
+        distances = other_norms[None, :] - 2.0 * rows[start : start + chunk] @ others.T
+        best[start : start + chunk] = distances.argmin(axis=1)
+    return best
 
-    Both are ``uint8`` arrays of faces of one size, ``(N, H, W)`` or ``(N, H, W, C)``. The
-    nearest reference face at low resolution is accepted when the full-size faces differ by
-    at most ``max_rmse`` grey levels.
+
+def match_faces(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    max_mean_abs: float = MATCH_MAX_MEAN_ABS,
+    mutual: bool = True,
+    chunk: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair each face of ``a`` with the same face in ``b`` (another copy of the dataset,
+    re-encoded: FER2013's JPEGs against FER+'s PNGs).
+
+    The nearest face at low resolution is kept when the full-size faces differ by at most
+    ``max_mean_abs`` grey levels on average and, with ``mutual``, when the face of ``a`` is
+    also the nearest to its partner (which leaves out faces that appear twice in ``a``;
+    without it each copy gets the partner).
+
+    Returns:
+        Index arrays ``(in_a, in_b)`` of the matched pairs.
     """
-    if len(query) == 0 or len(reference) == 0:
-        return np.full(len(query), -1, dtype=np.int64)
-    if query.shape[1:3] != reference.shape[1:3]:
+    empty = np.zeros(0, dtype=np.int64)
+    if len(a) == 0 or len(b) == 0:
+        return empty, empty
+    if a.shape[1:] != b.shape[1:]:
         raise ValueError(
-            f"faces of {query.shape[1:3]} and {reference.shape[1:3]} px cannot be matched; "
-            "prepare both datasets at the same --size"
+            f"faces of shape {a.shape[1:]} and {b.shape[1:]} cannot be matched; prepare both "
+            "datasets at the same --size and --channels"
         )
-    small_query, small_reference = _small(query), _small(reference)
-    reference_norms = (small_reference**2).sum(axis=1)
-    nearest = np.empty(len(query), dtype=np.int64)
-    for start in range(0, len(query), chunk):
-        block = small_query[start : start + chunk]
-        distances = reference_norms[None, :] - 2.0 * block @ small_reference.T
-        nearest[start : start + chunk] = distances.argmin(axis=1)
-    full_query = query.reshape(len(query), -1).astype(np.float32)
-    full_nearest = reference[nearest].reshape(len(query), -1).astype(np.float32)
-    rmse = np.sqrt(((full_query - full_nearest) ** 2).mean(axis=1))
-    return np.where(rmse <= max_rmse, nearest, -1)
+    small_a, small_b = _small(a), _small(b)
+    a_to_b = _nearest(small_a, small_b, chunk)
+    keep = np.ones(len(a), dtype=bool)
+    if mutual:
+        keep &= _nearest(small_b, small_a, chunk)[a_to_b] == np.arange(len(a))
+    flat_a = a.reshape(len(a), -1).astype(np.float32)
+    gap = np.abs(flat_a - b[a_to_b].reshape(len(a), -1).astype(np.float32)).mean(axis=1)
+    keep &= gap <= max_mean_abs
+    return np.flatnonzero(keep), a_to_b[keep]
 
 
 def matched_votes(split: Split, votes: list[Split]) -> np.ndarray:
@@ -97,11 +113,9 @@ def matched_votes(split: Split, votes: list[Split]) -> np.ndarray:
     ]
     distributions = np.concatenate(columns)
     result = np.full((len(split), len(classes)), np.nan, dtype=np.float32)
-    index = match_faces(split.images, reference)
-    found = index >= 0
-    rows = distributions[index[found]]
+    in_split, in_votes = match_faces(split.images, reference, mutual=False)
+    rows = distributions[in_votes]
     totals = rows.sum(axis=1, keepdims=True)
     kept = totals[:, 0] > 0
-    positions = np.flatnonzero(found)[kept]
-    result[positions] = rows[kept] / totals[kept]
+    result[in_split[kept]] = rows[kept] / totals[kept]
     return result

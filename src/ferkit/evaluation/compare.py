@@ -15,6 +15,8 @@ COMPARED_METRICS = (
     "end_to_end_accuracy",
     "ece",
     "tta_accuracy",
+    "robustness_mean_accuracy",
+    "votes_accuracy",
 )
 
 
@@ -37,6 +39,8 @@ def load_result(folder: str | os.PathLike[str]) -> dict[str, Any]:
         "end_to_end_accuracy": metrics["end_to_end"]["accuracy"],
         "ece": metrics["ece"],
         "tta_accuracy": metrics.get("tta", {}).get("accuracy"),
+        "robustness_mean_accuracy": metrics.get("robustness", {}).get("mean", {}).get("accuracy"),
+        "votes_accuracy": metrics.get("votes", {}).get("accuracy"),
         "classes": ",".join(metrics["classes"]["covered"]),
         "model": metrics["model"]["source"],
         "data": f"{metrics['data']['source']} [{metrics['data']['split']}]",
@@ -85,7 +89,9 @@ def format_markdown(table: Any) -> str:
         cells = []
         for column in columns:
             value = row[column]
-            if isinstance(value, float):
+            if value is None:
+                cells.append("")
+            elif isinstance(value, float):
                 cells.append("" if value != value else f"{value:.4f}")
             else:
                 cells.append(str(value))

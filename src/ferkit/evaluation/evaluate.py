@@ -276,6 +276,8 @@ def evaluate(
     backend: str = "auto",
     saliency_per_class: int = 2,
     mistakes: int = 24,
+    corruptions: bool = False,
+    votes: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -285,15 +287,23 @@ def evaluate(
     ``predictions.csv``, ``plots/*.png`` and ``report.html``; ``out`` must not hold
     results already unless ``overwrite`` (see :mod:`ferkit.outputs`).
 
+    With ``corruptions``, also the robustness benchmark
+    (:func:`ferkit.evaluation.robustness.robustness`: every shift at every severity) in
+    ``metrics["robustness"]``, ``robustness.csv`` and ``plots/robustness.png``. With
+    ``votes`` (a dataset prepared with soft labels holding copies of the faces, such as
+    FER+ for FER2013), also the accuracy against those votes' plurality labels, in
+    ``metrics["votes"]``.
+
     Returns:
         The metrics (as in ``metrics.json``).
     """
     from ferkit.outputs import output_folder
 
-    with output_folder(out, "evaluate", overwrite=overwrite, inputs=[data]) as staging:
+    inputs = [data, *([votes] if votes is not None else [])]
+    with output_folder(out, "evaluate", overwrite=overwrite, inputs=inputs) as staging:
         return _evaluate_into(
             staging, model, data, split, tta, faces, detector, backend, saliency_per_class,
-            mistakes, progress,
+            mistakes, progress, corruptions, votes,
         )  # fmt: skip
 
 
@@ -309,6 +319,8 @@ def _evaluate_into(
     saliency_per_class: int,
     mistakes: int,
     progress: bool,
+    corruptions: bool = False,
+    votes: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     from ferkit.inference.runtimes import load_classifier
 
@@ -338,6 +350,13 @@ def _evaluate_into(
     metrics.update(_provenance(classifier, evaluation))
     if tta:
         metrics["tta"] = _tta_metrics(classifier, images, labels, metrics, progress)
+    if votes is not None:
+        metrics["votes"] = _votes_metrics(votes, images, labels, paths, classes, probabilities)
+    if corruptions:
+        from ferkit.evaluation.robustness import robustness, write_robustness_csv
+
+        metrics["robustness"] = robustness(classifier, images, labels, progress=progress)
+        write_robustness_csv(metrics["robustness"], out / "robustness.csv")
     (out / "plots").mkdir(exist_ok=True)
     _write_tables(out, metrics, paths, labels, probabilities, classes)
     figures = _write_plots(
@@ -348,6 +367,42 @@ def _evaluate_into(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "report.html").write_text(render_report(metrics, figures))
     return metrics
+
+
+def _votes_metrics(
+    votes: str | os.PathLike[str],
+    images: np.ndarray,
+    labels: np.ndarray,
+    paths: list[str],
+    classes: list[str],
+    probabilities: np.ndarray,
+) -> dict[str, Any]:
+    """Accuracy against a second set of labels for the same faces: the plurality of the
+    votes of their copies in ``votes`` (FER+ for FER2013), over the model's classes."""
+    from ferkit.data.dataset import PreparedDataset, Split
+    from ferkit.data.matching import matched_votes
+
+    other = PreparedDataset(votes)
+    faces = Split("evaluated", images, labels, np.asarray(paths), list(classes))
+    found = matched_votes(faces, [other.split(name) for name in other.splits])
+    matched = np.isfinite(found[:, 0])
+    if not matched.any():
+        raise ValueError(
+            f"{votes}: none of the evaluated faces has a copy there; give a dataset of the same "
+            "faces prepared at the same --size (FER+ for FER2013)"
+        )
+    vote_labels = found[matched].argmax(axis=1)
+    predicted = probabilities[matched].argmax(axis=1)
+    return {
+        "source": str(other.manifest.get("source", votes)),
+        "faces_matched": int(matched.sum()),
+        "faces": len(labels),
+        "accuracy": float(np.mean(predicted == vote_labels)),
+        "labels_agree_with_votes": float(np.mean(labels[matched] == vote_labels)),
+        "mean_probability_of_votes": float(
+            np.mean(np.sum(found[matched] * probabilities[matched], axis=1))
+        ),
+    }
 
 
 def _unknown_class_faces(
@@ -496,6 +551,9 @@ def _write_plots(
         "reliability": lambda: plots.plot_reliability(probabilities, labels, metrics["ece"]),
         "training_curves": lambda: plots.plot_training_curves(history) if history else None,
         "confident_mistakes": mistakes_figure,
+        "robustness": lambda: (
+            plots.plot_robustness(metrics["robustness"]) if "robustness" in metrics else None
+        ),
         "saliency": lambda: _saliency_figure(
             model, classifier, images, labels, predicted, classes, saliency_per_class
         ),
@@ -574,6 +632,26 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path]) -> str:
             ("accuracy with test-time augmentation",
              f"{metrics['tta']['accuracy']:.4f} (gain {metrics['tta']['accuracy_gain']:+.4f})")
         )  # fmt: skip
+    if "votes" in metrics:
+        summary_rows.append(
+            (f"accuracy against the votes of {metrics['votes']['source']} (plurality, "
+             f"{metrics['votes']['faces_matched']} of {metrics['votes']['faces']} faces)",
+             f"{metrics['votes']['accuracy']:.4f}")
+        )  # fmt: skip
+    robustness_section = ""
+    if "robustness" in metrics:
+        from ferkit.evaluation.robustness import format_robustness
+
+        report = metrics["robustness"]
+        summary_rows.append(
+            ("robustness mean accuracy (every shift, every severity)",
+             f"{report['mean']['accuracy']:.4f} (ECE {report['mean']['ece']:.4f})")
+        )  # fmt: skip
+        robustness_section = (
+            "<h2>Robustness</h2><p>Accuracy on the same faces after each shift at three "
+            "severities; <i>agree</i> is the share of faces keeping their clean label.</p>"
+            f"<pre>{escape(format_robustness(report))}</pre>"
+        )
     per_class = "".join(
         f"<tr><td>{escape(name)}</td><td>{row['precision']:.3f}</td><td>{row['recall']:.3f}</td>"
         f"<td>{row['f1']:.3f}</td><td>{row['support']}</td></tr>"
@@ -626,6 +704,7 @@ Data <code>{escape(metrics["data"]["source"])}</code>, split <b>{escape(metrics[
 <h2>Per class</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
 {per_class}</table>
+{robustness_section}
 <h2>Plots</h2>{plots}
 <h2>Skipped ({len(skipped)})</h2>
 <table><tr><th>item</th><th>kind</th><th>reason</th></tr>{skipped_rows}</table>

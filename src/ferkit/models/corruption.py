@@ -68,7 +68,7 @@ def _resize_matrix(source: int, target: int) -> np.ndarray:
     matrix = np.zeros((target, source), dtype=np.float64)
     for row in range(target):
         position = min(max((row + 0.5) * source / target - 0.5, 0.0), source - 1.0)
-        low = int(math.floor(position))
+        low = math.floor(position)
         high = min(low + 1, source - 1)
         matrix[row, low] += 1.0 - (position - low)
         matrix[row, high] += position - low
