@@ -158,6 +158,23 @@ def test_bundle_records_further_evaluations_in_its_metrics_and_card(finished_run
     assert not (tmp_path / "c").exists()
 
 
+def test_bundle_card_shows_the_robustness_table(finished_run, tmp_path):
+    run, data = finished_run
+    evaluated = tmp_path / "robust"
+    argv = ["evaluate", "--model", str(run), "--data", str(data), "--split", "val", "--quiet"]
+    assert main([*argv, "--corruptions", "--out", str(evaluated)]) == 0
+    report = json.loads((evaluated / "metrics.json").read_text())["robustness"]
+    assert main(["bundle", str(run), "--dest", str(tmp_path / "b"),
+                 "--evaluation", f"drawn val={evaluated}"]) == 0  # fmt: skip
+    [entry] = json.loads((tmp_path / "b" / "metrics.json").read_text())["evaluations"]
+    assert entry["robustness"]["mean"]["accuracy"] == report["mean"]["accuracy"]
+    card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    assert "## Robustness (drawn val, `ferkit evaluate --corruptions`)" in card
+    jpeg = [row for row in report["conditions"] if row["shift"] == "jpeg"]
+    assert f"| jpeg | {jpeg[0]['accuracy']:.2%} (quality 30) |" in card
+    assert f"| **mean over all shifts** | | | | **{report['mean']['accuracy']:.2%}** |" in card
+
+
 def test_model_card_names_the_dataset_it_was_trained_on(fer2013_prepared, ferplus_val_prepared):
     from ferkit.release.model_card import dataset_title
 

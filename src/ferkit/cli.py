@@ -504,7 +504,7 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
             f"--evaluation {spec}: it evaluated {evaluated}, not the model of {run}; evaluate "
             f"the run first: ferkit evaluate --model {run} ..."
         )
-    return {
+    evaluation = {
         "name": name or folder_path.name,
         "split": metrics["data"]["split"],
         **{
@@ -512,6 +512,13 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
             for key in ("faces", "accuracy", "balanced_accuracy", "macro_f1", "ece")
         },
     }
+    if "votes" in metrics:
+        evaluation["votes"] = metrics["votes"]
+    if "robustness" in metrics:
+        from ferkit.evaluation.robustness import summary
+
+        evaluation["robustness"] = summary(metrics["robustness"])
+    return evaluation
 
 
 def _run_bundle(args: argparse.Namespace) -> int:

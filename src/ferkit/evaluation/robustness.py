@@ -422,3 +422,23 @@ def write_robustness_csv(report: dict[str, Any], path: Any) -> None:
         writer.writerow(["clean", "", 0, "", *(f"{clean[k]:.4f}" for k in columns[4:7]), "1.0000"])
         for row in report["conditions"]:
             writer.writerow([row[k] for k in columns[:4]] + [f"{row[k]:.4f}" for k in columns[4:]])
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures of a :func:`robustness` report that a model card shows: clean and mean
+    accuracy and ECE, and each shift's accuracy at every severity."""
+    return {
+        "clean": {k: report["clean"][k] for k in ("accuracy", "ece")},
+        "mean": {k: report["mean"][k] for k in ("accuracy", "ece", "agreement")},
+        "shifts": {
+            name: {
+                "group": SHIFTS[name].group if name in SHIFTS else "",
+                "accuracy": [
+                    row["accuracy"] for row in report["conditions"] if row["shift"] == name
+                ],
+                "levels": [row["level"] for row in report["conditions"] if row["shift"] == name],
+                "mean": mean["accuracy"],
+            }
+            for name, mean in report["per_shift"].items()
+        },
+    }

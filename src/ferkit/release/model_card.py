@@ -125,6 +125,48 @@ def _data_section(config: dict[str, Any], val_faces: int, classes: list[str]) ->
     return described, rarest
 
 
+def robustness_table(summary: dict[str, Any]) -> str:
+    """A Markdown table of a robustness summary (:func:`ferkit.evaluation.robustness.summary`): one row per shift, the clean and mean rows."""
+    lines = [
+        "| shift | severity 1 | severity 2 | severity 3 | mean |",
+        "| --- | --- | --- | --- | --- |",
+        f"| none (clean faces) | | | | {summary['clean']['accuracy']:.2%} |",
+    ]
+    for name, row in summary["shifts"].items():
+        cells = " | ".join(
+            f"{accuracy:.2%} ({level})"
+            for accuracy, level in zip(row["accuracy"], row["levels"], strict=True)
+        )
+        lines.append(f"| {name} | {cells} | {row['mean']:.2%} |")
+    lines.append(f"| **mean over all shifts** | | | | **{summary['mean']['accuracy']:.2%}** |")
+    return "\n".join(lines)
+
+
+def _robustness_section(evaluations: list[dict[str, Any]]) -> str:
+    """The card's robustness tables (``ferkit evaluate --corruptions``) and agreement
+    with second labels (``--votes``), for the evaluations that have them."""
+    text = ""
+    for evaluation in evaluations:
+        if "votes" in evaluation:
+            votes = evaluation["votes"]
+            text += (
+                f"\nOn {evaluation['name']}, against the plurality of the FER+ votes of the same "
+                f"faces ({votes['faces_matched']:,} faces matched by their pixels): "
+                f"{votes['accuracy']:.2%}.\n"
+            )
+        if "robustness" in evaluation:
+            summary = evaluation["robustness"]
+            text += (
+                f"\n## Robustness ({evaluation['name']}, `ferkit evaluate --corruptions`)\n\n"
+                "Accuracy on the same faces after each shift, at three severities:\n\n"
+                + robustness_table(summary)
+                + f"\n\nExpected calibration error: {summary['clean']['ece']:.3f} on the clean "
+                f"faces, {summary['mean']['ece']:.3f} on average under the shifts. The label "
+                f"stays the clean face's on {summary['mean']['agreement']:.1%} of shifted faces.\n"
+            )
+    return text
+
+
 def write_model_card(
     run_dir: str | os.PathLike[str],
     val_split: Any,
@@ -197,6 +239,7 @@ def write_model_card(
             )
             + "\n"
         )
+        further += _robustness_section(evaluations)
     usage = (
         ""
         if name == "default"
