@@ -175,6 +175,35 @@ def test_bundle_card_shows_the_robustness_table(finished_run, tmp_path):
     assert f"| **mean over all shifts** | | | | **{report['mean']['accuracy']:.2%}** |" in card
 
 
+def test_evaluations_are_added_to_an_existing_bundle(finished_run, tmp_path, capsys):
+    from ferkit.models.folder import verify_checksums
+
+    run, data = finished_run
+    bundle = tmp_path / "bundle"
+    assert main(["bundle", str(run), "--dest", str(bundle)]) == 0
+    model_bytes = (bundle / "model.onnx").read_bytes()
+    evaluated = tmp_path / "robust"
+    argv = ["evaluate", "--model", str(bundle), "--data", str(data), "--split", "val", "--quiet"]
+    assert main([*argv, "--corruptions", "--out", str(evaluated)]) == 0
+    report = json.loads((evaluated / "metrics.json").read_text())["robustness"]
+    for _ in range(2):  # a second time replaces the entry of the same name
+        assert main(["bundle", str(bundle), "--evaluation", f"drawn val={evaluated}"]) == 0
+    [entry] = json.loads((bundle / "metrics.json").read_text())["evaluations"]
+    assert entry["robustness"]["mean"]["accuracy"] == report["mean"]["accuracy"]
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert card.count("## Robustness (drawn val") == 1
+    assert (
+        card.index("## Further evaluations")
+        < card.index("## Robustness")
+        < card.index("## Training")
+    )
+    verify_checksums(bundle)
+    assert (bundle / "model.onnx").read_bytes() == model_bytes
+    capsys.readouterr()
+    assert main(["bundle", str(bundle), "--dest", str(tmp_path / "x"), "--evaluation", str(evaluated)]) == 2  # fmt: skip
+    assert "not a run" in capsys.readouterr().err
+
+
 def test_model_card_names_the_dataset_it_was_trained_on(fer2013_prepared, ferplus_val_prepared):
     from ferkit.release.model_card import dataset_title
 

@@ -61,6 +61,7 @@ class _Biased:
     bottom half, else 0; confident in proportion to the gap."""
 
     temperature = 1.0
+    classes = ("a", "b")
 
     def predict_logits(self, faces: np.ndarray) -> np.ndarray:
         top = faces[:, :24].mean(axis=(1, 2, 3))
@@ -183,3 +184,38 @@ def test_evaluate_with_corruptions_and_votes_on_real_faces(
     assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert f"{report['mean']['accuracy']:.4f}" in table and f"{votes['accuracy']:.4f}" in table
+
+
+def test_colour_consistency_measures_label_changes_between_weightings():
+    from ferkit.evaluation.robustness import GREY_WEIGHTS, colour_consistency
+
+    grey = np.repeat(_faces(6, seed=6), 3, axis=-1)  # R = G = B: every weighting agrees
+    report = colour_consistency(_Biased(), grey)
+    assert report["faces"] == 6 and len(report["weightings"]) == len(GREY_WEIGHTS)
+    for row in report["weightings"].values():
+        assert row["agreement"] == 1.0 and row["total_variation"] < 1e-6
+    # red above, green below: BT.601 sees a darker top (class 0), the red channel a
+    # brighter top (class 1)
+    faces = np.zeros((4, 48, 48, 3), np.uint8)
+    faces[:, :24, :, 0] = 200
+    faces[:, 24:, :, 1] = 150
+    rows = colour_consistency(_Biased(), faces)["weightings"]
+    assert rows["red channel"]["agreement"] == 0.0
+    assert rows["red channel"]["total_variation"] > 0.5
+    with pytest.raises(ValueError, match="RGB"):
+        colour_consistency(_Biased(), faces[..., :1])
+
+
+@pytest.mark.real_data
+def test_colour_benchmark_on_the_real_sample_photos_and_videos(shared, capsys):
+    from ferkit.evaluation.benchmark import colour_faces
+
+    photos = [shared / "samples" / name for name in ("justin.jpg", "couple.jpg")]
+    faces, where = colour_faces(photos)
+    assert faces.shape == (3, 48, 48, 3) and where[0] == "justin.jpg#0"
+    assert np.abs(faces[..., 0].astype(int) - faces[..., 2]).mean() > 5  # really in colour
+    assert main(["benchmark", "colour"]) == 0
+    printed = capsys.readouterr().out
+    assert "in video frames" in printed
+    for name in ("BT.709", "channel mean", "red channel"):
+        assert name in printed

@@ -214,18 +214,22 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "stage",
-        choices=["prepare", "models", "classifier", "video", "serve"],
+        choices=["prepare", "models", "classifier", "video", "serve", "colour"],
         help="prepare: dataset preparation; models: training and inference speed per "
         "architecture; classifier: the bundled model's faces/s per runtime; video: frames/s "
         "of the full prediction pipeline; serve: requests/s, latency and memory of ferkit "
-        "serve under a bounded load on loopback",
+        "serve under a bounded load on loopback; colour: how often real colour faces keep "
+        "their label under other colour-to-grey weightings (the accuracy under every other "
+        "shift is 'ferkit evaluate --corruptions')",
     )
     parser.add_argument(
         "source",
         type=Path,
         nargs="?",
         default=None,
-        help="dataset to prepare (default: the shared FER2013, $FERKIT_SHARED/datasets/fer2013)",
+        help="prepare: dataset to prepare (default: the shared FER2013, "
+        "$FERKIT_SHARED/datasets/fer2013); colour: photo, video or folder of them (default: "
+        "the shared samples)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
     parser.add_argument(
@@ -234,7 +238,7 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
     )
-    _model_flag(parser, "classifier, video, serve: ")
+    _model_flag(parser, "classifier, video, serve, colour: ")
     parser.add_argument("--clients", type=int, default=8, help="serve: concurrent clients")
     parser.add_argument("--duration", type=float, default=60.0, help="serve: seconds of load")
     parser.add_argument(
@@ -268,6 +272,11 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "models":
         print(benchmark_models(repeats=args.repeats))
+        return 0
+    if args.stage == "colour":
+        from ferkit.evaluation.benchmark import benchmark_colour
+
+        print(benchmark_colour(args.source, model=args.model))
         return 0
     if args.stage == "serve":
         from ferkit.extras import require_serve
@@ -455,8 +464,15 @@ def _add_bundle(subparsers: argparse._SubParsersAction) -> None:
         "bundle",
         formatter_class=_HelpFormatter,
         help="package a finished run as the default model (with checksums and a model card)",
+        description="Package a finished run as a model bundle: the best model without "
+        "optimizer state, ONNX float32 and int8 copies, class list, calibration, config, "
+        "metrics, a model card and SHA-256 checksums. Given an existing bundle instead of a "
+        "run (an installed model's folder), only adds --evaluation figures to its card and "
+        "metrics.json.",
     )
-    parser.add_argument("run", type=Path, help="finished run folder")
+    parser.add_argument(
+        "run", type=Path, help="finished run folder (or a bundle, to add --evaluation figures)"
+    )
     parser.add_argument(
         "--dest", type=Path, default=None, help="bundle folder (default: the package's)"
     )
@@ -487,7 +503,7 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
     """
     import json
 
-    from ferkit.models.folder import model_location
+    from ferkit.models.folder import ONNX_FILE, model_location
 
     if Path(spec).is_dir():  # a folder whose name holds "=" is a folder
         name, folder = "", spec
@@ -499,7 +515,10 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
         raise FileNotFoundError(f"--evaluation {spec}: no metrics.json in {folder_path}; give a folder 'ferkit evaluate' wrote")  # fmt: skip
     metrics = json.loads(metrics_file.read_text())
     evaluated = Path(metrics["model"]["source"]).resolve()
-    if evaluated != model_location(run)[1].resolve():  # the file bundle_run copies
+    folder, keras_file = model_location(run)
+    # The file bundle_run copies, or a bundle's float32 ONNX copy of it.
+    same_model = evaluated == keras_file.resolve() or evaluated == (folder / ONNX_FILE).resolve()
+    if not same_model:
         raise ValueError(
             f"--evaluation {spec}: it evaluated {evaluated}, not the model of {run}; evaluate "
             f"the run first: ferkit evaluate --model {run} ..."
@@ -526,12 +545,25 @@ def _run_bundle(args: argparse.Namespace) -> int:
 
     from ferkit.data.dataset import PreparedDataset
     from ferkit.models.folder import DEFAULT_MODEL_DIR, load_model
-    from ferkit.release.bundle import bundle_run
+    from ferkit.release.bundle import bundle_run, is_bundle
     from ferkit.release.export import add_runtimes_to_bundle
     from ferkit.release.model_card import accuracy_floor, selected_on, write_model_card
     from ferkit.training.config import TrainConfig
     from ferkit.training.sampling import run_splits
 
+    if is_bundle(args.run):  # figures added to an existing bundle; its model stays
+        from ferkit.release.bundle import add_evaluations_to_bundle
+
+        if not args.evaluation or args.card_notes or args.dest:
+            raise ValueError(
+                f"{args.run} is a model bundle, not a run: give it only --evaluation NAME=DIR "
+                "to add figures to its card and metrics.json"
+            )
+        evaluations = [_read_evaluation(spec, args.run) for spec in args.evaluation]
+        add_evaluations_to_bundle(args.run, evaluations)
+        names = ", ".join(str(e["name"]) for e in evaluations)
+        print(f"added {names} to {args.run}/MODEL_CARD.md and metrics.json")
+        return 0
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     _, val = run_splits(
         TrainConfig.from_yaml(args.run / "config.yaml"), PreparedDataset(config["data"])

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 SHARED_ENV = "FERKIT_SHARED"
 
 
@@ -216,4 +218,79 @@ def benchmark_video(
         lines.append(
             f"{label:<42}{rate:>10,.1f}{rate / baseline:>12.2f}{f'{with_face}/{frames}':>20}"
         )
+    return "\n".join(lines)
+
+
+def colour_faces(
+    sources: list[Path], *, size: int = 48, every: int = 10, detector: str = "blazeface-full"
+) -> tuple[np.ndarray, list[str]]:
+    """RGB face crops from photos and from every ``every``-th frame of videos, found by
+    ``detector`` and cut as the prediction pipeline cuts them: ``(faces, where)``."""
+    import cv2
+
+    from ferkit.faces import align_and_crop, make_detector
+    from ferkit.images import is_image_path, read_image
+
+    finder = make_detector(detector)
+    faces, where = [], []
+
+    def add(image: np.ndarray, name: str) -> None:
+        for index, face in enumerate(finder.detect(image, thorough=True)):
+            faces.append(align_and_crop(image, face, size=size, channels=3))
+            where.append(f"{name}#{index}")
+
+    for source in sources:
+        if is_image_path(source):
+            add(read_image(source), source.name)
+            continue
+        capture = cv2.VideoCapture(str(source))
+        try:
+            frame_number = 0
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                if frame_number % every == 0:
+                    add(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), f"{source.name}@{frame_number}")
+                frame_number += 1
+        finally:
+            capture.release()
+    shape = (0, size, size, 3)
+    return (np.stack(faces) if faces else np.zeros(shape, np.uint8)), where
+
+
+def benchmark_colour(
+    source: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None
+) -> str:
+    """Label stability of real colour faces under other colour-to-grey weightings.
+
+    ``source`` is a photo, a video or a folder of them (default: the shared samples: every
+    photo, and every 10th frame of each video).
+    """
+    from ferkit.evaluation.robustness import colour_consistency
+    from ferkit.images import is_image_path
+    from ferkit.inference.runtimes import load_classifier
+
+    root = Path(source) if source else shared_dir() / "samples"
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such photo, video or folder")
+    videos = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+    sources = (
+        sorted(p for p in root.iterdir() if is_image_path(p) or p.suffix.lower() in videos)
+        if root.is_dir()
+        else [root]
+    )
+    classifier = load_classifier(model)
+    faces, where = colour_faces(sources, size=classifier.image_shape[0])
+    if not len(faces):
+        raise ValueError(f"{root}: no face found in {len(sources)} photo(s) and video(s)")
+    report = colour_consistency(classifier, faces)
+    photos = sum("@" not in name for name in where)
+    lines = [
+        f"colour faces from {root}: {len(faces)} ({photos} in photos, "
+        f"{len(faces) - photos} in video frames); reference: BT.601 grey",
+        f"{'weighting':<16}{'same label':>12}{'mean TV distance':>18}",
+    ]
+    for name, row in report["weightings"].items():
+        lines.append(f"{name:<16}{row['agreement']:>12.1%}{row['total_variation']:>18.3f}")
     return "\n".join(lines)

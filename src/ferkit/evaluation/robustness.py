@@ -442,3 +442,37 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             for name, mean in report["per_shift"].items()
         },
     }
+
+
+def colour_consistency(classifier: Any, faces: np.ndarray) -> dict[str, Any]:
+    """How a model's reading of real colour faces depends on the colour-to-grey weighting.
+
+    ``faces`` are ``uint8 (N, H, W, 3)`` RGB crops; the reference is the BT.601 grey that
+    ferkit's pipeline uses. For each weighting of :data:`GREY_WEIGHTS`: the share of faces
+    whose label stays the reference's, and the mean total-variation distance between the
+    probability vectors (0: identical, 1: disjoint).
+    """
+    from ferkit.calibration import softmax
+
+    faces = np.asarray(faces)
+    if faces.ndim != 4 or faces.shape[-1] != 3 or faces.dtype != np.uint8:
+        raise ValueError(f"faces must be uint8 RGB (N, H, W, 3), not {faces.dtype} {faces.shape}")
+
+    def probabilities(weights: np.ndarray) -> np.ndarray:
+        grey = np.clip(np.rint(faces.astype(np.float64) @ weights), 0, 255).astype(np.uint8)
+        return softmax(classifier.predict_logits(grey[..., None]), classifier.temperature)
+
+    reference = probabilities(_BT601)
+    rows = {}
+    for name, weights in GREY_WEIGHTS.values():
+        other = probabilities(np.asarray(weights))
+        rows[name] = {
+            "agreement": float(np.mean(other.argmax(axis=1) == reference.argmax(axis=1))),
+            "total_variation": float(0.5 * np.abs(other - reference).sum(axis=1).mean()),
+        }
+    return {
+        "faces": len(faces),
+        "reference": "BT.601",
+        "labels": [classifier.classes[i] for i in reference.argmax(axis=1)],
+        "weightings": rows,
+    }

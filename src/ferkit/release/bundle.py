@@ -101,3 +101,53 @@ def _check_replaceable_bundle(dest: Path) -> None:
             f"--dest {dest} holds files but no bundled model (model.keras and "
             f"{CHECKSUMS}); a bundle replaces only an earlier bundle. Choose another --dest"
         )
+
+
+def is_bundle(folder: str | os.PathLike[str]) -> bool:
+    """A bundle folder (model file and checksums, no training checkpoints), not a run."""
+    folder = Path(folder)
+    return bundled_model_available(folder) and not (folder / "checkpoints").is_dir()
+
+
+def add_evaluations_to_bundle(
+    bundle: str | os.PathLike[str], evaluations: list[dict[str, Any]]
+) -> Path:
+    """Record ``ferkit evaluate`` figures in an existing bundle, leaving its model alone.
+
+    Each evaluation (as :func:`ferkit.cli` reads it from an evaluate folder: name, faces,
+    accuracy, ..., and optionally ``robustness`` and ``votes``) replaces one of the same
+    name in ``metrics.json`` or is added; the model card's further-evaluation sections
+    are written again, before its "## Training" section; checksums are renewed. The
+    bundle is rewritten whole, in a staging copy swapped into place.
+
+    Raises:
+        FileNotFoundError: ``bundle`` is not a bundle (model file and checksums).
+    """
+    from ferkit.release.model_card import evaluations_section
+
+    bundle = Path(bundle)
+    if not bundled_model_available(bundle):
+        raise FileNotFoundError(f"{bundle}: not a model bundle (no {MODEL_FILE} and {CHECKSUMS})")
+    staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.tmp-", dir=bundle.parent))
+    try:
+        copy = staging / bundle.name
+        shutil.copytree(bundle, copy)
+        metrics = json.loads((copy / "metrics.json").read_text())
+        named = {entry["name"]: entry for entry in metrics.get("evaluations", [])}
+        named.update({entry["name"]: entry for entry in evaluations})
+        metrics["evaluations"] = list(named.values())
+        (copy / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        card_path = copy / "MODEL_CARD.md"
+        if card_path.is_file():
+            card = card_path.read_text()
+            training = card.index("\n## Training")
+            start = card.find("\n## Further evaluations")
+            start = training if start < 0 or start > training else start
+            section = evaluations_section(metrics["evaluations"])
+            card_path.write_text(card[:start].rstrip("\n") + "\n" + section + card[training:])
+        listed = list(json.loads((copy / CHECKSUMS).read_text()))
+        write_checksums(copy, listed)
+        swap_into_place(copy, bundle)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return bundle

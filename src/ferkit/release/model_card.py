@@ -142,6 +142,22 @@ def robustness_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluations_section(evaluations: list[dict[str, Any]]) -> str:
+    """The card's "Further evaluations" table, robustness tables and agreement with
+    second labels, for figures read from ``ferkit evaluate`` folders (empty without any)."""
+    if not evaluations:
+        return ""
+    return (
+        "\n## Further evaluations (`ferkit evaluate`, single model, no test-time augmentation)\n\n| data | faces | accuracy | balanced accuracy | macro F1 | ECE |\n| --- | --- | --- | --- | --- | --- |\n"
+        + "\n".join(
+            f"| {e['name']} | {e['faces']:,} | {e['accuracy']:.2%} | {e['balanced_accuracy']:.2%} | {e['macro_f1']:.3f} | {e['ece']:.3f} |"
+            for e in evaluations
+        )
+        + "\n"
+        + _robustness_section(evaluations)
+    )
+
+
 def _robustness_section(evaluations: list[dict[str, Any]]) -> str:
     """The card's robustness tables (``ferkit evaluate --corruptions``) and agreement
     with second labels (``--votes``), for the evaluations that have them."""
@@ -229,17 +245,7 @@ def write_model_card(
     ]
     data, rarest = _data_section(config, len(val_split.labels), loaded.classes)
     selected = selected_on(run_dir)
-    further = ""
-    if evaluations:
-        further = (
-            "\n## Further evaluations (`ferkit evaluate`, single model, no test-time augmentation)\n\n| data | faces | accuracy | balanced accuracy | macro F1 | ECE |\n| --- | --- | --- | --- | --- | --- |\n"
-            + "\n".join(
-                f"| {e['name']} | {e['faces']:,} | {e['accuracy']:.2%} | {e['balanced_accuracy']:.2%} | {e['macro_f1']:.3f} | {e['ece']:.3f} |"
-                for e in evaluations
-            )
-            + "\n"
-        )
-        further += _robustness_section(evaluations)
+    further = evaluations_section(evaluations or [])
     usage = (
         ""
         if name == "default"
