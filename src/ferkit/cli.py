@@ -531,8 +531,10 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
             for key in ("faces", "accuracy", "balanced_accuracy", "macro_f1", "ece")
         },
     }
-    if "votes" in metrics:
-        evaluation["votes"] = metrics["votes"]
+    if "votes" in metrics:  # figures only: the paths of this machine stay out of a bundle
+        evaluation["votes"] = {
+            key: metrics["votes"][key] for key in ("faces", "faces_matched", "accuracy")
+        }
     if "robustness" in metrics:
         from ferkit.evaluation.robustness import summary
 

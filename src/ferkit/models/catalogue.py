@@ -84,6 +84,17 @@ def format_models(models: list[dict[str, Any]]) -> str:
                 f"{evaluation['macro_f1']:.3f}, ECE {evaluation['ece']:.3f} "
                 f"({evaluation['faces']} faces)"
             )
+            if "robustness" in evaluation:
+                mean = evaluation["robustness"]["mean"]
+                lines.append(
+                    f"    under 13 image shifts at 3 severities: mean accuracy "
+                    f"{mean['accuracy']:.2%}, ECE {mean['ece']:.3f}"
+                )
+            if "votes" in evaluation:
+                lines.append(
+                    f"    against the vote pluralities given with --votes: "
+                    f"{evaluation['votes']['accuracy']:.2%}"
+                )
         if model["model_card"]:
             lines.append(f"  model card: {model['model_card']}")
     return "\n".join(lines)
