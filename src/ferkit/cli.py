@@ -792,7 +792,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "--votes",
         type=Path,
         help="a dataset prepared with --soft-labels holding copies of the same faces (FER+ for "
-        "FER2013): also report accuracy against its vote pluralities",
+        "FER2013): also report accuracy against its vote pluralities (default: none)",
     )
     parser.add_argument(
         "--faces",
