@@ -429,7 +429,7 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="a dataset prepared with --soft-labels that holds copies of the same faces (FER+ "
         "for FER2013): each face found there by its pixels gets its vote distribution as one "
-        "more teacher; classes are matched by name, others (contempt) dropped",
+        "more teacher; classes are matched by name, others (contempt) dropped (default: none)",
     )
     parser.add_argument("--out", type=Path, required=True, help="new dataset folder")
     _overwrite_flag(parser, "dataset")
