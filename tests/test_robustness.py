@@ -155,7 +155,13 @@ def test_soft_labels_with_ferplus_votes_on_real_faces(
 def test_evaluate_with_corruptions_and_votes_on_real_faces(
     fer2013_subset, ferplus_val_prepared, tmp_path, capsys
 ):
-    fer = fer2013_subset.fer2013.out_dir
+    from conftest import write_prepared_subset
+
+    subset = fer2013_subset.fer2013.out_dir
+    labels = PreparedDataset(subset).split("val").labels
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:20] for c in range(7)])
+    fer = write_prepared_subset(subset, tmp_path / "small", {"val": np.sort(keep)})  # 140 faces
     out = tmp_path / "eval"
     code = main(["evaluate", "--data", str(fer), "--split", "val", "--out", str(out),
                  "--corruptions", "--votes", str(ferplus_val_prepared[1].out_dir), "--quiet"])  # fmt: skip
