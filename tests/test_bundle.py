@@ -176,6 +176,7 @@ def test_bundle_card_shows_the_robustness_table(finished_run, tmp_path):
 
 
 def test_evaluations_are_added_to_an_existing_bundle(finished_run, tmp_path, capsys):
+    from ferkit.models.folder import sha256_file as verify_sha
     from ferkit.models.folder import verify_checksums
 
     run, data = finished_run
@@ -202,6 +203,21 @@ def test_evaluations_are_added_to_an_existing_bundle(finished_run, tmp_path, cap
     capsys.readouterr()
     assert main(["bundle", str(bundle), "--dest", str(tmp_path / "x"), "--evaluation", str(evaluated)]) == 2  # fmt: skip
     assert "not a run" in capsys.readouterr().err
+    # An evaluation of a model file that changed since is refused.
+    stale = json.loads((evaluated / "metrics.json").read_text())
+    stale["model"]["sha256"] = "sha256:" + "0" * 64
+    (evaluated / "metrics.json").write_text(json.dumps(stale))
+    assert main(["bundle", str(bundle), "--evaluation", str(evaluated)]) == 2
+    assert "changed since it was evaluated" in capsys.readouterr().err
+    # A damaged bundle is not signed again.
+    stale["model"]["sha256"] = "sha256:" + verify_sha(bundle / "model.onnx")
+    (evaluated / "metrics.json").write_text(json.dumps(stale))
+    with open(bundle / "labels.json", "a") as handle:
+        handle.write(" ")
+    before = (bundle / "checksums.json").read_text()
+    assert main(["bundle", str(bundle), "--evaluation", str(evaluated)]) != 0
+    assert "labels.json" in capsys.readouterr().err
+    assert (bundle / "checksums.json").read_text() == before
 
 
 def test_model_card_names_the_dataset_it_was_trained_on(fer2013_prepared, ferplus_val_prepared):

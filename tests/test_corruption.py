@@ -101,8 +101,9 @@ def test_keras_and_torch_engines_give_the_same_corruption():
         from ferkit.training.torch_engine import augment_batch
 
         rng = np.random.default_rng(2)
-        coarse = rng.normal(size=(12, 6, 6)).repeat(8, axis=1).repeat(8, axis=2)
-        faces = np.clip(128 + 45 * coarse, 0, 255).astype(np.float32)[..., None]
+        coarse = rng.normal(size=(12, 6, 6, 3)).repeat(8, axis=1).repeat(8, axis=2)
+        fine = rng.normal(size=(12, 48, 48, 3))  # detail inside the JPEG blocks
+        faces = np.clip(128 + 45 * coarse + 25 * fine, 0, 255).astype(np.float32)
         draws = rng.random((12, corruption.DRAWS)).astype(np.float32)
         draws[:, 0] = 0.0
         draws[:, 1] = (np.arange(12) % len(corruption.KINDS) + 0.5) / len(corruption.KINDS)
@@ -139,6 +140,30 @@ def test_keras_and_torch_engines_give_the_same_corruption():
     assert result["off_changed"] == 0.0
     assert result["on_changed"] > 1.0
     assert result["repeatable"]
+
+
+def test_three_channel_faces_in_a_graph_with_an_unknown_batch():
+    import tensorflow as tf
+
+    from ferkit.models.keras_nets import custom_layers
+
+    layer = custom_layers()["RandomCorruption"](1.0, seed=0)
+    spec = tf.TensorSpec((None, SIDE, SIDE, 3), tf.float32)
+    run = tf.function(lambda faces: layer(faces, training=True), input_signature=[spec])
+    faces = np.repeat(_faces(6), 3, axis=-1)
+    out = run(faces).numpy()
+    assert out.shape == faces.shape and np.abs(out - faces).mean() > 1.0
+    # JPEG on colour faces is JPEG on each channel
+    quality = np.array([10, 20, 30, 40, 50, 60], np.float32)
+    c = corruption.constants(SIDE)
+    colour = corruption._jpeg(np, faces, quality, c, True)
+    each = [corruption._jpeg(np, faces[..., i : i + 1], quality, c, True) for i in range(3)]
+    np.testing.assert_allclose(colour, np.concatenate(each, axis=-1), atol=1e-3)
+
+
+def test_sides_that_are_not_a_multiple_of_8_are_refused():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        corruption.constants(44)
 
 
 def test_layer_is_active_in_training_only_and_survives_saving(tmp_path):

@@ -142,7 +142,7 @@ def test_soft_labels_with_ferplus_votes_on_real_faces(
         voted.soft_labels[in_fer], 0.4 * source.one_hot()[in_fer] + 0.6 * expected, atol=1e-5
     )
     np.testing.assert_allclose(voted.soft_labels.sum(axis=1), 1.0, atol=1e-5)
-    # train faces are not in FER+'s valid folder: their targets stay one-hot
+    # only the splits named with --split get votes: train keeps its one-hot targets
     np.testing.assert_array_equal(
         PreparedDataset(out).split("train").soft_labels,
         source_train := PreparedDataset(fer).split("train").one_hot(),

@@ -455,6 +455,13 @@ def _run_soft_labels(args: argparse.Namespace) -> int:
         splits=tuple(args.split or ["train"]),
         overwrite=args.overwrite,
     )
+    import json
+
+    record = json.loads((Path(out) / "manifest.json").read_text())["teacher_labels"]
+    for split, count in record.get("votes_matched", {}).items():
+        total = json.loads((Path(out) / "manifest.json").read_text())["splits"][split]["count"]
+        print(f"{split}: {count} of {total} faces found in {args.votes}; the others keep "
+              "their label" + (" and the teachers" if args.teacher else ""))  # fmt: skip
     print(f"wrote {out}: train on it with --soft-labels")
     return 0
 
@@ -523,6 +530,14 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
             f"--evaluation {spec}: it evaluated {evaluated}, not the model of {run}; evaluate "
             f"the run first: ferkit evaluate --model {run} ..."
         )
+    from ferkit.models.folder import sha256_file
+
+    recorded = metrics["model"].get("sha256")
+    if recorded and recorded != "sha256:" + sha256_file(evaluated):
+        raise ValueError(
+            f"--evaluation {spec}: {evaluated} changed since it was evaluated (its SHA-256 "
+            f"differs from the one in {metrics_file}); evaluate it again"
+        )
     evaluation = {
         "name": name or folder_path.name,
         "split": metrics["data"]["split"],
@@ -533,7 +548,8 @@ def _read_evaluation(spec: str, run: Path) -> dict[str, object]:
     }
     if "votes" in metrics:  # figures only: the paths of this machine stay out of a bundle
         evaluation["votes"] = {
-            key: metrics["votes"][key] for key in ("faces", "faces_matched", "accuracy")
+            key: metrics["votes"][key]
+            for key in ("name", "faces", "faces_matched", "faces_scored", "accuracy")
         }
     if "robustness" in metrics:
         from ferkit.evaluation.robustness import summary
@@ -847,8 +863,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if "votes" in metrics:
         votes = metrics["votes"]
         print(
-            f"  against votes      {votes['accuracy']:.4f} ({votes['faces_matched']} faces of "
-            f"{votes['source']})"
+            f"  against votes      {votes['accuracy']:.4f} ({votes['faces_scored']} faces found "
+            f"in {votes['source']}; {votes['faces_tied']} with tied votes left out)"
         )
     if "robustness" in metrics:
         from ferkit.evaluation.robustness import format_robustness

@@ -82,35 +82,33 @@ def matched_votes(split: Split, votes: list[Split]) -> np.ndarray:
     """Vote distributions of another dataset's copies of ``split``'s faces.
 
     ``votes`` are splits of a dataset prepared with soft labels (FER+ with
-    ``--soft-labels``). Its classes are mapped onto ``split``'s by name; votes for classes
+    ``--soft-labels``). Its classes are mapped onto ``split``'s by name, through the
+    synonym table (:func:`ferkit.classes.canonical_name`); votes for classes
     ``split`` does not have (FER+'s contempt) are dropped and the rest renormalised.
 
     Returns:
         ``float32 (N, n_classes)``: each matched face's distribution, and a row of NaN for
         a face with no copy (or whose votes all went to dropped classes).
     """
-    classes = split.classes
+    from ferkit.classes import canonical_name
+
+    classes = [canonical_name(name) for name in split.classes]
     for other in votes:
         if other.soft_labels is None:
             raise ValueError(
                 f"split {other.name!r} has no vote distributions; prepare FER+ with --soft-labels"
             )
-        shared = set(classes) & set(other.classes)
-        if not shared:
-            raise ValueError(f"no class in common between {classes} and {other.classes}")
+        if not set(classes) & {canonical_name(name) for name in other.classes}:
+            raise ValueError(f"no class in common between {split.classes} and {other.classes}")
+
+    def column(other: Split, name: str) -> np.ndarray:
+        names = [canonical_name(n) for n in other.classes]  # "anger" is "angry"...
+        if name in names:
+            return other.soft_labels[:, names.index(name)]
+        return np.zeros(len(other), dtype=np.float32)
+
     reference = np.concatenate([other.images for other in votes])
-    columns = [
-        np.stack(
-            [
-                other.soft_labels[:, other.classes.index(name)]
-                if name in other.classes
-                else np.zeros(len(other), dtype=np.float32)
-                for name in classes
-            ],
-            axis=1,
-        )
-        for other in votes
-    ]
+    columns = [np.stack([column(other, name) for name in classes], axis=1) for other in votes]
     distributions = np.concatenate(columns)
     result = np.full((len(split), len(classes)), np.nan, dtype=np.float32)
     in_split, in_votes = match_faces(split.images, reference, mutual=False)

@@ -384,21 +384,32 @@ def _votes_metrics(
 
     other = PreparedDataset(votes)
     faces = Split("evaluated", images, labels, np.asarray(paths), list(classes))
-    found = matched_votes(faces, [other.split(name) for name in other.splits])
+    try:
+        found = matched_votes(faces, [other.split(name) for name in other.splits])
+    except ValueError as error:
+        raise ValueError(f"--votes {votes}: {error}") from None
     matched = np.isfinite(found[:, 0])
     if not matched.any():
         raise ValueError(
-            f"{votes}: none of the evaluated faces has a copy there; give a dataset of the same "
-            "faces prepared at the same --size (FER+ for FER2013)"
+            f"--votes {votes}: none of the evaluated faces has a copy there; give a dataset of "
+            "the same faces prepared the same way (FER+ with --faces crop for FER2013)"
         )
-    vote_labels = found[matched].argmax(axis=1)
-    predicted = probabilities[matched].argmax(axis=1)
+    # A tie between the top classes has no plurality label (as ferkit prepare's rule).
+    top = found.max(axis=1, keepdims=True)
+    tied = matched & ((np.abs(found - top) < 1e-6).sum(axis=1) > 1)
+    scored = matched & ~tied
+    vote_labels = found[scored].argmax(axis=1)
+    predicted = probabilities[scored].argmax(axis=1)
+    source = str(other.manifest.get("source", votes))
     return {
-        "source": str(other.manifest.get("source", votes)),
-        "faces_matched": int(matched.sum()),
+        "source": source,
+        "name": Path(source).name,
         "faces": len(labels),
+        "faces_matched": int(matched.sum()),
+        "faces_tied": int(tied.sum()),
+        "faces_scored": int(scored.sum()),
         "accuracy": float(np.mean(predicted == vote_labels)),
-        "labels_agree_with_votes": float(np.mean(labels[matched] == vote_labels)),
+        "labels_agree_with_votes": float(np.mean(labels[scored] == vote_labels)),
         "mean_probability_of_votes": float(
             np.mean(np.sum(found[matched] * probabilities[matched], axis=1))
         ),
@@ -634,8 +645,10 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path]) -> str:
         )  # fmt: skip
     if "votes" in metrics:
         summary_rows.append(
-            (f"accuracy against the votes of {metrics['votes']['source']} (plurality, "
-             f"{metrics['votes']['faces_matched']} of {metrics['votes']['faces']} faces)",
+            (f"accuracy against the plurality of the votes of {metrics['votes']['source']} "
+             f"for the same faces ({metrics['votes']['faces_scored']} of "
+             f"{metrics['votes']['faces']} faces; {metrics['votes']['faces_tied']} with tied "
+             "votes left out)",
              f"{metrics['votes']['accuracy']:.4f}")
         )  # fmt: skip
     robustness_section = ""

@@ -53,12 +53,14 @@ def _per_channel(face: np.ndarray, function: Callable[[np.ndarray], np.ndarray])
 def _jpeg(face: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     cv2 = _cv2()
     quality = (30, 15, 7)[severity - 1]
-    image = face if face.shape[-1] == 3 else face[..., 0]
+    colour = face.shape[-1] == 3
+    image = cv2.cvtColor(face, cv2.COLOR_RGB2BGR) if colour else face[..., 0]  # OpenCV: BGR
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("OpenCV could not JPEG-encode a face")
-    flag = cv2.IMREAD_COLOR if face.shape[-1] == 3 else cv2.IMREAD_GRAYSCALE
-    return cv2.imdecode(encoded, flag).reshape(face.shape)
+    if colour:
+        return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).reshape(face.shape)
 
 
 def _blur(face: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:

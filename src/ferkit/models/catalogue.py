@@ -87,12 +87,13 @@ def format_models(models: list[dict[str, Any]]) -> str:
             if "robustness" in evaluation:
                 mean = evaluation["robustness"]["mean"]
                 lines.append(
-                    f"    under 13 image shifts at 3 severities: mean accuracy "
+                    f"    under {len(evaluation['robustness']['shifts'])} image shifts, 3 "
+                    "severities each: mean accuracy "
                     f"{mean['accuracy']:.2%}, ECE {mean['ece']:.3f}"
                 )
             if "votes" in evaluation:
                 lines.append(
-                    f"    against the vote pluralities given with --votes: "
+                    f"    against the vote pluralities of {evaluation['votes'].get('name', '--votes')}: "
                     f"{evaluation['votes']['accuracy']:.2%}"
                 )
         if model["model_card"]:

@@ -5,11 +5,12 @@ enlarged again, JPEG-compressed, taken with a noisy sensor, exposed differently 
 covered. Training with ``augment.corruption = p`` gives each training face, with
 probability ``p``, one of these :data:`KINDS` at a random strength:
 
-- ``blur``: Gaussian blur, sigma 0.6 to 2.0 px (at 48 px);
-- ``downscale``: shrunk to 1/2 .. 1/4 of its side by area averaging, then enlarged
+- ``blur``: Gaussian blur, sigma 0.6, 1.2 or 2.0 px (at 48 px);
+- ``downscale``: shrunk to 1/2, 1/3 or 1/4 of its side by area averaging, then enlarged
   bilinearly;
-- ``jpeg``: 8x8 block DCT quantised with the JPEG luminance table at quality 8 to 60 (JPEG's
-  own arithmetic, without its entropy coding; needs a side that is a multiple of 8);
+- ``jpeg``: 8x8 block DCT quantised with the JPEG luminance table at a quality from 8 to 60,
+  most often near 8 (JPEG's own arithmetic, without its entropy coding; needs a side that
+  is a multiple of 8);
 - ``noise``: Gaussian sensor noise, sigma 2 to 20 grey levels;
 - ``gamma``: gamma 0.45 to 2.2;
 - ``occlusion``: a dark band across the eyes (sunglasses) or a flat band over the lower face
@@ -100,7 +101,17 @@ def _dct_matrix(size: int = 8) -> np.ndarray:
 
 @functools.cache
 def constants(side: int) -> dict[str, np.ndarray]:
-    """The fixed matrices for faces of ``side`` pixels (NumPy; each engine converts them)."""
+    """The fixed matrices for faces of ``side`` pixels (NumPy; each engine converts them).
+
+    Raises:
+        ValueError: ``side`` is not a multiple of 8 (JPEG works on 8x8 blocks).
+    """
+    if side % 8:
+        raise ValueError(
+            f"augment.corruption needs faces whose side is a multiple of 8 (JPEG's 8x8 "
+            f"blocks), not {side} px: prepare the data with --size 48 (or 56, 64, ...), or "
+            "set augment.corruption to 0"
+        )
     scale = side / 48.0
     return {
         **{
@@ -130,28 +141,39 @@ def _pick(xp: Any, u: Any, versions: list[Any]) -> Any:
 
 
 def _jpeg(xp: Any, images: Any, quality: Any, c: dict[str, Any], channels_last: bool) -> Any:
-    """JPEG's block DCT quantisation at a per-face quality (1..100)."""
+    """JPEG's block DCT quantisation at a per-face quality (1..100).
+
+    Every tensor stays at five dimensions or fewer (TensorFlow broadcasts no more): the
+    channels share an axis with the block columns (channels last) or block rows (first).
+    """
     shape = tuple(images.shape)  # the batch dimension may be unknown (None) in a graph
     side, channels = (shape[1], shape[3]) if channels_last else (shape[2], shape[1])
     blocks = side // 8
-    if channels_last:
-        x = xp.reshape(images, (-1, blocks, 8, blocks, 8, channels))
-        pattern_in, pattern_out = "uv,bpvqwc,xw->bpuqxc", "vu,bpvqwc,wx->bpuqxc"
-    else:
-        x = xp.reshape(images, (-1, channels, blocks, 8, blocks, 8))
-        pattern_in, pattern_out = "uv,bcpvqw,xw->bcpuqx", "vu,bcpvqw,wx->bcpuqx"
-    coefficients = xp.einsum(pattern_in, c["dct"], x - 128.0, c["dct"])
     # The IJG scaling of the table by quality; one table per face.
     scale = xp.where(quality < 50.0, 5000.0 / quality, 200.0 - 2.0 * quality)
-    scale = xp.reshape(scale, (-1, 1, 1))
-    table = xp.clip(xp.floor((c["jpeg_table"][None] * scale + 50.0) / 100.0), 1.0, 255.0)
+    table = xp.clip(
+        xp.floor((c["jpeg_table"][None] * xp.reshape(scale, (-1, 1, 1)) + 50.0) / 100.0),
+        1.0,
+        255.0,
+    )  # (B, 8, 8)
     if channels_last:
-        table = xp.reshape(table, (-1, 1, 8, 1, 8, 1))
+        # (B, p, 8, q, 8 * C): block rows p, pixel rows u, block columns q, (x, channel)
+        x = xp.reshape(images, (-1, blocks, 8, blocks, 8, channels))
+        coefficients = xp.einsum("uv,bpvqwc,xw->bpuqxc", c["dct"], x - 128.0, c["dct"])
+        coefficients = xp.reshape(coefficients, (-1, blocks, 8, blocks, 8 * channels))
+        table = xp.concatenate([table[..., None]] * channels, axis=-1)
+        table = xp.reshape(table, (-1, 1, 8, 1, 8 * channels))
+        quantised = xp.round(coefficients / table) * table
+        quantised = xp.reshape(quantised, (-1, blocks, 8, blocks, 8, channels))
+        restored = xp.einsum("vu,bpvqwc,wx->bpuqxc", c["dct"], quantised, c["dct"])
     else:
-        table = xp.reshape(table, (-1, 1, 1, 8, 1, 8))
-    quantised = xp.round(coefficients / table) * table
-    restored = xp.einsum(pattern_out, c["dct"], quantised, c["dct"]) + 128.0
-    return xp.reshape(restored, (-1, *shape[1:]))
+        # (B, C * p, 8, q, 8)
+        x = xp.reshape(images, (-1, channels * blocks, 8, blocks, 8))
+        coefficients = xp.einsum("uv,bpvqw,xw->bpuqx", c["dct"], x - 128.0, c["dct"])
+        table = xp.reshape(table, (-1, 1, 8, 1, 8))
+        quantised = xp.round(coefficients / table) * table
+        restored = xp.einsum("vu,bpvqw,wx->bpuqx", c["dct"], quantised, c["dct"])
+    return xp.reshape(restored + 128.0, (-1, *shape[1:]))
 
 
 def corrupt(
@@ -181,7 +203,6 @@ def corrupt(
         return xp.reshape(draws[:, i], shape)
 
     apply, kind, s1, s2, s3 = (column(i) for i in range(DRAWS))
-    side = images.shape[1] if channels_last else images.shape[2]
     rows = c["rows"]
     rows = xp.reshape(rows, (1, -1, 1, 1) if channels_last else (1, 1, -1, 1))
 
@@ -191,11 +212,8 @@ def corrupt(
     shrunk = _pick(
         xp, s1, [_along_axes(xp, images, c[f"down{i}"], channels_last) for i in range(3)]
     )
-    if side % 8 == 0:
-        # quality 8..60, more often low-to-middle than extreme
-        compressed = _jpeg(xp, images, 8.0 + 52.0 * s1[:, 0, 0, 0] ** 1.5, c, channels_last)
-    else:
-        compressed = images
+    # quality 8..60, most often near the low end
+    compressed = _jpeg(xp, images, 8.0 + 52.0 * s1[:, 0, 0, 0] ** 1.5, c, channels_last)
     noisy = images + (2.0 + 18.0 * s1) * noise
     gamma = xp.exp((2.0 * s1 - 1.0) * math.log(2.2))
     exposed = 255.0 * (xp.clip(images, 0.0, 255.0) / 255.0) ** gamma

@@ -117,17 +117,24 @@ def add_evaluations_to_bundle(
     Each evaluation (as :func:`ferkit.cli` reads it from an evaluate folder: name, faces,
     accuracy, ..., and optionally ``robustness`` and ``votes``) replaces one of the same
     name in ``metrics.json`` or is added; the model card's further-evaluation sections
-    are written again, before its "## Training" section; checksums are renewed. The
-    bundle is rewritten whole, in a staging copy swapped into place.
+    are written again, before its "## Training" section (at its end without one). The
+    bundle's checksums are verified first, and only the two changed files are hashed
+    again. The bundle is rewritten whole, in a staging copy swapped into place.
 
     Raises:
-        FileNotFoundError: ``bundle`` is not a bundle (model file and checksums).
+        FileNotFoundError: ``bundle`` is not a bundle (model file, checksums, metrics).
+        ChecksumError: a file of the bundle differs from its checksum.
     """
+    from ferkit.models.folder import sha256_file, verify_checksums
     from ferkit.release.model_card import evaluations_section
 
     bundle = Path(bundle)
-    if not bundled_model_available(bundle):
-        raise FileNotFoundError(f"{bundle}: not a model bundle (no {MODEL_FILE} and {CHECKSUMS})")
+    if not bundled_model_available(bundle) or not (bundle / "metrics.json").is_file():
+        raise FileNotFoundError(
+            f"{bundle}: not a model bundle ({MODEL_FILE}, {CHECKSUMS} and metrics.json); give "
+            "a folder written by 'ferkit bundle'"
+        )
+    verify_checksums(bundle)  # never re-sign a damaged bundle
     staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.tmp-", dir=bundle.parent))
     try:
         copy = staging / bundle.name
@@ -137,16 +144,20 @@ def add_evaluations_to_bundle(
         named.update({entry["name"]: entry for entry in evaluations})
         metrics["evaluations"] = list(named.values())
         (copy / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        changed = ["metrics.json"]
         card_path = copy / "MODEL_CARD.md"
         if card_path.is_file():
             card = card_path.read_text()
-            training = card.index("\n## Training")
+            training = card.find("\n## Training")
+            training = len(card) if training < 0 else training
             start = card.find("\n## Further evaluations")
             start = training if start < 0 or start > training else start
             section = evaluations_section(metrics["evaluations"])
             card_path.write_text(card[:start].rstrip("\n") + "\n" + section + card[training:])
-        listed = list(json.loads((copy / CHECKSUMS).read_text()))
-        write_checksums(copy, listed)
+            changed.append("MODEL_CARD.md")
+        checksums = json.loads((copy / CHECKSUMS).read_text())
+        checksums.update({name: sha256_file(copy / name) for name in changed})
+        (copy / CHECKSUMS).write_text(json.dumps(checksums, indent=2) + "\n")
         swap_into_place(copy, bundle)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

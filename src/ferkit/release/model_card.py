@@ -166,9 +166,10 @@ def _robustness_section(evaluations: list[dict[str, Any]]) -> str:
         if "votes" in evaluation:
             votes = evaluation["votes"]
             text += (
-                f"\nOn {evaluation['name']}, against the plurality of the FER+ votes of the same "
-                f"faces ({votes['faces_matched']:,} faces matched by their pixels): "
-                f"{votes['accuracy']:.2%}.\n"
+                f"\nOn {evaluation['name']}, against the plurality of the votes of "
+                f"{votes.get('name', 'a second labelling')} for the same faces "
+                f"({votes.get('faces_scored', votes['faces_matched']):,} faces matched by their "
+                f"pixels, ties left out): {votes['accuracy']:.2%}.\n"
             )
         if "robustness" in evaluation:
             summary = evaluation["robustness"]

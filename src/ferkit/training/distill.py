@@ -96,8 +96,17 @@ def write_teacher_labels(
                 if vote_data is not None:
                     from ferkit.data.matching import matched_votes
 
-                    found = matched_votes(split, [vote_data.split(s) for s in vote_data.splits])
+                    try:
+                        found = matched_votes(split, [vote_data.split(s) for s in vote_data.splits])
+                    except ValueError as error:
+                        raise ValueError(f"--votes {votes}: {error}") from None
                     matched[name] = int(np.isfinite(found[:, 0]).sum())
+                    if not matched[name]:
+                        raise ValueError(
+                            f"--votes {votes}: none of the {len(split)} faces of {source}'s "
+                            f"{name} split is there; give a dataset of the same faces prepared "
+                            "the same way (FER+ with --faces crop for FER2013)"
+                        )
                     opinions.append(found)
                 stacked = np.stack(opinions)
                 has_opinion = np.isfinite(stacked[:, :, 0])  # (teachers, faces)

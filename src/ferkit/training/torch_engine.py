@@ -20,6 +20,7 @@ epoch, so ``--resume`` continues where a run stopped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -91,6 +92,18 @@ def _torch_init_weights(source: str | Path) -> Path | None:
     return None
 
 
+@functools.cache
+def _corruption_constants(side: int, device: Any) -> dict[str, Any]:
+    """The corruption matrices for ``side`` px on ``device``, made once."""
+    from ferkit.models import corruption
+
+    torch = import_torch()
+    return {
+        name: torch.as_tensor(value, device=device)
+        for name, value in corruption.constants(side).items()
+    }
+
+
 def augment_batch(images: Any, augment: Any, generator: Any) -> Any:
     """Random training augmentation of a float NCHW batch in 0..255, on its device."""
     torch = import_torch()
@@ -136,10 +149,7 @@ def augment_batch(images: Any, augment: Any, generator: Any) -> Any:
     if augment.corruption:
         from ferkit.models import corruption
 
-        constants = {
-            name: torch.as_tensor(value, device=device)
-            for name, value in corruption.constants(height).items()
-        }
+        constants = _corruption_constants(height, device)
         draws = torch.rand((n, corruption.DRAWS), generator=generator, device=device)
         noise = torch.randn(images.shape, generator=generator, device=device)
         images = corruption.corrupt(
