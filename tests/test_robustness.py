@@ -225,3 +225,26 @@ def test_colour_benchmark_on_the_real_sample_photos_and_videos(shared, capsys):
     assert "in video frames" in printed
     for name in ("BT.709", "channel mean", "red channel"):
         assert name in printed
+
+
+@pytest.mark.real_data
+def test_colour_benchmark_records_a_bad_file_and_goes_on(shared, tmp_path, capsys):
+    import shutil
+
+    shutil.copy(shared / "samples" / "justin.jpg", tmp_path / "justin.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    assert main(["benchmark", "colour", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "colour faces from" in printed and ": 1 (1 in photos" in printed
+    assert "skipped: " in printed and "broken.jpg" in printed
+    (tmp_path / "justin.jpg").unlink()
+    assert main(["benchmark", "colour", str(tmp_path)]) == 2
+    assert "no face found" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_votes_folder_before_any_work(drawn, tmp_path, capsys):
+    code = main(["evaluate", "--data", str(drawn), "--split", "val", "--quiet",
+                 "--out", str(tmp_path / "e"), "--votes", str(drawn)])  # fmt: skip
+    assert code == 2
+    assert "has no vote distributions" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

@@ -222,14 +222,22 @@ def benchmark_video(
 
 
 def colour_faces(
-    sources: list[Path], *, size: int = 48, every: int = 10, detector: str = "blazeface-full"
+    sources: list[Path],
+    *,
+    size: int = 48,
+    every: int = 10,
+    detector: str = "blazeface-full",
+    skipped: list[tuple[str, str]] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """RGB face crops from photos and from every ``every``-th frame of videos, found by
-    ``detector`` and cut as the prediction pipeline cuts them: ``(faces, where)``."""
+    ``detector`` and cut as the prediction pipeline cuts them: ``(faces, where)``.
+
+    A file that cannot be read is appended to ``skipped`` as ``(path, reason)`` (raised
+    when ``skipped`` is None); the others are still read."""
     import cv2
 
     from ferkit.faces import align_and_crop, make_detector
-    from ferkit.images import is_image_path, read_image
+    from ferkit.images import ImageReadError, is_image_path, read_image
 
     finder = make_detector(detector)
     faces, where = [], []
@@ -241,10 +249,23 @@ def colour_faces(
 
     for source in sources:
         if is_image_path(source):
-            add(read_image(source), source.name)
+            try:
+                image = read_image(source)
+            except (ImageReadError, OSError) as error:
+                if skipped is None:
+                    raise
+                skipped.append((str(source), str(error)))
+                continue
+            add(image, source.name)
             continue
         capture = cv2.VideoCapture(str(source))
         try:
+            if not capture.isOpened():
+                reason = f"{source}: OpenCV cannot open it as a video"
+                if skipped is None:
+                    raise ValueError(reason)
+                skipped.append((str(source), reason))
+                continue
             frame_number = 0
             while True:
                 ok, frame = capture.read()
@@ -281,9 +302,14 @@ def benchmark_colour(
         else [root]
     )
     classifier = load_classifier(model)
-    faces, where = colour_faces(sources, size=classifier.image_shape[0])
+    skipped: list[tuple[str, str]] = []
+    faces, where = colour_faces(sources, size=classifier.image_shape[0], skipped=skipped)
+    notes = [f"skipped: {reason}" for _, reason in skipped]  # the reason names the file
     if not len(faces):
-        raise ValueError(f"{root}: no face found in {len(sources)} photo(s) and video(s)")
+        raise ValueError(
+            f"{root}: no face found in {len(sources) - len(skipped)} photo(s) and video(s)"
+            + "".join(f"; {note}" for note in notes)
+        )
     report = colour_consistency(classifier, faces)
     photos = sum("@" not in name for name in where)
     lines = [
@@ -293,4 +319,4 @@ def benchmark_colour(
     ]
     for name, row in report["weightings"].items():
         lines.append(f"{name:<16}{row['agreement']:>12.1%}{row['total_variation']:>18.3f}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)

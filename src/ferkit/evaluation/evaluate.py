@@ -299,6 +299,8 @@ def evaluate(
     """
     from ferkit.outputs import output_folder
 
+    if votes is not None:  # refused before any work, not after it
+        _vote_splits(votes)
     inputs = [data, *([votes] if votes is not None else [])]
     with output_folder(out, "evaluate", overwrite=overwrite, inputs=inputs) as staging:
         return _evaluate_into(
@@ -369,6 +371,26 @@ def _evaluate_into(
     return metrics
 
 
+def _vote_splits(votes: str | os.PathLike[str]) -> tuple[Any, list[Any]]:
+    """The dataset given with ``--votes`` and its splits, each with vote distributions.
+
+    Raises:
+        FileNotFoundError: not a prepared dataset.
+        ValueError: a split without vote distributions.
+    """
+    from ferkit.data.dataset import PreparedDataset
+
+    other = PreparedDataset(votes)
+    splits = [other.split(name) for name in other.splits]
+    for split in splits:
+        if split.soft_labels is None:
+            raise ValueError(
+                f"--votes {votes}: its {split.name} split has no vote distributions; give a "
+                "dataset prepared with --soft-labels (FER+)"
+            )
+    return other, splits
+
+
 def _votes_metrics(
     votes: str | os.PathLike[str],
     images: np.ndarray,
@@ -379,13 +401,13 @@ def _votes_metrics(
 ) -> dict[str, Any]:
     """Accuracy against a second set of labels for the same faces: the plurality of the
     votes of their copies in ``votes`` (FER+ for FER2013), over the model's classes."""
-    from ferkit.data.dataset import PreparedDataset, Split
+    from ferkit.data.dataset import Split
     from ferkit.data.matching import matched_votes
 
-    other = PreparedDataset(votes)
+    other, splits = _vote_splits(votes)
     faces = Split("evaluated", images, labels, np.asarray(paths), list(classes))
     try:
-        found = matched_votes(faces, [other.split(name) for name in other.splits])
+        found = matched_votes(faces, splits)
     except ValueError as error:
         raise ValueError(f"--votes {votes}: {error}") from None
     matched = np.isfinite(found[:, 0])
