@@ -285,20 +285,19 @@ def _scores(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[
 
 
 def _cross_fitted_ece(
-    clean: np.ndarray, shifted: list[np.ndarray], labels: np.ndarray
+    clean: np.ndarray, shifted: list[np.ndarray], labels: np.ndarray, *, across_shifts: bool
 ) -> dict[str, float]:
-    """ECE with a temperature fitted on clean and shifted faces together, measured
-    honestly: fitted on one half of the faces, measured on the other, both ways round."""
+    """ECE on clean and shifted faces with a temperature fitted on the clean faces alone
+    or (``across_shifts``) on clean and shifted faces together; measured honestly: fitted
+    on one half of the faces, measured on the other, both ways round."""
     from ferkit.calibration import fit_temperature
 
     halves = np.arange(len(labels)) % 2
     clean_ece, shifted_ece = [], []
     for held_out in (0, 1):
         fit = halves != held_out
-        temperature = fit_temperature(
-            np.concatenate([clean[fit], *(s[fit] for s in shifted)]),
-            np.tile(labels[fit], 1 + len(shifted)),
-        )
+        pool = [clean[fit], *(s[fit] for s in shifted)] if across_shifts else [clean[fit]]
+        temperature = fit_temperature(np.concatenate(pool), np.tile(labels[fit], len(pool)))
         test = ~fit
         clean_ece.append(_scores(clean[test], labels[test], temperature)["ece"])
         shifted_ece.append(
@@ -329,8 +328,9 @@ def robustness(
         ``clean`` and per-condition scores (accuracy, ECE, mean confidence, and agreement:
         the share of faces whose label is the one predicted on the clean face), the mean
         over every condition (``mean``), a mean per shift, and ``calibration``: ECE with
-        the model's temperature and with one fitted across the shifts (cross-fitted, and
-        the value fitted on all faces, to ship).
+        the model's temperature, and cross-fitted (on halves of the faces) with one fitted
+        on the clean faces and with one fitted across the shifts (and the latter fitted on
+        all faces, to ship).
     """
     from tqdm import tqdm
 
@@ -385,7 +385,12 @@ def robustness(
             "model_temperature_ece_clean": shipped["ece"],
             "model_temperature_ece_shifted_mean": mean_of(conditions)["ece"],
             "shift_fitted_temperature": fitted,
-            "shift_fitted_cross_validated": _cross_fitted_ece(clean_logits, shifted_logits, labels),
+            "clean_fitted_cross_validated": _cross_fitted_ece(
+                clean_logits, shifted_logits, labels, across_shifts=False
+            ),
+            "shift_fitted_cross_validated": _cross_fitted_ece(
+                clean_logits, shifted_logits, labels, across_shifts=True
+            ),
         },
     }
 
