@@ -457,9 +457,9 @@ def _run_soft_labels(args: argparse.Namespace) -> int:
     )
     import json
 
-    record = json.loads((Path(out) / "manifest.json").read_text())["teacher_labels"]
-    for split, count in record.get("votes_matched", {}).items():
-        total = json.loads((Path(out) / "manifest.json").read_text())["splits"][split]["count"]
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    for split, count in manifest["teacher_labels"].get("votes_matched", {}).items():
+        total = manifest["splits"][split]["count"]
         print(f"{split}: {count} of {total} faces found in {args.votes}; the others keep "
               "their label" + (" and the teachers" if args.teacher else ""))  # fmt: skip
     print(f"wrote {out}: train on it with --soft-labels")

@@ -299,13 +299,13 @@ def evaluate(
     """
     from ferkit.outputs import output_folder
 
-    if votes is not None:  # refused before any work, not after it
-        _vote_splits(votes)
+    # Read (and refused if unfit) before any work, not after it.
+    vote_data = None if votes is None else (votes, *_vote_splits(votes))
     inputs = [data, *([votes] if votes is not None else [])]
     with output_folder(out, "evaluate", overwrite=overwrite, inputs=inputs) as staging:
         return _evaluate_into(
             staging, model, data, split, tta, faces, detector, backend, saliency_per_class,
-            mistakes, progress, corruptions, votes,
+            mistakes, progress, corruptions, vote_data,
         )  # fmt: skip
 
 
@@ -322,7 +322,7 @@ def _evaluate_into(
     mistakes: int,
     progress: bool,
     corruptions: bool = False,
-    votes: str | os.PathLike[str] | None = None,
+    vote_data: tuple[Any, Any, list[Any]] | None = None,
 ) -> dict[str, Any]:
     from ferkit.inference.runtimes import load_classifier
 
@@ -352,8 +352,8 @@ def _evaluate_into(
     metrics.update(_provenance(classifier, evaluation))
     if tta:
         metrics["tta"] = _tta_metrics(classifier, images, labels, metrics, progress)
-    if votes is not None:
-        metrics["votes"] = _votes_metrics(votes, images, labels, paths, classes, probabilities)
+    if vote_data is not None:
+        metrics["votes"] = _votes_metrics(vote_data, images, labels, paths, classes, probabilities)
     if corruptions:
         from ferkit.evaluation.robustness import robustness, write_robustness_csv
 
@@ -392,7 +392,7 @@ def _vote_splits(votes: str | os.PathLike[str]) -> tuple[Any, list[Any]]:
 
 
 def _votes_metrics(
-    votes: str | os.PathLike[str],
+    vote_data: tuple[Any, Any, list[Any]],
     images: np.ndarray,
     labels: np.ndarray,
     paths: list[str],
@@ -400,11 +400,12 @@ def _votes_metrics(
     probabilities: np.ndarray,
 ) -> dict[str, Any]:
     """Accuracy against a second set of labels for the same faces: the plurality of the
-    votes of their copies in ``votes`` (FER+ for FER2013), over the model's classes."""
+    votes of their copies in the ``--votes`` dataset (FER+ for FER2013), over the model's
+    classes; ``vote_data`` is its path, dataset and splits (:func:`_vote_splits`)."""
     from ferkit.data.dataset import Split
     from ferkit.data.matching import matched_votes
 
-    other, splits = _vote_splits(votes)
+    votes, other, splits = vote_data
     faces = Split("evaluated", images, labels, np.asarray(paths), list(classes))
     try:
         found = matched_votes(faces, splits)
