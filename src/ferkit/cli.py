@@ -724,8 +724,67 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-frames", type=int, default=None, help="video/webcam frame limit (default: none)"
     )
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="local: this process; ray: Ray Data on a Ray cluster (pip install 'ferkit[ray]'), "
+        "records as Parquet files under OUT/predictions/",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="ray: the cluster (auto: the one 'ray start' made here; ray://HOST:10001); "
+        "default: a local one on this machine",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="ray: decode-and-detect tasks and classifier actors, each (default: the "
+        "cluster's CPUs)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="ray: finish an earlier run into --out, skipping the inputs it wrote",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_predict)
+
+
+def _run_predict_ray(args: argparse.Namespace, out: Path) -> int:
+    from ferkit.inference.distributed import predict_ray
+    from ferkit.outputs import format_memory
+
+    unsupported = [f for f, on in (("--camera", args.camera is not None),
+                                   ("--annotate", args.annotate),
+                                   (f"--format {args.format}", args.format != "csv")) if on]  # fmt: skip
+    if unsupported:
+        raise ValueError(
+            f"{', '.join(unsupported)}: not with --engine ray (it writes Parquet records "
+            "and the summary); use the local engine for these"
+        )
+    summary = predict_ray(
+        args.inputs, out, address=args.address, workers=args.workers, resume=args.resume,
+        overwrite=args.overwrite, model=args.model, detector=args.detector,
+        backend=args.backend, faces=args.faces, max_pixels=args.max_pixels, every=args.every,
+        detect_every=args.detect_every, smoothing_s=args.smoothing, max_frames=args.max_frames,
+        progress=not args.quiet, echo=print,
+    )  # fmt: skip
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts().items()))
+    print(
+        f"{len(summary.sources)} inputs ({counts}); {summary.faces} faces"
+        + (f" over {summary.frames} video frames" if summary.frames else "")
+        + f" in {summary.seconds:.1f} s; {format_memory(summary.peak_memory_mb)}"
+    )
+    print(f"results: {out / 'predictions'}/part-*.parquet and {out / 'summary.json'}")
+    if summary.failed:
+        print(
+            f"{len(summary.failed)} input(s) failed, each listed with its reason above and in "
+            "summary.json (exit status 3)"
+        )
+    return summary.exit_status()
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -734,7 +793,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     if not args.inputs and args.camera is None:
         raise ValueError("give image/video files, folders, globs or URLs, or --camera N")
+    ray_only = [f for f, on in (("--address", args.address), ("--workers", args.workers),
+                                ("--resume", args.resume)) if on]  # fmt: skip
+    if args.engine == "local" and ray_only:
+        raise ValueError(f"{', '.join(ray_only)}: only with --engine ray")
     out = args.out or default_run_folder(Path("results") / "predictions")
+    if args.engine == "ray":
+        return _run_predict_ray(args, out)
     summary = predict(
         args.inputs,
         out,

@@ -49,7 +49,8 @@ EXTRAS = {
     "Keras runtime and the mtcnn detector",
     "torch": "PyTorch: the torch training engine",
     "serve": "FastAPI and Uvicorn: ferkit serve, the REST API and web page",
-    "all": "train, torch and serve",
+    "ray": "Ray Data: ferkit predict --engine ray, on this machine's cores or a cluster",
+    "all": "train, torch, serve and ray",
 }
 
 

@@ -77,12 +77,59 @@ class Source:
     opened: Any = None  # a camera's (capture, info), opened once up front
 
 
-def expand_inputs(inputs: list[str]) -> list[Source]:
-    """Files, folders (recursive, sorted, hidden files ignored) and globs, in order.
+#: Manifests: files that list the inputs, one path or URI per row. Text: one per line
+#: (blank lines and ``#`` comments skipped); CSV and Parquet: the column named ``path``,
+#: ``uri``, ``file`` or ``source``, else the first. Relative paths are taken from the
+#: manifest's folder.
+MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
+
+
+MANIFEST_COLUMNS = ("path", "uri", "file", "source")
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[str]:
+    """The entries of a manifest file (see :data:`MANIFEST_SUFFIXES`), relative paths
+    made relative to the manifest's folder.
+
+    Raises:
+        ValueError: the manifest cannot be read or lists nothing (the message says why).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            entries = [line.strip() for line in lines]
+            entries = [e for e in entries if e and not e.startswith("#")]
+        else:
+            import pandas as pd
+
+            table = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype=str)
+            if table.columns.empty:
+                raise ValueError("it has no column")
+            named = [c for c in table.columns if str(c).strip().lower() in MANIFEST_COLUMNS]
+            column = named[0] if named else table.columns[0]
+            entries = [str(v).strip() for v in table[column].dropna() if str(v).strip()]
+    except (OSError, UnicodeDecodeError, ValueError, ImportError) as error:
+        raise ValueError(
+            f"manifest {path}: cannot be read ({type(error).__name__}: {error}); a manifest "
+            "is a .txt file with one path or URI per line, or a .csv/.parquet file with a "
+            f"column named {' or '.join(MANIFEST_COLUMNS)}"
+        ) from None
+    if not entries:
+        raise ValueError(f"manifest {path}: lists no path; add one path or URI per row")
+    return [e if _url_scheme(e) or os.path.isabs(e) else str(path.parent / e) for e in entries]
+
+
+def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
+    """Files, folders (recursive, sorted, hidden files ignored), globs and manifests
+    (:func:`read_manifest`; when ``manifests``), in order.
 
     Inputs that do not exist, globs that match nothing and files that are neither image
     nor video (by extension, or by content when the extension is unknown) are returned
-    with ``error`` set rather than raised, so they end up in the output.
+    with ``error`` set rather than raised, so they end up in the output. ``file://`` URIs
+    are local paths; other URIs than http(s) are kept as ``uri`` sources, which only the
+    Ray engine reads (:mod:`ferkit.inference.distributed`).
     """
     sources: list[Source] = []
     for given in inputs:
@@ -91,17 +138,20 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
         if scheme in ("http", "https"):
             sources.append(Source(path_text(given), "url", url=given))
             continue
-        if scheme is not None:
-            sources.append(
-                Source(
-                    path_text(given),
-                    "unknown",
-                    error=f"{scheme}:// URLs are not read; download the file first and give "
-                    "its local path (http and https URLs are downloaded)",
-                )
-            )
+        if scheme == "file":
+            given = _file_uri_path(given)
+        elif scheme is not None:
+            sources.append(Source(path_text(given), "uri", url=given))
             continue
         path = Path(given)
+        if manifests and path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+            try:
+                entries = read_manifest(path)
+            except ValueError as error:
+                sources.append(Source(path_text(path), "unknown", path, error=str(error)))
+                continue
+            sources.extend(expand_inputs(entries, manifests=False))
+            continue
         if path.is_dir():
             visible = [
                 p
@@ -137,7 +187,7 @@ def expand_inputs(inputs: list[str]) -> list[Source]:
     return sources
 
 
-def _input_roots(given: str | os.PathLike[str]) -> list[Path]:
+def input_roots(given: str | os.PathLike[str]) -> list[Path]:
     """What an input reads, for checking ``--out`` against it: the file or folder it
     names; for a recursive glob (``photos/**/*.jpg``) the folder before its first
     wildcard, whose whole tree it reads; for another glob, the files it matches."""
@@ -149,6 +199,13 @@ def _input_roots(given: str | os.PathLike[str]) -> list[Path]:
         head, _, _ = text[:wildcard].rpartition("/")
         return [Path(head or ".")]
     return [Path(match) for match in glob.glob(text)]
+
+
+def _file_uri_path(uri: str) -> str:
+    """The local path of a ``file://`` URI."""
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(uri).path)
 
 
 def _url_scheme(given: str) -> str | None:
@@ -369,17 +426,7 @@ def predict(
             f"annotated_video must be one of {tuple(ANNOTATED_VIDEO_FORMATS)}, not "
             f"{annotated_video!r}"
         )
-    if faces not in FACE_MODES:
-        raise ValueError(f"faces must be one of {FACE_MODES}, not {faces!r}")
-    for name, value in (("every", every), ("detect_every", detect_every)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, not {value}")
-    if not math.isfinite(smoothing_s) or smoothing_s < 0:
-        raise ValueError(f"smoothing must be a number of seconds, 0 or more, not {smoothing_s}")
-    if max_frames is not None and max_frames < 1:
-        raise ValueError(f"max_frames must be at least 1, not {max_frames}")
-    if max_pixels is not None and max_pixels < 1:
-        raise ValueError(f"max_pixels must be at least 1, not {max_pixels}")
+    check_options(faces, every, detect_every, smoothing_s, max_frames, max_pixels)
     if camera is not None and camera < 0:
         raise ValueError(f"camera index must be 0 or more (0 is the first), not {camera}")
     sources = expand_inputs(list(inputs))
@@ -389,7 +436,7 @@ def predict(
         root
         for given in inputs
         if _url_scheme(os.fspath(given)) is None
-        for root in _input_roots(given)
+        for root in input_roots(given)
     ]
     run = {
         "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
@@ -404,6 +451,32 @@ def predict(
         summary = _predict_all(sources, staging, **run)
     summary.out = Path(out)
     return summary
+
+
+def check_options(
+    faces: str,
+    every: int,
+    detect_every: int,
+    smoothing_s: float,
+    max_frames: int | None,
+    max_pixels: int | None,
+) -> None:
+    """Refuse prediction settings out of range, naming the setting.
+
+    Raises:
+        ValueError: a setting is out of range.
+    """
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces must be one of {FACE_MODES}, not {faces!r}")
+    for name, value in (("every", every), ("detect_every", detect_every)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, not {value}")
+    if not math.isfinite(smoothing_s) or smoothing_s < 0:
+        raise ValueError(f"smoothing must be a number of seconds, 0 or more, not {smoothing_s}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, not {max_frames}")
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, not {max_pixels}")
 
 
 def _predict_all(
@@ -584,6 +657,15 @@ def _predict_source(
                 return _error_entry(source, str(error), writer)
             suffix = source.path.suffix.lower()
             source.kind = "video" if suffix in VIDEO_EXTENSIONS else "unknown"
+        if source.kind == "uri":
+            scheme = _url_scheme(source.url)
+            return _error_entry(
+                source,
+                f"{scheme}:// URLs are not read by the local engine: use --engine ray, which "
+                "reads them through pyarrow's file systems, or download the file first and "
+                "give its local path (http and https URLs are downloaded)",
+                writer,
+            )
         if source.kind in ("video", "camera"):
             entry = _predict_video(
                 recognizer, source, writer, out_dir, annotate, used_names, progress, **options
@@ -623,47 +705,19 @@ def _predict_image(
 
     from ferkit.inference.annotate import STILL_IMAGE_MIN_SIDE, draw_results
 
-    if source.error:
-        return _error_entry(source, source.error, writer)
-    try:
-        rgb = read_image(source.path, color=True, max_pixels=recognizer.max_pixels)
-    except ImageReadError as error:
-        reason = error.reason
-        if source.kind in ("unknown", "url") and error.kind == "not_image":
-            reason = f"not an image or video ({error.reason})"
+    rgb, reason = read_source_image(source, recognizer.max_pixels)
+    if rgb is None:
         return _error_entry(source, reason, writer)
-    except OSError as error:
-        return _error_entry(source, f"unreadable: {error.strerror or error}", writer)
     source.kind = "image"
     try:
         faces = recognizer.predict(rgb)
     except Exception as error:  # a detector failing on one odd image
         logger.debug("%s failed", source.name, exc_info=True)
-        return _error_entry(
-            source, f"face detection failed: {type(error).__name__}: {error}", writer
-        )
+        return _error_entry(source, detection_failure(error), writer)
+    records, entry = image_records(source.name, faces)
     if writer is not None:
-        if not faces:
-            writer.write({"source": source.name, "kind": "image", "status": "no_face"})
-        for index, face in enumerate(faces):
-            writer.write(
-                {
-                    "source": source.name,
-                    "kind": "image",
-                    "status": "ok",
-                    "face": index,
-                    **face.as_dict(),
-                }
-            )
-    entry: dict[str, Any] = {
-        "source": source.name,
-        "kind": "image",
-        "status": "ok" if faces else "no_face",
-        "faces": len(faces),
-        "face_mode": faces.face_mode,
-        "labels": [face.label for face in faces],
-        "confidence": [round(face.probabilities[face.label], 4) for face in faces],
-    }
+        for record in records:
+            writer.write(record)
     if annotate and out_dir is not None:
         folder = out_dir / "annotated"
         folder.mkdir(exist_ok=True)
@@ -673,6 +727,47 @@ def _predict_image(
         Image.fromarray(drawn).save(target, quality=92)
         entry["annotated"] = f"annotated/{target.name}"
     return entry
+
+
+def read_source_image(source: Source, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """The RGB pixels of an image input, or None and the reason it cannot be used."""
+    if source.error:
+        return None, source.error
+    try:
+        return read_image(source.path, color=True, max_pixels=max_pixels), ""
+    except ImageReadError as error:
+        reason = error.reason
+        if source.kind in ("unknown", "url") and error.kind == "not_image":
+            reason = f"not an image or video ({error.reason})"
+        return None, reason
+    except OSError as error:
+        return None, f"unreadable: {error.strerror or error}"
+
+
+def detection_failure(error: BaseException) -> str:
+    """The reason recorded for an image on which the detector raised."""
+    return f"face detection failed: {type(error).__name__}: {error}"
+
+
+def image_records(
+    name: str, faces: Any, digits: int | None = 4
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One image's records (one per face, or its ``no_face`` row) and its summary entry,
+    from its :class:`~ferkit.inference.results.ImageResult`."""
+    records: list[dict[str, Any]] = [
+        {"source": name, "kind": "image", "status": "ok", "face": index, **face.as_dict(digits)}
+        for index, face in enumerate(faces)
+    ] or [{"source": name, "kind": "image", "status": "no_face"}]
+    entry: dict[str, Any] = {
+        "source": name,
+        "kind": "image",
+        "status": "ok" if faces else "no_face",
+        "faces": len(faces),
+        "face_mode": faces.face_mode,
+        "labels": [face.label for face in faces],
+        "confidence": [round(face.probabilities[face.label], 4) for face in faces],
+    }
+    return records, entry
 
 
 def _predict_video(
@@ -774,7 +869,7 @@ class _VideoTally:
                 self.writer.write(
                     {"source": self.source.name, "kind": self.source.kind, "status": "ok",
                      "frame": frame.index, "time_s": round(frame.time_s, 4), "face": index,
-                     **face.as_dict()}
+                     **face.as_dict(getattr(self.writer, "digits", 4))}
                 )  # fmt: skip
 
     def shares(self) -> dict[int, dict[str, float]]:

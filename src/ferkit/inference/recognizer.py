@@ -185,6 +185,19 @@ class EmotionRecognizer:
         empty = np.zeros((0, self.size, self.size, self.channels), dtype=np.uint8)
         return faces, np.stack(crops) if crops else empty
 
+    def find_faces(
+        self, rgb: np.ndarray, faces: str | None = None
+    ) -> tuple[str, list[Face], np.ndarray]:
+        """The faces of one still image (RGB ``uint8``) and their crops, unclassified:
+        ``(mode, faces, crops)``, where ``mode`` is the face mode used (``crop`` or
+        ``detect``; ``faces`` overrides the recogniser's). Still images get the
+        detector's thorough search (faces cut by the frame too); video frames keep the
+        single fast search."""
+        mode = self._face_mode(rgb, faces)
+        still = self.detector.detect(rgb, thorough=True) if mode == "detect" else None
+        found, crops = self.crop_faces(rgb, still, mode=mode)
+        return mode, found, crops
+
     def _results(self, faces: list[Face], probabilities: np.ndarray) -> list[FaceResult]:
         return [
             FaceResult.of(f, self.classes, row) for f, row in zip(faces, probabilities, strict=True)
@@ -244,11 +257,7 @@ class EmotionRecognizer:
         for image in images:
             try:
                 rgb = self._to_rgb(image, color_order)
-                mode = self._face_mode(rgb, faces)
-                # Still images get the detector's thorough search (faces cut by the frame
-                # too); video frames (ferkit.video) keep the single fast search.
-                still = self.detector.detect(rgb, thorough=True) if mode == "detect" else None
-                found, crops = self.crop_faces(rgb, still, mode=mode)
+                mode, found, crops = self.find_faces(rgb, faces)
             except (FileNotFoundError, ImageReadError, TypeError, ValueError, OSError) as error:
                 if errors == "raise":
                     raise

@@ -54,7 +54,13 @@ class FaceResult:
             raw_probabilities=None if raw is None else named(raw),
         )
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, digits: int | None = 4) -> dict[str, Any]:
+        """The face as a flat record (box, label, probabilities); probabilities are
+        rounded to ``digits`` decimals (None: full precision)."""
+
+        def rounded(value: float) -> float:
+            return round(value, digits) if digits is not None else float(value)
+
         x, y, w, h = self.box
         record: dict[str, Any] = {}
         if self.track_id is not None:
@@ -69,12 +75,12 @@ class FaceResult:
                 if self.detector_confidence is None
                 else round(self.detector_confidence, 4),
                 "label": self.label,
-                **{f"p_{name}": round(p, 4) for name, p in self.probabilities.items()},
+                **{f"p_{name}": rounded(p) for name, p in self.probabilities.items()},
             }
         )
         if self.raw_probabilities is not None:
             record["raw_label"] = self.raw_label
-            record.update({f"raw_p_{k}": round(p, 4) for k, p in self.raw_probabilities.items()})
+            record.update({f"raw_p_{k}": rounded(p) for k, p in self.raw_probabilities.items()})
         return record
 
 
