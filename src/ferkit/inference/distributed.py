@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ferkit.faces import DEFAULT_DETECTOR
-from ferkit.images import VIDEO_EXTENSIONS, decode_image
+from ferkit.images import DEFAULT_MAX_PIXELS, VIDEO_EXTENSIONS, decode_image
 from ferkit.inference.predict import (
     PredictSummary,
     Source,
@@ -536,6 +536,8 @@ def predict_ray(
         [r for g in inputs if _url_scheme(os.fspath(g)) is None for r in input_roots(g)],
     )
     classifier = load_classifier(model, backend)  # a bad model fails here, before any work
+    detector = detector or DEFAULT_DETECTOR
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     settings = {
         "model": None if model is None else os.fspath(model), "detector": detector,
         "backend": backend, "faces": faces, "max_pixels": max_pixels,
@@ -559,6 +561,8 @@ def predict_ray(
         finally:
             if started_ray:
                 ray.shutdown()
+        for stale in parts.glob(".part-*"):  # left by attempts that Ray ran again
+            stale.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
     order = {s.name: i for i, s in enumerate(sources)}
     entries = sorted(earlier + entries, key=lambda e: e.get("index", order.get(e["source"], 0)))
@@ -576,7 +580,7 @@ def predict_ray(
     summary.peak_memory_mb = peak_memory_mb()
     document = {
         "engine": "ray", "workers": workers, "model": path_text(classifier.source),
-        "detector": detector or DEFAULT_DETECTOR, "faces_mode": faces, "classes": classifier.classes,
+        "detector": detector, "faces_mode": faces, "classes": classifier.classes,
         "counts": summary.counts(), "failed": len(summary.failed),
         "exit_status": summary.exit_status(), "resumed": len(done), "faces": summary.faces,
         "frames": summary.frames, "seconds": round(seconds, 3),
@@ -615,6 +619,7 @@ def _run(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = progress
         blocks = max(min(len(images), 2 * workers), -(-len(images) // batch_size))
+        workers = min(workers, blocks)
         dataset = ray.data.from_items(images, override_num_blocks=blocks)
         dataset = dataset.map_batches(
             decode_and_detect, fn_kwargs={"settings": settings}, batch_size=min(64, batch_size),
