@@ -252,7 +252,8 @@ def test_ctrl_c_in_a_video_keeps_what_was_done_and_says_so(recognizer, tmp_path)
 
     samples = require_shared("samples")
     calls = {"n": 0}
-    classify = recognizer.model.predict_proba
+    model = recognizer.frame_model  # the classifier of video frames
+    classify = model.predict_proba
 
     def interrupted_after_ten(faces, *args, **kwargs):
         calls["n"] += 1
@@ -260,7 +261,7 @@ def test_ctrl_c_in_a_video_keeps_what_was_done_and_says_so(recognizer, tmp_path)
             raise KeyboardInterrupt
         return classify(faces, *args, **kwargs)
 
-    recognizer.model.predict_proba = interrupted_after_ten
+    model.predict_proba = interrupted_after_ten
     try:
         out = tmp_path / "out"
         summary = predict(
@@ -268,7 +269,7 @@ def test_ctrl_c_in_a_video_keeps_what_was_done_and_says_so(recognizer, tmp_path)
             recognizer=recognizer, progress=False,
         )  # fmt: skip
     finally:
-        recognizer.model.predict_proba = classify
+        model.predict_proba = classify
     assert summary.exit_status() == 130
     video, image = json.loads((out / "summary.json").read_text())["sources"]
     assert video["status"] == "ok" and "stopped by Ctrl-C after" in video["reason"]

@@ -316,7 +316,8 @@ def test_a_failing_run_still_releases_the_camera(cameras, recognizer, tmp_path, 
     from ferkit.inference.predict import predict
 
     calls = {"n": 0}
-    classify = recognizer.model.predict_proba
+    model = recognizer.frame_model  # the classifier of video frames
+    classify = model.predict_proba
 
     def fails_on_the_third_frame(faces, *args, **kwargs):
         calls["n"] += 1
@@ -324,7 +325,7 @@ def test_a_failing_run_still_releases_the_camera(cameras, recognizer, tmp_path, 
             raise RuntimeError("the classifier broke")
         return classify(faces, *args, **kwargs)
 
-    monkeypatch.setattr(recognizer.model, "predict_proba", fails_on_the_third_frame)
+    monkeypatch.setattr(model, "predict_proba", fails_on_the_third_frame)
     try:
         summary = predict([], tmp_path / "out", camera=0, max_frames=10,
                           recognizer=recognizer, progress=False)  # fmt: skip

@@ -128,3 +128,107 @@ class TestVideo:
             recognizer.predict_video(tmp_path / "missing.mp4")
         with pytest.raises(ValueError, match="camera 9 could not be opened"):
             recognizer.predict_video(9)
+
+
+# -- the pipelined reader and the detection plan -------------------------------------
+
+
+def test_prefetch_yields_in_order_raises_the_threads_error_and_stops_when_closed():
+    from ferkit.inference.video import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("the disk went away")
+
+    reader = prefetch(broken())
+    assert next(reader) == 1
+    with pytest.raises(OSError, match="the disk went away"):
+        next(reader)
+
+    closed = []
+
+    def endless():
+        try:
+            yield from itertools.count()
+        finally:
+            closed.append(True)
+
+    reader = prefetch(endless(), depth=2)
+    assert next(reader) == 0
+    reader.close()  # the thread stops and closes the source
+    assert closed == [True]
+
+
+def test_detection_plan_every_n_and_auto():
+    from ferkit.inference.video import AUTO_LAG, DetectionPlan, check_detect_every
+
+    plan = DetectionPlan(3)
+    assert [plan.wants_detection() for _ in range(7)] == [1, 0, 0, 1, 0, 0, 1]
+    for bad in (0, -1, "sometimes", 1.5, True):
+        with pytest.raises(ValueError, match="detect_every"):
+            check_detect_every(bad)
+
+    from ferkit.inference.results import FaceResult
+
+    def result(p_top):
+        probabilities = {"happy": p_top, "sad": 1 - p_top}
+        return FaceResult(box=(0, 0, 50, 50), detector_confidence=0.9, label="happy",
+                          probabilities=probabilities)  # fmt: skip
+
+    auto = DetectionPlan("auto")
+    decisions = []
+    for frame in range(12):
+        detect = auto.wants_detection()
+        decisions.append(detect)
+        if detect:
+            auto.seen([_face(100 + frame, 100)])  # moving by a pixel: stable
+        auto.classified([result(0.9 if frame < 6 else 0.55)])  # clear, then near a tie
+    # detection on the first frames, then every other frame while the label is clear
+    # (known AUTO_LAG frames later), then on every frame again once it is near a tie
+    assert decisions[:2] == [True, True]
+    assert False in decisions[: 6 + AUTO_LAG]
+    assert all(decisions[6 + AUTO_LAG :])
+
+    moving = DetectionPlan("auto")
+    for frame in range(10):
+        assert moving.wants_detection()
+        moving.seen([_face(100 + 40 * frame, 100)])  # moves by most of its size
+        moving.classified([result(0.99)])
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_auto_detection_keeps_the_labels_of_detection_on_every_frame(recognizer):
+    """On a real video ``detect_every="auto"`` skips detection on some frames, gives the
+    same labels as detection on every frame on at least 98% of frames, and the same
+    results on every run (the detector thread's timing does not matter)."""
+    calls = {"n": 0}
+    detect = recognizer.detector.detect
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return detect(*args, **kwargs)
+
+    video = require_shared("samples", "woman2.mp4")
+    every = [
+        [f.label for f in frame.faces] for frame in recognizer.predict_video(video, detect_every=1)
+    ]
+    recognizer.detector.detect = counted
+    try:
+        runs = [
+            [
+                [(f.label, f.probabilities) for f in frame.faces]
+                for frame in recognizer.predict_video(video)
+            ]
+            for _ in range(2)
+        ]
+    finally:
+        recognizer.detector.detect = detect
+    assert runs[0] == runs[1]
+    labels = [[label for label, _ in frame] for frame in runs[0]]
+    agreement = np.mean([a == b for a, b in zip(labels, every, strict=True)])
+    assert agreement >= 0.98
+    runs_frames = 2 * len(every)
+    assert calls["n"] < 0.95 * runs_frames, "auto detected on (nearly) every frame"

@@ -636,6 +636,18 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect_every(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'auto' or a whole number of frames >= 1, not {text!r}")
+    return value
+
+
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
     from ferkit.images import DEFAULT_MAX_PIXELS, FACE_MODES
@@ -711,9 +723,11 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--detect-every",
-        type=int,
+        type=_detect_every,
         default=default_of(predict, "detect_every"),
-        help="video: detect on every N-th processed frame, track in between",
+        help="video: auto: detect on every frame while faces move, on every other frame "
+        "while they hold still; N: detect on every N-th processed frame; the tracked boxes "
+        "are used in between (1: detect on every frame)",
     )
     parser.add_argument(
         "--smoothing",
@@ -1074,7 +1088,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {
+    "prepare": "_add_prepare", "train": "_add_train", "soft-labels": "_add_soft_labels",
+    "bundle": "_add_bundle", "evaluate": "_add_evaluate", "compare": "_add_compare",
+    "predict": "_add_predict", "models": "_add_models", "export": "_add_export",
+    "demo": "_add_demo", "serve": "_add_serve", "benchmark": "_add_benchmark",
+}  # fmt: skip
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of the command ``only`` (a command's parser
+    imports what its defaults come from, so building one alone starts faster)."""
     parser = argparse.ArgumentParser(
         prog="ferkit",
         description="Facial-expression recognition: prepare datasets, train, evaluate, predict.",
@@ -1082,24 +1106,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_prepare(subparsers)
-    _add_train(subparsers)
-    _add_soft_labels(subparsers)
-    _add_bundle(subparsers)
-    _add_evaluate(subparsers)
-    _add_compare(subparsers)
-    _add_predict(subparsers)
-    _add_models(subparsers)
-    _add_export(subparsers)
-    _add_demo(subparsers)
-    _add_serve(subparsers)
-    _add_benchmark(subparsers)
+    for command, add in COMMANDS.items():
+        if only is None or command == only:
+            globals()[add](subparsers)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (its first word that is not an option), if known."""
+    words = [word for word in argv if not word.startswith("-")]
+    return words[0] if words and words[0] in COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ferkit`` console script; returns the exit status."""
-    parser = build_parser()
+    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

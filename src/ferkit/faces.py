@@ -428,11 +428,12 @@ class BlazeFaceDetector(FaceDetector):
         small, scale, border_px = _working_image(image, side, border)
         height, width = small.shape[:2]
         side = max(height, width)
-        # Letterbox into a square (bottom/right padding) so faces keep their shape.
-        square = np.zeros((side, side, 3), dtype=np.uint8)
-        square[:height, :width] = small
+        # Letterbox into a square (bottom/right padding) so faces keep their shape: the
+        # image is shrunk first and padded after, so no time goes into resizing padding.
         size = self.spec.input_size
-        square = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
+        fitted = (max(1, round(width * size / side)), max(1, round(height * size / side)))
+        square = np.zeros((size, size, 3), dtype=np.uint8)
+        square[: fitted[1], : fitted[0]] = cv2.resize(small, fitted, interpolation=cv2.INTER_AREA)
         tensor = square.astype(np.float32)[None] / 127.5 - 1.0
         self._interpreter.set_tensor(self._input, tensor)
         self._interpreter.invoke()

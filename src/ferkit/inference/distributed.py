@@ -491,7 +491,7 @@ def predict_ray(
     faces: str = "auto",
     max_pixels: int | None = None,
     every: int = 1,
-    detect_every: int = 1,
+    detect_every: int | str = "auto",
     smoothing_s: float = 0.5,
     max_frames: int | None = None,
     progress: bool = True,

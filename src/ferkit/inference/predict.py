@@ -380,7 +380,7 @@ def predict(
     faces: str = "auto",
     max_pixels: int | None = None,
     every: int = 1,
-    detect_every: int = 1,
+    detect_every: int | str = "auto",
     smoothing_s: float = 0.5,
     max_frames: int | None = None,
     overwrite: bool = False,
@@ -456,7 +456,7 @@ def predict(
 def check_options(
     faces: str,
     every: int,
-    detect_every: int,
+    detect_every: int | str,
     smoothing_s: float,
     max_frames: int | None,
     max_pixels: int | None,
@@ -468,9 +468,11 @@ def check_options(
     """
     if faces not in FACE_MODES:
         raise ValueError(f"faces must be one of {FACE_MODES}, not {faces!r}")
-    for name, value in (("every", every), ("detect_every", detect_every)):
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, not {value}")
+    from ferkit.inference.video import check_detect_every
+
+    if every < 1:
+        raise ValueError(f"every must be at least 1, not {every}")
+    check_detect_every(detect_every)
     if not math.isfinite(smoothing_s) or smoothing_s < 0:
         raise ValueError(f"smoothing must be a number of seconds, 0 or more, not {smoothing_s}")
     if max_frames is not None and max_frames < 1:
@@ -492,7 +494,7 @@ def _predict_all(
     faces: str,
     max_pixels: int | None,
     every: int,
-    detect_every: int,
+    detect_every: int | str,
     smoothing_s: float,
     max_frames: int | None,
     recognizer: Any,

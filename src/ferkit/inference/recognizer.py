@@ -81,6 +81,8 @@ class EmotionRecognizer:
             raise ValueError(f"threads must be at least 1, not {threads}")
         self.model = load_classifier(model, backend, threads=threads)
         self.backend, self.threads = backend, threads
+        self._model_given = model
+        self._frame_model: Any = None
         self.classes = self.model.classes
         self.detector = make_detector(detector)
         self.margin = margin
@@ -88,6 +90,23 @@ class EmotionRecognizer:
         self.crop_max_side = crop_max_side
         self.max_pixels = max_pixels
         self.size, _, self.channels = self.model.image_shape
+
+    @property
+    def frame_model(self) -> Any:
+        """The classifier of video frames (one face or a few at a time): the same model on
+        one thread, unless ``threads`` was given; decoding and detection run on threads
+        of their own beside it (:mod:`ferkit.inference.video`), so one is faster there."""
+        from ferkit.inference.runtimes import OnnxModel
+
+        if self.threads is not None or not isinstance(self.model, OnnxModel):
+            return self.model
+        if self._frame_model is None:
+            from ferkit.inference.runtimes import load_classifier
+
+            self._frame_model = load_classifier(
+                self._model_given, self.backend, threads=1, verify=False
+            )
+        return self._frame_model
 
     def with_detector(self, detector: str | None = None) -> EmotionRecognizer:
         """A recogniser that shares this one's classifier and settings and finds faces
@@ -299,7 +318,7 @@ class EmotionRecognizer:
         source: str | os.PathLike[str] | int,
         *,
         every: int = 1,
-        detect_every: int = 1,
+        detect_every: int | str = "auto",
         smoothing_s: float = 0.5,
         max_frames: int | None = None,
     ) -> Iterator[Any]:
@@ -312,8 +331,11 @@ class EmotionRecognizer:
 
         Args:
             every: process every N-th frame (the others are read and skipped).
-            detect_every: run the detector on every N-th processed frame and reuse the
-                tracked boxes in between (faster; faces still re-classified each frame).
+            detect_every: ``auto`` (default): detect on every frame while faces move,
+                appear or vanish, and on every other frame while they hold still (see
+                :class:`ferkit.inference.video.DetectionPlan`); N: run the detector on
+                every N-th processed frame; in between, the tracked boxes are reused
+                (faces are still classified on every frame). 1 detects on every frame.
             max_frames: stop after this many frames read (a camera runs until then).
 
         Yields:
