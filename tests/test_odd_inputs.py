@@ -278,3 +278,48 @@ def test_ctrl_c_in_a_video_keeps_what_was_done_and_says_so(recognizer, tmp_path)
     with open(out / "predictions.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["source"].endswith("woman2.mp4")]
     assert len(rows) == video["faces"] == 10
+
+
+def test_images_in_batches_match_one_by_one_and_a_failed_batch_loses_only_itself(
+    recognizer, tmp_path, monkeypatch
+):
+    """Runs of image files are classified in batches: the records are those of
+    recognizer.predict on each image; a batch whose classification fails is recorded
+    image by image with the reason, and the other batches complete."""
+    import ferkit.inference.predict as predict_module
+    from ferkit.inference.predict import predict
+
+    val = require_shared("datasets", "fer2013", "val")
+    crops = sorted(val.glob("happy/*.jpg"))[:40] + sorted(val.glob("sad/*.jpg"))[:40]
+    photo = require_shared("samples", "couple.jpg")
+    inputs = [str(p) for p in crops[:30]] + [str(photo)] + [str(p) for p in crops[30:]]
+    monkeypatch.setattr(predict_module, "IMAGE_BATCH", 16)
+    summary = predict(inputs, tmp_path / "all", progress=False, recognizer=recognizer)
+    assert summary.counts() == {"ok": 81} and summary.faces == 82
+    with open(tmp_path / "all" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["source"] for r in rows][:31] == [*inputs[:30], str(photo)]
+    for given in (inputs[0], str(photo), inputs[-1]):
+        expected = recognizer.predict(given)
+        mine = [r for r in rows if r["source"] == given]
+        assert [r["label"] for r in mine] == [face.label for face in expected]
+        for row, face in zip(mine, expected, strict=True):
+            for name, p in face.probabilities.items():
+                assert abs(float(row[f"p_{name}"]) - p) <= 5e-5 + 1e-6
+
+    calls = {"n": 0}
+    classify = recognizer.classify_faces
+
+    def second_batch_fails(faces):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory in the runtime")
+        return classify(faces)
+
+    monkeypatch.setattr(recognizer, "classify_faces", second_batch_fails)
+    summary = predict(inputs, tmp_path / "one_failed", progress=False, recognizer=recognizer)
+    failed = [e for e in summary.sources if e["status"] == "error"]
+    assert len(failed) == 16 and summary.counts()["ok"] == 81 - 16
+    assert all("RuntimeError: out of memory in the runtime" in e["reason"] for e in failed)
+    assert [e["source"] for e in failed] == inputs[16:32]
+    assert summary.exit_status() == 3
