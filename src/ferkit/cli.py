@@ -214,10 +214,26 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "stage",
-        choices=["prepare", "models", "classifier", "video", "serve", "colour"],
+        choices=(
+            [
+                "prepare",
+                "models",
+                "classifier",
+                "video",
+                "predict-video",
+                "crops",
+                "ray",
+                "serve",
+                "colour",
+            ]
+        ),
         help="prepare: dataset preparation; models: training and inference speed per "
         "architecture; classifier: the bundled model's faces/s per runtime; video: frames/s "
-        "of the full prediction pipeline; serve: requests/s, latency and memory of ferkit "
+        "of the full prediction pipeline; predict-video: frames/s of 'ferkit predict VIDEO' "
+        "as a whole command, against detection on every frame, and their label agreement; "
+        "crops: faces/s of 'ferkit predict FOLDER --faces crop' per runtime (default folder: "
+        "the shared FER2013 train crops); ray: faces/s of --engine ray per worker count "
+        "against the local engine; serve: requests/s, latency and memory of ferkit "
         "serve under a bounded load on loopback; colour: how often real colour faces keep "
         "their label under other colour-to-grey weightings (the accuracy under every other "
         "shift is 'ferkit evaluate --corruptions')",
@@ -229,7 +245,19 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="prepare: dataset to prepare (default: the shared FER2013, "
         "$FERKIT_SHARED/datasets/fer2013); colour: photo, video or folder of them (default: "
-        "the shared samples)",
+        "the shared samples); crops, ray: folder of face crops",
+    )
+    parser.add_argument(
+        "--backends",
+        default="onnx,onnx-int8",
+        help="crops: classifier runtimes, comma-separated (the first is the baseline)",
+    )
+    parser.add_argument("--ray-workers", default="1,2", help="ray: worker counts, comma-separated")
+    parser.add_argument(
+        "--limit", type=int, default=7000, help="ray: crops read (0: the whole folder)"
+    )
+    parser.add_argument(
+        "--address", default=None, help="ray: the cluster (default: a local Ray on this machine)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
     parser.add_argument(
@@ -272,6 +300,22 @@ def _run_benchmark(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "models":
         print(benchmark_models(repeats=args.repeats))
+        return 0
+    if args.stage in ("predict-video", "crops", "ray"):
+        from ferkit.evaluation import throughput
+
+        if args.stage == "predict-video":
+            print(throughput.benchmark_predict_video(args.video, repeats=args.repeats))
+        elif args.stage == "crops":
+            backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+            print(throughput.benchmark_crops(args.source, args.repeats, backends))
+        else:
+            counts = tuple(int(w) for w in args.ray_workers.split(",") if w.strip())
+            print(
+                throughput.benchmark_ray(
+                    args.source, counts, args.repeats, args.limit or None, args.address
+                )
+            )
         return 0
     if args.stage == "colour":
         from ferkit.evaluation.benchmark import benchmark_colour

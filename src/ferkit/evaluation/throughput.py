@@ -1,0 +1,180 @@
+"""Benchmarks of ``ferkit predict`` as a whole command, and of its Ray engine.
+
+Each figure is a median over repeated runs on this machine, printed beside a baseline
+measured in the same run, since timings on a shared machine drift:
+
+- :func:`benchmark_predict_video`: frames/s of ``ferkit predict VIDEO`` (start-up,
+  decoding, detection, classification, tracking, writing: all of it) with the default
+  settings, against detection on every frame (``--detect-every 1``), and how often the
+  two agree on a frame's labels.
+- :func:`benchmark_crops`: faces/s of ``ferkit predict FOLDER --faces crop`` over a
+  folder of face crops (decoding included), per classifier runtime.
+- :func:`benchmark_ray`: faces/s of ``ferkit predict --engine ray`` for several worker
+  counts on a local Ray, against the local engine on the same images.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ferkit.evaluation.benchmark import SHARED_ENV, shared_dir
+
+
+def _timed_predict(arguments: list[str], out: Path) -> float:
+    """Seconds of one ``ferkit predict`` command (a new process, as a user runs it)."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "ferkit", "predict", *arguments, "--out", str(out), "--quiet"]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds
+
+
+def _frame_labels(predictions: Path) -> dict[int, tuple[str, ...]]:
+    """Each frame's labels (in face order) from a ``predictions.csv``."""
+    frames: dict[int, list[str]] = {}
+    with open(predictions, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["frame"]:
+                frames.setdefault(int(row["frame"]), []).append(row["label"])
+    return {frame: tuple(labels) for frame, labels in frames.items()}
+
+
+def benchmark_predict_video(
+    video: str | os.PathLike[str] | None = None, repeats: int = 5, frames: int | None = None
+) -> str:
+    """Frames/s of ``ferkit predict VIDEO`` as a whole command, default settings against
+    ``--detect-every 1``, and their agreement on each frame's labels."""
+    video = Path(video) if video else shared_dir() / "samples" / "woman2.mp4"
+    if not video.is_file():
+        raise FileNotFoundError(f"{video}: no such video; pass one with --video")
+    settings = {
+        "default (--detect-every auto)": [],
+        "--detect-every 1 (baseline)": ["--detect-every", "1"],
+    }
+    with tempfile.TemporaryDirectory(prefix="ferkit-bench-") as scratch:
+        times: dict[str, list[float]] = {label: [] for label in settings}
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            for index, (label, extra) in enumerate(settings.items()):
+                out = Path(scratch) / f"run{index}"
+                times[label].append(_timed_predict([str(video), *extra], out))
+        labels = [_frame_labels(Path(scratch) / f"run{i}" / "predictions.csv") for i in range(2)]
+    count = frames or len(labels[1])
+    shared = set(labels[0]) | set(labels[1])
+    agreement = sum(labels[0].get(f) == labels[1].get(f) for f in shared) / max(1, len(shared))
+    baseline = statistics.median(times["--detect-every 1 (baseline)"])
+    lines = [
+        f"ferkit predict {video.name} as a whole command ({count} frames with a face), "
+        f"{os.cpu_count()} cores, medians of {repeats} runs",
+        f"{'settings':<32}{'seconds':>9}{'frames/s':>10}{'x baseline':>12}",
+    ]
+    for label, runs in times.items():
+        median = statistics.median(runs)
+        lines.append(f"{label:<32}{median:>9.2f}{count / median:>10.1f}{baseline / median:>12.2f}")
+    lines.append(f"frames whose labels agree with detection on every frame: {agreement:.2%}")
+    return "\n".join(lines)
+
+
+def _crop_folder(source: str | os.PathLike[str] | None) -> Path:
+    folder = Path(source) if source else shared_dir() / "datasets" / "fer2013" / "train"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of face crops; set {SHARED_ENV}")
+    return folder
+
+
+def benchmark_crops(
+    source: str | os.PathLike[str] | None = None,
+    repeats: int = 3,
+    backends: tuple[str, ...] = ("onnx", "onnx-int8"),
+) -> str:
+    """Faces/s of ``ferkit predict FOLDER --faces crop`` as a whole command, per runtime
+    (the first is the baseline)."""
+    folder = _crop_folder(source)
+    count = sum(1 for path in folder.rglob("*") if path.is_file())
+    times: dict[str, list[float]] = {backend: [] for backend in backends}
+    with tempfile.TemporaryDirectory(prefix="ferkit-bench-") as scratch:
+        for _ in range(repeats):
+            for backend in backends:
+                arguments = [str(folder), "--faces", "crop", "--backend", backend]
+                times[backend].append(_timed_predict(arguments, Path(scratch) / backend))
+    baseline = statistics.median(times[backends[0]])
+    lines = [
+        f"ferkit predict {folder} --faces crop ({count:,} files, decoding included), "
+        f"{os.cpu_count()} cores, medians of {repeats} runs",
+        f"{'--backend':<14}{'seconds':>9}{'faces/s':>10}{'x ' + backends[0]:>10}",
+    ]
+    for backend, runs in times.items():
+        median = statistics.median(runs)
+        lines.append(
+            f"{backend:<14}{median:>9.1f}{count / median:>10,.0f}{baseline / median:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def benchmark_ray(
+    source: str | os.PathLike[str] | None = None,
+    workers: tuple[int, ...] = (1, 2),
+    repeats: int = 3,
+    limit: int | None = 7000,
+    address: str | None = None,
+) -> str:
+    """Faces/s of ``predict --engine ray --faces crop`` for each worker count (a Ray
+    already running, so its start-up is not counted), and of the local engine on the
+    same images in the same run."""
+    import ray
+
+    from ferkit.inference.distributed import predict_ray
+    from ferkit.inference.predict import predict
+
+    folder = _crop_folder(source)
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file())[:limit]
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        options: dict[str, Any] = {"include_dashboard": False}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=max(workers), **options)
+    cluster_cpus = int(ray.cluster_resources().get("CPU", 0))
+    rates: dict[str, list[float]] = {"local engine": []}
+    rates.update({f"ray, {w} worker{'s' * (w > 1)}": [] for w in workers})
+    try:
+        with tempfile.TemporaryDirectory(prefix="ferkit-bench-") as scratch:
+            manifest = Path(scratch) / "inputs.txt"
+            manifest.write_text("\n".join(files) + "\n")
+            for _ in range(repeats):
+                out = Path(scratch) / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                began = time.perf_counter()
+                predict([str(manifest)], out, faces="crop", progress=False)
+                rates["local engine"].append(len(files) / (time.perf_counter() - began))
+                for count in workers:
+                    shutil.rmtree(out, ignore_errors=True)
+                    began = time.perf_counter()
+                    predict_ray([str(manifest)], out, faces="crop", workers=count, progress=False)
+                    label = f"ray, {count} worker{'s' * (count > 1)}"
+                    rates[label].append(len(files) / (time.perf_counter() - began))
+    finally:
+        if started_ray:
+            ray.shutdown()
+    baseline = statistics.median(rates["local engine"])
+    lines = [
+        f"ferkit predict --faces crop on {len(files):,} crops of {folder}, Ray with "
+        f"{cluster_cpus} CPUs ({os.cpu_count()} cores here), medians of {repeats} runs",
+        f"{'engine':<22}{'faces/s':>10}{'x local':>10}",
+    ]
+    for label, runs in rates.items():
+        median = statistics.median(runs)
+        lines.append(f"{label:<22}{median:>10,.0f}{median / baseline:>10.2f}")
+    return "\n".join(lines)
