@@ -52,3 +52,20 @@ def test_bundled_runtimes_match_their_stated_accuracy(fer2013_prepared):
         accuracy = float(np.mean(predicted == val.labels))
         assert accuracy == pytest.approx(stated[name]["val_accuracy"], abs=2e-3)
     assert stated["model.onnx"]["val_accuracy"] >= _stated_floor()
+
+
+def test_openvino_runs_the_bundled_onnx_files(fer2013_prepared):
+    """--backend openvino gives ONNX Runtime's probabilities; openvino-int8 keeps the
+    accuracy floor of the int8 file (71% on FER2013 val)."""
+    pytest.importorskip("openvino")
+    from ferkit.inference.runtimes import OpenVinoModel, load_classifier
+
+    _, prepared = fer2013_prepared
+    val = PreparedDataset(prepared.out_dir).split("val")
+    reference = load_classifier(None, "onnx").predict_proba(val.images, batch_size=64)
+    runtime = load_classifier(None, "openvino")
+    assert isinstance(runtime, OpenVinoModel) and runtime.image_shape == (48, 48, 1)
+    assert np.abs(runtime.predict_proba(val.images, batch_size=64) - reference).max() < 1e-4
+    int8 = load_classifier(None, "openvino-int8").predict_proba(val.images, batch_size=64)
+    assert float(np.mean(int8.argmax(axis=1) == val.labels)) >= 0.71
+    assert float(np.mean(int8.argmax(axis=1) == reference.argmax(axis=1))) >= 0.95

@@ -245,7 +245,8 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="prepare: dataset to prepare (default: the shared FER2013, "
         "$FERKIT_SHARED/datasets/fer2013); colour: photo, video or folder of them (default: "
-        "the shared samples); crops, ray: folder of face crops",
+        "the shared samples); classifier: a prepared dataset, to add each runtime's accuracy "
+        "on its val split; crops, ray: folder of face crops",
     )
     parser.add_argument(
         "--backends",
@@ -293,7 +294,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     )
 
     if args.stage == "classifier":
-        print(benchmark_classifier(repeats=args.repeats, model=args.model))
+        print(benchmark_classifier(repeats=args.repeats, model=args.model, data=args.source))
         return 0
     if args.stage == "video":
         print(benchmark_video(args.video, repeats=args.repeats, model=args.model))

@@ -50,7 +50,8 @@ EXTRAS = {
     "torch": "PyTorch: the torch training engine",
     "serve": "FastAPI and Uvicorn: ferkit serve, the REST API and web page",
     "ray": "Ray Data: ferkit predict --engine ray, on this machine's cores or a cluster",
-    "all": "train, torch, serve and ray",
+    "openvino": "OpenVINO: --backend openvino and openvino-int8, the fastest int8 runtime here",
+    "all": "train, torch, serve, ray and openvino",
 }
 
 

@@ -9,6 +9,9 @@ The bundled model ships with ``model.onnx`` and ``model.int8.onnx`` beside
 - ``onnx-int8``: int8 ONNX, about three times the batched throughput of float32 on this
   CPU for a fraction of a point of accuracy (see the model card).
 - ``keras``, ``onnx``, ``tflite``: that runtime, or an error saying what is missing.
+- ``openvino``, ``openvino-int8``: the ONNX files run by OpenVINO (an optional extra);
+  on this project's 2-core CPU the int8 file runs about 1.3 times as fast as under ONNX
+  Runtime, the float32 one about as fast.
 
 Every runtime is a :class:`ferkit.models.folder.Classifier` (``predict_logits``,
 ``predict_proba``), as the Keras :class:`ferkit.models.folder.LoadedModel` is.
@@ -25,7 +28,10 @@ import numpy as np
 from ferkit.extras import native_stderr_silenced
 from ferkit.models.folder import Classifier, ModelLoadError, error_summary, read_metadata
 
-BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite")
+BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite", "openvino", "openvino-int8")
+
+#: OpenVINO runs the model's ONNX files (``pip install 'ferkit[openvino]'``).
+OPENVINO_FILES = {"openvino": "onnx", "openvino-int8": "onnx-int8"}
 
 
 class OnnxModel(Classifier):
@@ -109,6 +115,53 @@ class TFLiteModel(Classifier):
             return self._interpreter.get_tensor(self._output).copy()
 
 
+class OpenVinoModel(Classifier):
+    """An exported ONNX classifier run by OpenVINO on the CPU, at float32 precision (on
+    this project's CPU its int8 file runs faster than under ONNX Runtime; the float32
+    one about as fast). One inference request per calling thread."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        classes: list[str],
+        temperature: float = 1.0,
+        threads: int | None = None,
+    ) -> None:
+        from ferkit.extras import missing_extra
+
+        try:
+            import openvino
+        except ImportError:
+            raise missing_extra("OpenVINO", "openvino", "--backend openvino") from None
+        self.source = Path(path)
+        self.classes = list(classes)
+        self.temperature = float(temperature)
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",  # the numbers of ONNX Runtime, not bf16's
+            "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
+        }
+        try:
+            core = openvino.Core()
+            self._compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as error:
+            raise ModelLoadError(
+                f"{path}: OpenVINO cannot load it ({error_summary(error)}); export it again "
+                "with 'ferkit export --format onnx'"
+            ) from None
+        face_input = self._compiled.inputs[0]
+        self.image_shape = tuple(int(d) for d in face_input.get_partial_shape()[1:].to_shape())
+        output = self._compiled.outputs[0].get_partial_shape()
+        self.check_outputs(output[-1].get_length() if output[-1].is_static else None)
+        self._requests = threading.local()
+
+    def _run(self, faces: np.ndarray) -> np.ndarray:
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._compiled.create_infer_request()
+        return np.array(request.infer({0: faces})[0], dtype=np.float32, copy=True)
+
+
 def _model_folder(model: Path | None) -> Path:
     from ferkit.models.folder import DEFAULT_MODEL_DIR
 
@@ -161,10 +214,12 @@ def load_classifier(
     folder = _model_folder(model)
     given_file = Path(model) if model is not None and Path(model).is_file() else None
     if given_file is not None and given_file.suffix in (".onnx", ".tflite"):
-        backend = {".onnx": "onnx", ".tflite": "tflite"}[given_file.suffix]  # the file decides
+        if not (backend.startswith("openvino") and given_file.suffix == ".onnx"):
+            backend = {".onnx": "onnx", ".tflite": "tflite"}[given_file.suffix]  # the file decides
         file = given_file
     else:
         names = {b: name for b, name in RUNTIME_FILES.items() if b != "keras"}
+        names.update({b: RUNTIME_FILES[onnx] for b, onnx in OPENVINO_FILES.items()})
         if backend == "auto":  # the first runtime whose file is there, else Keras
             backend = next((b for b, name in names.items() if (folder / name).is_file()), "keras")
         if backend == "keras":
@@ -172,7 +227,7 @@ def load_classifier(
         file = folder / names[backend]
         if not file.is_file():
             export = "--format tflite" if backend == "tflite" else "--format onnx"
-            if backend == "onnx-int8":
+            if backend.endswith("-int8"):
                 export += " --quantize int8 --calibration-data PREPARED_DIR"
             raise FileNotFoundError(
                 f"{file}: missing; export the model to a folder of its own and load that: "
@@ -184,4 +239,6 @@ def load_classifier(
     classes, temperature = read_metadata(folder)
     if backend == "tflite":
         return TFLiteModel(file, classes, temperature, threads=threads)
+    if backend in OPENVINO_FILES:
+        return OpenVinoModel(file, classes, temperature, threads=threads)
     return OnnxModel(file, classes, temperature, threads=threads)
