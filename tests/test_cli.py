@@ -131,3 +131,37 @@ def test_only_ferkits_own_messages_reach_the_terminal(tmp_path):
     verbose = _run("-m", "ferkit", "-v", *argv[2:4], "--out", str(tmp_path / "c"), "--quiet")
     assert verbose.returncode == 0
     assert "INFO" in verbose.stderr  # the libraries' lines are there when asked for
+
+
+def test_predict_engine_options_are_checked_before_any_work(tmp_path, capsys):
+    photo = write_gray(tmp_path / "in" / "face.png", 120, seed=1)
+    out = tmp_path / "out"
+    cases = [
+        (["--resume"], "--resume: only with --engine ray"),
+        (["--workers", "2", "--address", "auto"], "--address, --workers: only with --engine ray"),
+        (["--engine", "ray", "--annotate"], "--annotate: not with --engine ray"),
+        (["--engine", "ray", "--format", "json"], "--format json: not with --engine ray"),
+    ]
+    for extra, message in cases:
+        assert main(["predict", str(photo), "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert not out.exists()
+    for value in ("0", "often"):
+        try:
+            main(["predict", str(photo), "--out", str(out), "--detect-every", value])
+        except SystemExit as stop:
+            assert stop.code == 2
+        assert "'auto' or a whole number of frames >= 1" in capsys.readouterr().err
+
+
+def test_only_the_parser_of_the_command_run_is_built():
+    from ferkit.cli import COMMANDS, _command_of, build_parser
+
+    assert _command_of(["-v", "predict", "x.jpg"]) == "predict"
+    assert _command_of(["--version"]) is None and _command_of(["nonsense"]) is None
+    whole = build_parser()
+    subcommands = next(a for a in whole._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subcommands.choices) == set(COMMANDS)
+    one = build_parser("predict")
+    subcommands = next(a for a in one._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subcommands.choices) == {"predict"}
