@@ -44,18 +44,18 @@ from ferkit.images import DEFAULT_MAX_PIXELS, VIDEO_EXTENSIONS, decode_image
 from ferkit.inference.predict import (
     PredictSummary,
     Source,
-    _hints,
-    _predict_source,
-    _url_scheme,
-    _with_exact_name,
     check_options,
     describe,
     detection_failure,
     expand_inputs,
+    hints_for,
     image_records,
     input_roots,
+    predict_source,
     read_source_image,
     record_columns,
+    url_scheme,
+    with_exact_name,
 )
 from ferkit.outputs import (
     MARKER,
@@ -305,15 +305,15 @@ class FaceClassifier:
                 record = {"source": name, "kind": source.kind, "status": "error",
                           "reason": batch["reason"][position]}  # fmt: skip
                 records.append(record)
-                entries.append(_with_exact_name(record, source))
+                entries.append(with_exact_name(record, source))
                 continue
             faces = found[position]
             result = ImageResult(face_mode=batch["face_mode"][position])
-            result.extend(recognizer._results(faces, probabilities[start : start + len(faces)]))
+            result.extend(recognizer.face_results(faces, probabilities[start : start + len(faces)]))
             start += len(faces)
             rows, entry = image_records(name, result, digits=None)
             records.extend(rows)
-            entries.append(_with_exact_name(entry, source))
+            entries.append(with_exact_name(entry, source))
         for entry, index in zip(entries, batch["index"], strict=True):
             entry["index"] = int(index)
         keys = [f"{i}:{n}" for i, n in zip(batch["index"], batch["source"], strict=True)]
@@ -350,9 +350,9 @@ def predict_video_task(item: dict[str, Any], settings: str, parts: str) -> dict[
                 record = {"source": source.name, "kind": source.kind, "status": "error",
                           "reason": source.error}  # fmt: skip
                 writer.write(record)
-                entry = _with_exact_name(record, source)
+                entry = with_exact_name(record, source)
             else:
-                entry = _predict_source(
+                entry = predict_source(
                     recognizer, source, writer, None, False, set(), False, Path(scratch),
                     options,
                 )  # fmt: skip
@@ -533,7 +533,7 @@ def predict_ray(
     out = Path(out)
     check_not_overlapping(
         out,
-        [r for g in inputs if _url_scheme(os.fspath(g)) is None for r in input_roots(g)],
+        [r for g in inputs if url_scheme(os.fspath(g)) is None for r in input_roots(g)],
     )
     classifier = load_classifier(model, backend)  # a bad model fails here, before any work
     detector = detector or DEFAULT_DETECTOR
@@ -574,7 +574,7 @@ def predict_ray(
     summary.seconds = seconds
     for entry in summary.sources:
         echo(describe(entry))
-    summary.hints = _hints(summary, SimpleNamespace(faces=faces))
+    summary.hints = hints_for(summary, SimpleNamespace(faces=faces))
     for hint in summary.hints:
         echo(f"hint: {hint}")
     summary.peak_memory_mb = peak_memory_mb()

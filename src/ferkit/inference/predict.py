@@ -118,7 +118,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[str]:
         ) from None
     if not entries:
         raise ValueError(f"manifest {path}: lists no path; add one path or URI per row")
-    return [e if _url_scheme(e) or os.path.isabs(e) else str(path.parent / e) for e in entries]
+    return [e if url_scheme(e) or os.path.isabs(e) else str(path.parent / e) for e in entries]
 
 
 def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
@@ -134,7 +134,7 @@ def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
     sources: list[Source] = []
     for given in inputs:
         given = os.fspath(given)
-        scheme = _url_scheme(given)
+        scheme = url_scheme(given)
         if scheme in ("http", "https"):
             sources.append(Source(path_text(given), "url", url=given))
             continue
@@ -208,7 +208,7 @@ def _file_uri_path(uri: str) -> str:
     return unquote(urlparse(uri).path)
 
 
-def _url_scheme(given: str) -> str | None:
+def url_scheme(given: str) -> str | None:
     """The scheme of an input written as a URL (``https`` of ``https://...``), else None."""
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", given)
     return match.group(1).lower() if match else None
@@ -435,7 +435,7 @@ def predict(
     given_paths = [
         root
         for given in inputs
-        if _url_scheme(os.fspath(given)) is None
+        if url_scheme(os.fspath(given)) is None
         for root in input_roots(given)
     ]
     run = {
@@ -525,7 +525,7 @@ def _predict_all(
     finally:
         if camera_capture is not None:
             camera_capture.release()
-    summary.hints = _hints(summary, recognizer)
+    summary.hints = hints_for(summary, recognizer)
     for hint in summary.hints:
         echo(f"hint: {hint}")
     summary.peak_memory_mb = peak_memory_mb()
@@ -631,7 +631,7 @@ def _entries(
             )
             start = end
             continue
-        yield _predict_source(
+        yield predict_source(
             recognizer, sources[start], writer, out_dir, annotate, used_names, progress,
             downloads, options,
         )  # fmt: skip
@@ -717,7 +717,7 @@ def _classified(
         source.kind = "image"
         mode, boxes, cut, shape = faces
         result = ImageResult(face_mode=mode, width=shape[1], height=shape[0])
-        result.extend(recognizer._results(boxes, probabilities[start : start + len(cut)]))
+        result.extend(recognizer.face_results(boxes, probabilities[start : start + len(cut)]))
         start += len(cut)
         records, entry = image_records(source.name, result)
         if writer is not None:
@@ -725,7 +725,7 @@ def _classified(
                 writer.write(record)
         if annotate and out_dir is not None:
             entry["annotated"] = _annotate_image(source, rgb, result, out_dir, used_names)
-        yield _with_exact_name(entry, source)
+        yield with_exact_name(entry, source)
 
 
 def _annotate_image(
@@ -776,7 +776,7 @@ def _write_summary(path: Path, summary: PredictSummary, recognizer: Any) -> None
     path.write_text(json.dumps(document, indent=2) + "\n")
 
 
-def _hints(summary: PredictSummary, recognizer: Any) -> list[str]:
+def hints_for(summary: PredictSummary, recognizer: Any) -> list[str]:
     """Advice when the outcome suggests a better setting."""
     images = [entry for entry in summary.sources if entry["kind"] == "image"]
     without = [entry for entry in images if entry["status"] == "no_face"]
@@ -788,7 +788,7 @@ def _hints(summary: PredictSummary, recognizer: Any) -> list[str]:
     return []
 
 
-def _predict_source(
+def predict_source(
     recognizer: Any,
     source: Source,
     writer: RecordWriter | None,
@@ -810,7 +810,7 @@ def _predict_source(
             suffix = source.path.suffix.lower()
             source.kind = "video" if suffix in VIDEO_EXTENSIONS else "unknown"
         if source.kind == "uri":
-            scheme = _url_scheme(source.url)
+            scheme = url_scheme(source.url)
             return _error_entry(
                 source,
                 f"{scheme}:// URLs are not read by the local engine: use --engine ray, which "
@@ -824,7 +824,7 @@ def _predict_source(
             )
         else:
             entry = _predict_image(recognizer, source, writer, out_dir, annotate, used_names)
-        return _with_exact_name(entry, source)
+        return with_exact_name(entry, source)
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except Exception as error:
@@ -836,10 +836,10 @@ def _error_entry(source: Source, reason: str, writer: RecordWriter | None, statu
     record = {"source": source.name, "kind": source.kind, "status": status, "reason": reason}
     if writer is not None:
         writer.write(record)
-    return _with_exact_name(record, source)
+    return with_exact_name(record, source)
 
 
-def _with_exact_name(entry: dict[str, Any], source: Source) -> dict[str, Any]:
+def with_exact_name(entry: dict[str, Any], source: Source) -> dict[str, Any]:
     """A summary entry with the file's exact name in hex when ``source`` had to escape it."""
     exact = path_hex(source.path) if source.path is not None else None
     return {**entry, "source_bytes_hex": exact} if exact else entry

@@ -217,7 +217,8 @@ class EmotionRecognizer:
         found, crops = self.crop_faces(rgb, still, mode=mode)
         return mode, found, crops
 
-    def _results(self, faces: list[Face], probabilities: np.ndarray) -> list[FaceResult]:
+    def face_results(self, faces: list[Face], probabilities: np.ndarray) -> list[FaceResult]:
+        """One :class:`FaceResult` per face from its row of class probabilities."""
         return [
             FaceResult.of(f, self.classes, row) for f, row in zip(faces, probabilities, strict=True)
         ]
@@ -305,7 +306,7 @@ class EmotionRecognizer:
             if detection is None:
                 continue
             found, crops = detection
-            result.extend(self._results(found, probabilities[start : start + len(crops)]))
+            result.extend(self.face_results(found, probabilities[start : start + len(crops)]))
             start += len(crops)
         return results
 
