@@ -323,3 +323,47 @@ def test_images_in_batches_match_one_by_one_and_a_failed_batch_loses_only_itself
     assert all("RuntimeError: out of memory in the runtime" in e["reason"] for e in failed)
     assert [e["source"] for e in failed] == inputs[16:32]
     assert summary.exit_status() == 3
+
+
+def test_a_failure_after_classification_loses_only_that_image(recognizer, tmp_path, monkeypatch):
+    """Drawing one annotated photo fails: that photo is recorded with the reason, the
+    others keep their records and drawings."""
+    import ferkit.inference.predict as predict_module
+    from ferkit.inference.predict import predict
+
+    samples = require_shared("samples")
+    draw = predict_module._annotate_image
+
+    def fails_on_the_couple(source, *args, **kwargs):
+        if source.path.name == "couple.jpg":
+            raise OSError(36, "File name too long")
+        return draw(source, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_annotate_image", fails_on_the_couple)
+    inputs = [str(samples / name) for name in ("justin.jpg", "couple.jpg", "no-faces.jpg")]
+    summary = predict(
+        inputs, tmp_path / "out", annotate=True, progress=False, recognizer=recognizer
+    )
+    assert [e["status"] for e in summary.sources] == ["ok", "error", "no_face"]
+    assert "File name too long" in summary.sources[1]["reason"]
+    assert (tmp_path / "out" / summary.sources[0]["annotated"]).is_file()
+
+
+def test_a_video_stopped_by_its_consumer_leaves_no_thread_and_releases_it(recognizer, tmp_path):
+    """An error raised while the frames are read (here by the progress callback) ends
+    the video as that input's error; the decoding and detection threads are stopped."""
+    import threading
+
+    from ferkit.inference.predict import predict
+
+    video = require_shared("samples", "woman2.mp4")
+
+    def stops(name, done, total):
+        if done == 40:
+            raise RuntimeError("the server is stopping")
+
+    summary = predict([str(video)], tmp_path / "out", on_frame=stops, progress=False,
+                      recognizer=recognizer)  # fmt: skip
+    (entry,) = summary.sources
+    assert entry["status"] == "error" and "the server is stopping" in entry["reason"]
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("ferkit-video")]

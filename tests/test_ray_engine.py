@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from conftest import require_shared
 
-from ferkit.inference.distributed import _read_uri, predict_ray
-from ferkit.inference.predict import expand_inputs, predict, read_manifest
+from ferkit.inference.distributed import _copy_uri, predict_ray
+from ferkit.inference.predict import expand_inputs, predict, read_manifest, read_uri
 from ferkit.inference.recognizer import EmotionRecognizer
 from ferkit.outputs import OutputExistsError
 
@@ -221,9 +221,14 @@ def test_killed_worker_is_retried(ray_local, inputs, tmp_path):
                     continue
                 if b"predict_video_task" in title:
                     time.sleep(1.0)  # in the middle of the video
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    killed.append(int(entry.name))
-                    return
+                    try:  # only if that process still runs the task
+                        still = b"predict_video_task" in (entry / "cmdline").read_bytes()
+                    except OSError:
+                        still = False
+                    if still:
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed.append(int(entry.name))
+                        return
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_video_worker)
@@ -231,7 +236,7 @@ def test_killed_worker_is_retried(ray_local, inputs, tmp_path):
     out = tmp_path / "out"
     summary = predict_ray([str(inputs["video"])], out, progress=False)
     killer.join()
-    assert killed, "no video task process was seen"
+    assert killed, "no video task was killed while it ran"
     assert summary.counts() == {"ok": 1} and summary.frames == 464
     records = read_parts(out)
     assert records.frame.tolist() == list(range(464))
@@ -261,6 +266,48 @@ def test_manifests(tmp_path):
         ("image", True), ("url", True), ("unknown", False), ("image", True), ("uri", True),
     ]  # fmt: skip
     assert "lists no path" in sources[2].error
-    assert _read_uri(f"file://{photo}") == photo.read_bytes()
+    assert read_uri(f"file://{photo}") == photo.read_bytes()
+    copied = _copy_uri(f"file://{photo}", tmp_path / "copy.jpg")
+    assert copied.read_bytes() == photo.read_bytes()
     with pytest.raises(OSError, match="no such file"):
-        _read_uri(f"file://{tmp_path}/gone.jpg")
+        read_uri(f"file://{tmp_path}/gone.jpg")
+    with pytest.raises(OSError, match="no such file"):
+        _copy_uri(f"file://{tmp_path}/gone.mp4", tmp_path / "x.mp4")
+
+
+def test_relative_paths_hold_when_the_workers_run_elsewhere(ray_local, tmp_path, monkeypatch):
+    """Ray's workers keep the folder Ray started in: relative inputs, manifests, models
+    and --out given from another folder still reach the right files."""
+    photo = require_shared("samples", "justin.jpg")
+    work = tmp_path / "work"
+    (work / "in").mkdir(parents=True)
+    (work / "in" / "me.jpg").write_bytes(photo.read_bytes())
+    (work / "in" / "list.csv").write_text("me.jpg\n")  # no header row: a path
+    monkeypatch.chdir(work)
+    summary = predict_ray(["in/list.csv", "in/me.jpg"], "out", progress=False)
+    assert summary.counts() == {"ok": 2}
+    records = read_parts(work / "out")
+    assert records.label.tolist() == ["happy", "happy"]
+    assert sorted(records.source) == sorted([os.path.join("in", "me.jpg"), "in/me.jpg"])
+
+
+def test_bad_inputs_of_every_kind_are_recorded_not_fatal(ray_local, tmp_path):
+    """URIs pyarrow cannot read, a manifest that cannot be read, a broken video and a
+    truncated image: each is a recorded error, the good photo is still read."""
+    photo = require_shared("samples", "justin.jpg")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    (tmp_path / "cut.jpg").write_bytes(photo.read_bytes()[:2000])
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not parquet")
+    given = [str(photo), "nosuchscheme://bucket/face.jpg", "nosuchscheme://bucket/clip.mp4",
+             str(tmp_path / "bad.parquet"), str(tmp_path / "broken.mp4"), str(tmp_path / "cut.jpg")]  # fmt: skip
+    summary = predict_ray(given, tmp_path / "out", progress=False)
+    local = predict(given, tmp_path / "local", progress=False)
+    statuses = [e["status"] for e in summary.sources]
+    assert statuses == ["ok", "error", "error", "error", "error", "error"]
+    assert "cannot be read through pyarrow" in summary.sources[1]["reason"]
+    assert "manifest" in summary.sources[3]["reason"]
+    assert [e["status"] for e in local.sources] == statuses
+    for mine, theirs in zip(summary.sources, local.sources, strict=True):
+        if not mine["source"].startswith("nosuchscheme"):  # the local engine reads no URI
+            assert mine.get("reason") == theirs.get("reason")
+    assert read_parts(tmp_path / "out").source.nunique() == len(given)

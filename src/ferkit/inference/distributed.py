@@ -50,11 +50,11 @@ from ferkit.inference.predict import (
     expand_inputs,
     hints_for,
     image_records,
-    input_roots,
     predict_source,
+    read_paths,
     read_source_image,
+    read_uri,
     record_columns,
-    url_scheme,
     with_exact_name,
 )
 from ferkit.outputs import (
@@ -81,6 +81,9 @@ ENTRIES_KEY = b"ferkit_entries"
 #: CPUs asked by each decode-and-detect task and by each classifier actor.
 TASK_CPUS = 0.5
 
+#: Times Ray runs a video's task again after its process died.
+VIDEO_RETRIES = 3
+
 
 def _require_ray() -> Any:
     from ferkit.extras import missing_extra
@@ -106,8 +109,22 @@ def record_schema(classes: list[str]) -> Any:
     return pa.schema([(name, types.get(name, pa.float64())) for name in record_columns(classes)])
 
 
+def _publish(temporary: Path, target: Path) -> None:
+    """Flush a finished file to disk and rename it into place (then the folder), so a
+    part is complete or absent even after a power cut."""
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def _write_part(folder: Path, name: str, table: Any, entries: list[dict[str, Any]]) -> None:
-    """One Parquet file, written under a temporary name and renamed when complete."""
+    """One Parquet file, written under a temporary name and renamed when complete; its
+    inputs' summary entries go into its metadata."""
     import pyarrow.parquet as pq
 
     metadata = {**(table.schema.metadata or {}), ENTRIES_KEY: json.dumps(entries).encode()}
@@ -115,7 +132,7 @@ def _write_part(folder: Path, name: str, table: Any, entries: list[dict[str, Any
     temporary = folder / f".{name}.tmp-{os.getpid()}"
     try:
         pq.write_table(table, temporary)
-        os.replace(temporary, folder / name)
+        _publish(temporary, folder / name)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -132,7 +149,7 @@ class ParquetRecordWriter:
         import pyarrow.parquet as pq
 
         self.folder, self.name, self.schema = folder, name, record_schema(classes)
-        self.temporary = folder / f".{name}.rows-{os.getpid()}"
+        self.temporary = folder / f".{name}.tmp-{os.getpid()}"
         self._writer = pq.ParquetWriter(self.temporary, self.schema)
         self._rows: list[dict[str, Any]] = []
         self.count = 0
@@ -152,13 +169,11 @@ class ParquetRecordWriter:
 
     def close(self, entries: list[dict[str, Any]]) -> None:
         """Finish the file and publish it under its name with the inputs' ``entries``."""
-        import pyarrow.parquet as pq
-
-        self._flush()
-        self._writer.close()
         try:
-            table = pq.read_table(self.temporary)  # row groups already written; re-tagged
-            _write_part(self.folder, self.name, table, entries)
+            self._flush()
+            self._writer.add_key_value_metadata({ENTRIES_KEY: json.dumps(entries).encode()})
+            self._writer.close()
+            _publish(self.temporary, self.folder / self.name)
         finally:
             self.temporary.unlink(missing_ok=True)
 
@@ -188,23 +203,26 @@ def _recognizer(settings_json: str) -> Any:
     )  # fmt: skip
 
 
-def _read_uri(uri: str) -> bytes:
-    """The bytes of a file that pyarrow's file systems reach (``s3://``, ``gs://``...)."""
+def _copy_uri(uri: str, target: Path) -> Path:
+    """Copy a file that pyarrow's file systems reach to ``target``, a block at a time."""
     import pyarrow.fs as pafs
 
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
-        with filesystem.open_input_stream(path) as stream:
-            return stream.read()
+        with filesystem.open_input_stream(path) as stream, open(target, "wb") as handle:
+            while block := stream.read(1 << 20):
+                handle.write(block)
     except FileNotFoundError:
         raise OSError("no such file") from None
-    except (OSError, ValueError, TypeError) as error:  # pyarrow.ArrowException is one
+    except (ValueError, TypeError) as error:
         raise OSError(f"cannot be read through pyarrow ({error})") from None
+    return target
 
 
 def _source(item: dict[str, Any]) -> Source:
+    path = item["path"]  # the file name's bytes: any name the file system allows
     return Source(
-        item["source"], item["kind"], Path(item["path"]) if item["path"] else None,
+        item["source"], item["kind"], Path(os.fsdecode(bytes(path))) if path else None,
         url=item["url"] or None, error=item["error"] or None,
     )  # fmt: skip
 
@@ -222,7 +240,7 @@ def _read_image(source: Source, max_pixels: int, scratch: Path) -> tuple[Any, st
         source.kind = "unknown"
     elif source.kind == "uri" and source.error is None:
         try:
-            data = _read_uri(source.url)
+            data = read_uri(source.url)
             return decode_image(data, color=True, source=source.url, max_pixels=max_pixels), ""
         except ImageReadError as error:
             if error.kind == "not_image":
@@ -245,7 +263,13 @@ def decode_and_detect(batch: dict[str, np.ndarray], settings: str) -> dict[str, 
         for position in range(len(batch["source"])):
             item = {name: batch[name][position] for name in batch}
             source = _source(item)
-            rgb, reason = _read_image(source, recognizer.max_pixels, Path(scratch))
+            try:
+                rgb, reason = _read_image(source, recognizer.max_pixels, Path(scratch))
+            except (KeyboardInterrupt, SystemExit, MemoryError):
+                raise
+            except Exception as error:  # recorded, as the local engine records any input's
+                logger.debug("%s failed", source.name, exc_info=True)
+                rgb, reason = None, f"failed: {type(error).__name__}: {error}"
             faces: list[list[Any]] = []
             crops = b""
             mode = ""
@@ -294,16 +318,22 @@ class FaceClassifier:
             for data, faces in zip(batch["crops"], found, strict=True)
         ]
         stacked = np.concatenate(crops) if crops else np.zeros((0, *shape), np.uint8)
-        probabilities = recognizer.classify_faces(stacked) if len(stacked) else stacked
+        failed = ""
+        try:
+            probabilities = recognizer.classify_faces(stacked) if len(stacked) else stacked
+        except Exception as error:  # the batch's images are recorded as failed
+            logger.debug("classifying a batch failed", exc_info=True)
+            failed = f"failed: {type(error).__name__}: {error}"
         records: list[dict[str, Any]] = []
         entries: list[dict[str, Any]] = []
         start = 0
         for position, name in enumerate(batch["source"]):
             path = batch["path"][position]
-            source = Source(name, batch["kind"][position], Path(path) if path else None)
-            if batch["status"][position] == "error":
+            local = Path(os.fsdecode(bytes(path))) if path else None
+            source = Source(name, batch["kind"][position], local)
+            if batch["status"][position] == "error" or failed:
                 record = {"source": name, "kind": source.kind, "status": "error",
-                          "reason": batch["reason"][position]}  # fmt: skip
+                          "reason": batch["reason"][position] or failed}  # fmt: skip
                 records.append(record)
                 entries.append(with_exact_name(record, source))
                 continue
@@ -340,8 +370,7 @@ def predict_video_task(item: dict[str, Any], settings: str, parts: str) -> dict[
                     if source.kind == "url":
                         source.path = download(source.url, Path(scratch))
                     else:
-                        source.path = Path(scratch) / f"video{suffix}"
-                        source.path.write_bytes(_read_uri(source.url))
+                        source.path = _copy_uri(source.url, Path(scratch) / f"video{suffix}")
                     source.kind = "video"
                 except (OSError, ValueError) as error:
                     source.error = str(error)
@@ -380,7 +409,7 @@ def _done_entries(parts: Path) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for part in sorted(parts.glob("part-*.parquet")):
         try:
-            metadata = pq.read_schema(part).metadata or {}
+            metadata = pq.read_metadata(part).metadata or {}
             entries.extend(json.loads(metadata[ENTRIES_KEY]))
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(
@@ -390,18 +419,40 @@ def _done_entries(parts: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def _is_part(path: Path) -> bool:
+    """Whether ``path`` is a finished Parquet file of this engine (its metadata says so)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return ENTRIES_KEY in (pq.read_metadata(path).metadata or {})
+    except (OSError, ValueError):
+        return False
+
+
 def _own_files(out: Path) -> list[str]:
-    """The files under ``out`` that a ``predict --engine ray`` run writes."""
+    """The files under ``out`` that a ``predict --engine ray`` run writes: its marker,
+    ``run.json``, ``summary.json``, its Parquet files, and the temporary files of a run
+    that was killed while writing one of them.
+
+    Raises:
+        OutputExistsError: ``out`` holds anything else (named).
+    """
+    own_top = (MARKER, RUN_FILE, "summary.json")
     names = []
     for path in out.rglob("*"):
         if not path.is_file():
             continue
         relative = path.relative_to(out).as_posix()
-        own = relative in (MARKER, RUN_FILE, "summary.json") or (
-            relative.startswith(f"{PARTS}/")
-            and relative.count("/") == 1
-            and (path.name.startswith(("part-", ".part-")))
-        )
+        folder, _, name = relative.rpartition("/")
+        temporary = name.startswith(".") and ".tmp-" in name
+        if folder == "":
+            own = name in own_top or (temporary and name[1:].split(".tmp-")[0] in own_top)
+        elif folder == PARTS:
+            own = (temporary and name.startswith(".part-")) or (
+                name.startswith("part-") and name.endswith(".parquet") and _is_part(path)
+            )
+        else:
+            own = False
         if not own:
             raise OutputExistsError(
                 f"--out {out} holds files that 'ferkit predict --engine ray' did not write "
@@ -436,9 +487,9 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool, overwrite: b
                 f"--resume: the settings differ from the earlier run's ({', '.join(changed)}); "
                 "run again with the same settings, or start a new --out"
             )
-        _own_files(out)
-        for stale in (out / PARTS).glob(".part-*"):
-            stale.unlink()  # files in flight when the earlier run was killed
+        for name in _own_files(out):
+            if name.rpartition("/")[2].startswith("."):
+                (out / name).unlink(missing_ok=True)  # in flight when the run was killed
         return
     if holds:
         if not overwrite:
@@ -453,7 +504,7 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool, overwrite: b
                 "--overwrite replaces only its own output. Choose another --out"
             )
         for name in _own_files(out):
-            (out / name).unlink()
+            (out / name).unlink(missing_ok=True)
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     write_marker(out, COMMAND)
     write_atomic(out / RUN_FILE, json.dumps(settings, indent=2) + "\n")
@@ -530,20 +581,22 @@ def predict_ray(
     sources = expand_inputs(list(inputs))
     if not sources:
         raise ValueError("nothing to predict on: give image/video files, folders or manifests")
-    out = Path(out)
-    check_not_overlapping(
-        out,
-        [r for g in inputs if url_scheme(os.fspath(g)) is None for r in input_roots(g)],
-    )
+    out = Path(out).absolute()  # workers elsewhere, or in another folder, write there too
+    check_not_overlapping(out, read_paths(list(inputs), sources))
     classifier = load_classifier(model, backend)  # a bad model fails here, before any work
     detector = detector or DEFAULT_DETECTOR
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    if model is not None and Path(model).exists():
+        model = os.path.abspath(model)
+    keys = "\n".join(f"{i}:{s.name}" for i, s in enumerate(sources))
     settings = {
-        "model": None if model is None else os.fspath(model), "detector": detector,
-        "backend": backend, "faces": faces, "max_pixels": max_pixels,
+        "model": None if model is None else os.fspath(model),
+        "model_sha256": hashlib.sha256(Path(classifier.source).read_bytes()).hexdigest(),
+        "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
         "classes": classifier.classes,
         "video": {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
                   "max_frames": max_frames},
+        "inputs_sha256": hashlib.sha256(keys.encode("utf-8", "surrogateescape")).hexdigest(),
     }  # fmt: skip
     with locked(out):
         _prepare_out(out, settings, resume, overwrite)
@@ -564,8 +617,32 @@ def predict_ray(
         for stale in parts.glob(".part-*"):  # left by attempts that Ray ran again
             stale.unlink(missing_ok=True)
         seconds = time.perf_counter() - started
+        summary = _finish(out, sources, earlier + entries, faces, seconds, echo)
+        document = {
+            "engine": "ray", "workers": workers, "model": path_text(classifier.source),
+            "detector": detector, "faces_mode": faces, "classes": classifier.classes,
+            "counts": summary.counts(), "failed": len(summary.failed),
+            "exit_status": summary.exit_status(), "interrupted": False, "resumed": len(done),
+            "faces": summary.faces, "frames": summary.frames, "seconds": round(seconds, 3),
+            "peak_memory_mb": summary.peak_memory_mb, "hints": summary.hints,
+            "sources": summary.sources,
+        }  # fmt: skip
+        write_atomic(out / "summary.json", json.dumps(document, indent=2) + "\n")
+        write_marker(out, COMMAND)
+    return summary
+
+
+def _finish(
+    out: Path,
+    sources: list[Source],
+    entries: list[dict[str, Any]],
+    faces_mode: str,
+    seconds: float,
+    echo: Any,
+) -> PredictSummary:
+    """The run's summary from every input's entry, in the order of the inputs."""
     order = {s.name: i for i, s in enumerate(sources)}
-    entries = sorted(earlier + entries, key=lambda e: e.get("index", order.get(e["source"], 0)))
+    entries = sorted(entries, key=lambda e: e.get("index", order.get(e["source"], 0)))
     summary = PredictSummary(
         out=out, sources=[{k: v for k, v in e.items() if k != "index"} for e in entries]
     )
@@ -574,21 +651,10 @@ def predict_ray(
     summary.seconds = seconds
     for entry in summary.sources:
         echo(describe(entry))
-    summary.hints = hints_for(summary, SimpleNamespace(faces=faces))
+    summary.hints = hints_for(summary, SimpleNamespace(faces=faces_mode))
     for hint in summary.hints:
         echo(f"hint: {hint}")
     summary.peak_memory_mb = peak_memory_mb()
-    document = {
-        "engine": "ray", "workers": workers, "model": path_text(classifier.source),
-        "detector": detector, "faces_mode": faces, "classes": classifier.classes,
-        "counts": summary.counts(), "failed": len(summary.failed),
-        "exit_status": summary.exit_status(), "resumed": len(done), "faces": summary.faces,
-        "frames": summary.frames, "seconds": round(seconds, 3),
-        "peak_memory_mb": summary.peak_memory_mb, "hints": summary.hints,
-        "sources": summary.sources,
-    }  # fmt: skip
-    write_atomic(out / "summary.json", json.dumps(document, indent=2) + "\n")
-    write_marker(out, COMMAND)
     return summary
 
 
@@ -601,19 +667,21 @@ def _run(
     batch_size: int,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """Images through Ray Data, videos as Ray tasks, side by side; their entries."""
+    """Images through Ray Data, videos as Ray tasks (each waits for a free CPU); their
+    entries."""
     from tqdm import tqdm
 
     items = [
         {"index": i, "source": s.name, "kind": s.kind,
-         "path": "" if s.path is None else os.fspath(s.path), "url": s.url or "",
+         "path": b"" if s.path is None else os.fsencode(s.path.absolute()), "url": s.url or "",
          "error": s.error or ""}
         for i, s in todo
     ]  # fmt: skip
     videos = [item for item, (_, s) in zip(items, todo, strict=True) if _is_video(s)]
     images = [item for item, (_, s) in zip(items, todo, strict=True) if not _is_video(s)]
-    video_task = ray.remote(predict_video_task).options(num_cpus=1, max_retries=3)
-    pending = [video_task.remote(item, settings, os.fspath(parts)) for item in videos]
+    video_task = ray.remote(predict_video_task).options(num_cpus=1, max_retries=VIDEO_RETRIES)
+    launched = {video_task.remote(item, settings, os.fspath(parts)): item for item in videos}
+    pending = list(launched)
     entries: list[dict[str, Any]] = []
     if images:
         context = ray.data.DataContext.get_current()
@@ -633,9 +701,32 @@ def _run(
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             entries.extend(json.loads(text) for text in batch["entry"])
     bar = tqdm(total=len(pending), desc="videos", unit="video", disable=not progress or not pending)
+    classes = json.loads(settings)["classes"]
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
-        entries.append(ray.get(ready[0]))
+        try:
+            entries.append(ray.get(ready[0]))
+        except ray.exceptions.RayError as error:  # crashed on every attempt: recorded
+            entries.append(_failed_video(launched[ready[0]], error, parts, classes))
         bar.update(1)
     bar.close()
     return entries
+
+
+def _failed_video(
+    item: dict[str, Any], error: BaseException, parts: Path, classes: list[str]
+) -> dict[str, Any]:
+    """The error entry (and Parquet file) of a video whose task failed every attempt."""
+    import pyarrow as pa
+
+    summary = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    reason = (
+        f"failed: the video's task ended {VIDEO_RETRIES + 1} times "
+        f"({type(error).__name__}: {summary[:300]})"
+    )
+    source = _source(item)
+    record = {"source": source.name, "kind": "video", "status": "error", "reason": reason}
+    entry = {**with_exact_name(record, source), "index": int(item["index"])}
+    table = pa.Table.from_pylist([record], schema=record_schema(classes))
+    _write_part(parts, _part_name("video", [f"{item['index']}:{source.name}"]), table, [entry])
+    return entry

@@ -75,6 +75,7 @@ class Source:
     camera: int | None = None
     error: str | None = None  # set when the input is already known to be unusable
     opened: Any = None  # a camera's (capture, info), opened once up front
+    listed: bool = False  # named by a manifest
 
 
 #: Manifests: files that list the inputs, one path or URI per row. Text: one per line
@@ -87,24 +88,60 @@ MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 MANIFEST_COLUMNS = ("path", "uri", "file", "source")
 
 
+def read_uri(uri: str) -> bytes:
+    """The bytes of a file that pyarrow's file systems reach (``s3://``, ``gs://``,
+    ``hdfs://``, ``file://``), with the credentials of this machine.
+
+    Raises:
+        OSError: the file is missing or cannot be read (pyarrow's reason in the message).
+    """
+    try:
+        import pyarrow.fs as pafs
+    except ImportError:
+        raise OSError("reading URIs needs pyarrow: pip install 'ferkit[ray]'") from None
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(uri)
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise OSError("no such file") from None
+    except (OSError, ValueError, TypeError) as error:  # pyarrow.ArrowException is one
+        raise OSError(f"cannot be read through pyarrow ({error})") from None
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether a CSV's first cell reads as a path rather than as a column name."""
+    return url_scheme(text) is not None or "/" in text or "\\" in text or bool(Path(text).suffix)
+
+
 def read_manifest(path: str | os.PathLike[str]) -> list[str]:
-    """The entries of a manifest file (see :data:`MANIFEST_SUFFIXES`), relative paths
-    made relative to the manifest's folder.
+    """The entries of a manifest file or URI (see :data:`MANIFEST_SUFFIXES`), relative
+    paths made relative to the manifest's folder. A CSV without a header row (its first
+    cell reads as a path) is read from its first row.
 
     Raises:
         ValueError: the manifest cannot be read or lists nothing (the message says why).
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
+    import io
+
+    given = os.fspath(path)
+    remote = url_scheme(given) not in (None, "file")
+    suffix = Path(given.split("?")[0]).suffix.lower()
     try:
+        data = read_uri(given) if remote else Path(given).read_bytes()
         if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            entries = [line.strip() for line in lines]
+            entries = [line.strip() for line in data.decode("utf-8").splitlines()]
             entries = [e for e in entries if e and not e.startswith("#")]
         else:
             import pandas as pd
 
-            table = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, dtype=str)
+            if suffix == ".parquet":
+                table = pd.read_parquet(io.BytesIO(data))
+            else:
+                table = pd.read_csv(io.BytesIO(data), dtype=str)
+                named = any(str(c).strip().lower() in MANIFEST_COLUMNS for c in table.columns)
+                if len(table.columns) and not named and _looks_like_path(str(table.columns[0])):
+                    table = pd.read_csv(io.BytesIO(data), dtype=str, header=None)
             if table.columns.empty:
                 raise ValueError("it has no column")
             named = [c for c in table.columns if str(c).strip().lower() in MANIFEST_COLUMNS]
@@ -112,13 +149,20 @@ def read_manifest(path: str | os.PathLike[str]) -> list[str]:
             entries = [str(v).strip() for v in table[column].dropna() if str(v).strip()]
     except (OSError, UnicodeDecodeError, ValueError, ImportError) as error:
         raise ValueError(
-            f"manifest {path}: cannot be read ({type(error).__name__}: {error}); a manifest "
-            "is a .txt file with one path or URI per line, or a .csv/.parquet file with a "
-            f"column named {' or '.join(MANIFEST_COLUMNS)}"
+            f"manifest {path_text(given)}: cannot be read ({type(error).__name__}: {error}); a "
+            "manifest is a .txt file with one path or URI per line, or a .csv/.parquet file "
+            f"with a column named {' or '.join(MANIFEST_COLUMNS)}"
         ) from None
     if not entries:
-        raise ValueError(f"manifest {path}: lists no path; add one path or URI per row")
-    return [e if url_scheme(e) or os.path.isabs(e) else str(path.parent / e) for e in entries]
+        raise ValueError(f"manifest {path_text(given)}: lists no path; add one path or URI per row")
+    folder = given.rsplit("/", 1)[0] if remote else os.path.dirname(given)
+
+    def placed(entry: str) -> str:
+        if url_scheme(entry) or os.path.isabs(entry):
+            return entry
+        return f"{folder}/{entry}" if remote else os.path.join(folder, entry)
+
+    return [placed(entry) for entry in entries]
 
 
 def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
@@ -138,19 +182,23 @@ def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
         if scheme in ("http", "https"):
             sources.append(Source(path_text(given), "url", url=given))
             continue
+        listed = manifests and Path(given.split("?")[0]).suffix.lower() in MANIFEST_SUFFIXES
         if scheme == "file":
             given = _file_uri_path(given)
-        elif scheme is not None:
+        elif scheme is not None and not listed:
             sources.append(Source(path_text(given), "uri", url=given))
             continue
         path = Path(given)
-        if manifests and path.suffix.lower() in MANIFEST_SUFFIXES and path.is_file():
+        if listed and (scheme not in (None, "file") or path.is_file()):
             try:
                 entries = read_manifest(path)
             except ValueError as error:
-                sources.append(Source(path_text(path), "unknown", path, error=str(error)))
+                local = path if scheme in (None, "file") else None
+                sources.append(Source(path_text(given), "unknown", local, error=str(error)))
                 continue
-            sources.extend(expand_inputs(entries, manifests=False))
+            for listed in expand_inputs(entries, manifests=False):
+                listed.listed = True
+                sources.append(listed)
             continue
         if path.is_dir():
             visible = [
@@ -206,6 +254,18 @@ def _file_uri_path(uri: str) -> str:
     from urllib.parse import unquote, urlparse
 
     return unquote(urlparse(uri).path)
+
+
+def read_paths(inputs: list[str], sources: list[Source]) -> list[Path]:
+    """What a run reads, for checking ``--out`` against it: each local input's roots
+    (:func:`input_roots`) and every path a manifest names."""
+    roots = [
+        root
+        for given in inputs
+        if url_scheme(os.fspath(given)) is None
+        for root in input_roots(given)
+    ]
+    return roots + [source.path for source in sources if source.listed and source.path]
 
 
 def url_scheme(given: str) -> str | None:
@@ -432,12 +492,7 @@ def predict(
     sources = expand_inputs(list(inputs))
     if camera is None and not sources:
         raise ValueError("nothing to predict on: give image/video files, folders or --camera N")
-    given_paths = [
-        root
-        for given in inputs
-        if url_scheme(os.fspath(given)) is None
-        for root in input_roots(given)
-    ]
+    given_paths = read_paths(inputs, sources)
     run = {
         "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
         "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
@@ -714,17 +769,25 @@ def _classified(
         if faces is None:
             yield _error_entry(source, reason, writer)
             continue
-        source.kind = "image"
         mode, boxes, cut, shape = faces
-        result = ImageResult(face_mode=mode, width=shape[1], height=shape[0])
-        result.extend(recognizer.face_results(boxes, probabilities[start : start + len(cut)]))
+        rows = probabilities[start : start + len(cut)]
         start += len(cut)
-        records, entry = image_records(source.name, result)
+        try:
+            result = ImageResult(face_mode=mode, width=shape[1], height=shape[0])
+            result.extend(recognizer.face_results(boxes, rows))
+            records, entry = image_records(source.name, result)
+            if annotate and out_dir is not None:
+                entry["annotated"] = _annotate_image(source, rgb, result, out_dir, used_names)
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception as error:  # this image is recorded as failed, the run goes on
+            logger.debug("%s failed", source.name, exc_info=True)
+            yield _error_entry(source, f"failed: {type(error).__name__}: {error}", writer)
+            continue
+        source.kind = "image"
         if writer is not None:
             for record in records:
                 writer.write(record)
-        if annotate and out_dir is not None:
-            entry["annotated"] = _annotate_image(source, rgb, result, out_dir, used_names)
         yield with_exact_name(entry, source)
 
 
@@ -955,6 +1018,7 @@ def _predict_video(
     bar = tqdm(total=expected, desc=Path(source.name).name, unit="frame",
                disable=not progress, leave=False)  # fmt: skip
     interrupted = False
+    frames = None
     try:
         frames = iter_video_results(
             recognizer, target, keep_frames=annotated is not None, include_skipped=True,
@@ -973,6 +1037,8 @@ def _predict_video(
         interrupted = True
     finally:
         bar.close()
+        if frames is not None:
+            frames.close()  # stops the decoding and detection threads before the release
         capture.release()  # also when the frames never started (released twice is harmless)
         if annotated is not None:
             annotated.close()

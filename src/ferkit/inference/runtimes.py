@@ -10,7 +10,7 @@ The bundled model ships with ``model.onnx`` and ``model.int8.onnx`` beside
   CPU for a fraction of a point of accuracy (see the model card).
 - ``keras``, ``onnx``, ``tflite``: that runtime, or an error saying what is missing.
 - ``openvino``, ``openvino-int8``: the ONNX files run by OpenVINO (an optional extra);
-  on this project's 2-core CPU the int8 file runs about 1.3 times as fast as under ONNX
+  on a 2-core AVX-512 CPU the int8 file runs about 1.3 times as fast as under ONNX
   Runtime, the float32 one about as fast.
 
 Every runtime is a :class:`ferkit.models.folder.Classifier` (``predict_logits``,
@@ -117,7 +117,7 @@ class TFLiteModel(Classifier):
 
 class OpenVinoModel(Classifier):
     """An exported ONNX classifier run by OpenVINO on the CPU, at float32 precision (on
-    this project's CPU its int8 file runs faster than under ONNX Runtime; the float32
+    a 2-core AVX-512 CPU its int8 file runs faster than under ONNX Runtime; the float32
     one about as fast). One inference request per calling thread."""
 
     def __init__(
