@@ -232,3 +232,21 @@ def test_auto_detection_keeps_the_labels_of_detection_on_every_frame(recognizer)
     assert agreement >= 0.98
     runs_frames = 2 * len(every)
     assert calls["n"] < 0.95 * runs_frames, "auto detected on (nearly) every frame"
+
+
+def test_detection_plan_waits_for_the_lagged_frame_and_close_releases_it():
+    import threading
+
+    from ferkit.inference.video import AUTO_LAG, DetectionPlan
+
+    plan = DetectionPlan("auto")
+    for _ in range(AUTO_LAG):
+        assert plan.wants_detection()  # nothing to wait for yet
+    answers: list[bool] = []
+    waiting = threading.Thread(target=lambda: answers.append(plan.wants_detection()))
+    waiting.start()
+    waiting.join(timeout=0.3)
+    assert waiting.is_alive(), "it should wait for the first frame's labels"
+    plan.close()  # the consumer went away
+    waiting.join(timeout=5)
+    assert not waiting.is_alive() and answers == [True]
