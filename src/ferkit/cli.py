@@ -812,9 +812,27 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_predict)
 
 
+def _report_predict(summary: Any, records: Any, out: Path) -> int:
+    """Print what a prediction run did and where its results are; its exit status."""
+    from ferkit.outputs import format_memory
+
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts().items()))
+    print(
+        f"{len(summary.sources)} inputs ({counts}); {summary.faces} faces"
+        + (f" over {summary.frames} video frames" if summary.frames else "")
+        + f" in {summary.seconds:.1f} s; {format_memory(summary.peak_memory_mb)}"
+    )
+    print(f"results: {records} and {out / 'summary.json'}")
+    if summary.failed:
+        print(
+            f"{len(summary.failed)} input(s) failed, each listed with its reason above and in "
+            "summary.json (exit status 3)"
+        )
+    return summary.exit_status()
+
+
 def _run_predict_ray(args: argparse.Namespace, out: Path) -> int:
     from ferkit.inference.distributed import predict_ray
-    from ferkit.outputs import format_memory
 
     unsupported = [f for f, on in (("--camera", args.camera is not None),
                                    ("--annotate", args.annotate),
@@ -831,24 +849,12 @@ def _run_predict_ray(args: argparse.Namespace, out: Path) -> int:
         detect_every=args.detect_every, smoothing_s=args.smoothing, max_frames=args.max_frames,
         progress=not args.quiet, echo=print,
     )  # fmt: skip
-    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts().items()))
-    print(
-        f"{len(summary.sources)} inputs ({counts}); {summary.faces} faces"
-        + (f" over {summary.frames} video frames" if summary.frames else "")
-        + f" in {summary.seconds:.1f} s; {format_memory(summary.peak_memory_mb)}"
-    )
-    print(f"results: {out / 'predictions'}/part-*.parquet and {out / 'summary.json'}")
-    if summary.failed:
-        print(
-            f"{len(summary.failed)} input(s) failed, each listed with its reason above and in "
-            "summary.json (exit status 3)"
-        )
-    return summary.exit_status()
+    return _report_predict(summary, f"{out / 'predictions'}/part-*.parquet", out)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     from ferkit.inference.predict import predict
-    from ferkit.outputs import default_run_folder, format_memory
+    from ferkit.outputs import default_run_folder
 
     if not args.inputs and args.camera is None:
         raise ValueError("give image/video files, folders, globs or URLs, or --camera N")
@@ -878,19 +884,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         echo=print,
     )
-    counts = ", ".join(f"{count} {status}" for status, count in sorted(summary.counts().items()))
-    print(
-        f"{len(summary.sources)} inputs ({counts}); {summary.faces} faces"
-        + (f" over {summary.frames} video frames" if summary.frames else "")
-        + f" in {summary.seconds:.1f} s; {format_memory(summary.peak_memory_mb)}"
-    )
-    print(f"results: {out / ('predictions.' + args.format)} and {out / 'summary.json'}")
-    if summary.failed:
-        print(
-            f"{len(summary.failed)} input(s) failed, each listed with its reason above and in "
-            "summary.json (exit status 3)"
-        )
-    return summary.exit_status()
+    return _report_predict(summary, out / f"predictions.{args.format}", out)
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
