@@ -1,6 +1,10 @@
 """Shared fixtures: the real data folder, the datasets every module shares (each made
 once per test session, in pytest's temporary folder) and small image writers.
 
+Under pytest-xdist (``scripts/test.sh`` runs the suite on every core) the workers of one
+session build each dataset once between them: the first worker to ask builds it beside
+their temporary folders while holding a lock, the others wait and read it.
+
 Session datasets are read-only for tests: one that must change a dataset works on a copy
 (``drawn_copy``, or ``shutil.copytree``). Each is checked at the end of the session, and
 a test that changed one makes that check fail.
@@ -8,8 +12,11 @@ a test that changed one makes that check fail.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +32,31 @@ TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
 
 #: Faces per class of the shared drawn dataset (``drawn``).
 DRAWN_PER_CLASS = 60
+
+
+#: The modules that take longest (``pytest --durations=0``), longest first. Under xdist
+#: they are handed out first, so that no worker is left running a long module alone at
+#: the end while the others wait.
+LONG_MODULES = (
+    "test_train.py",
+    "test_torch_engine.py",
+    "test_bundle.py",
+    "test_examples.py",
+    "test_ray_engine.py",
+    "test_train_safety.py",
+    "test_notebooks.py",
+    "test_installed_models.py",
+    "test_bundled_model.py",
+    "test_train_init_pipeline.py",
+    "test_serve.py",
+    "test_entry_points.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the modules of ``LONG_MODULES`` first, in that order; the rest keep theirs."""
+    rank = {name: index for index, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def tiny_train_config(data: str | os.PathLike[str], **overrides) -> TrainConfig:
@@ -65,6 +97,36 @@ def write_gray(path: Path, value: int, size: int = 48, seed: int | None = None) 
     return path
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder named ``name`` in which ``build(folder)`` has run once in this session.
+
+    Without xdist this is a fresh temporary folder. Under xdist, the workers share one
+    folder beside their own temporary folders; a lock makes the first worker build it and
+    the others wait, and a build that failed part-way is started again from scratch.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent
+    folder, done = root / name, root / f"{name}.built"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _read_prepared(out: Path):
+    """The PrepareResult of the dataset ``prepare`` wrote at ``out``."""
+    from ferkit.data.prepare import PrepareResult
+
+    return PrepareResult(out, json.loads((out / "manifest.json").read_text()))
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder``: size and modification time (a cheap change check)."""
     return {
@@ -97,8 +159,10 @@ def fer2013_prepared(tmp_path_factory):
     from ferkit.data.prepare import prepare
 
     source = require_shared("datasets", "fer2013")
-    out = tmp_path_factory.mktemp("fer2013") / "prepared"
-    result = prepare(source, out, progress=False)
+    folder = built_once(
+        tmp_path_factory, "fer2013", lambda f: prepare(source, f / "prepared", progress=False)
+    )
+    result = _read_prepared(folder / "prepared")
     before = _snapshot(result.out_dir)
     yield source, result
     _check_unchanged(result.out_dir, before)
@@ -111,8 +175,13 @@ def ferplus_val_prepared(tmp_path_factory):
     from ferkit.data.prepare import PrepareConfig, prepare
 
     source = require_shared("datasets", "ferplus", "FER2013Valid")
-    out = tmp_path_factory.mktemp("ferplus") / "prepared"
-    result = prepare(source, out, PrepareConfig(soft_labels=True), progress=False)
+    settings = PrepareConfig(soft_labels=True)
+    folder = built_once(
+        tmp_path_factory,
+        "ferplus",
+        lambda f: prepare(source, f / "prepared", settings, progress=False),
+    )
+    result = _read_prepared(folder / "prepared")
     before = _snapshot(result.out_dir)
     yield source, result
     _check_unchanged(result.out_dir, before)
@@ -192,7 +261,12 @@ def drawn_source(tmp_path_factory):
     formats, sizes and colour modes (``ferkit.data.synthetic.make_image_folder``)."""
     from ferkit.data.synthetic import make_image_folder
 
-    root = make_image_folder(tmp_path_factory.mktemp("drawn") / "src", per_class=DRAWN_PER_CLASS)
+    folder = built_once(
+        tmp_path_factory,
+        "drawn",
+        lambda f: make_image_folder(f / "src", per_class=DRAWN_PER_CLASS),
+    )
+    root = folder / "src"
     before = _snapshot(root)
     yield root
     _check_unchanged(root, before)
@@ -203,8 +277,14 @@ def drawn(drawn_source, tmp_path_factory):
     """``drawn_source`` prepared (``--faces crop``), once per session: the folder."""
     from ferkit.data.prepare import PrepareConfig, prepare
 
-    out = tmp_path_factory.mktemp("drawn_prepared") / "prepared"
-    result = prepare(drawn_source, out, PrepareConfig(faces="crop"), progress=False)
+    folder = built_once(
+        tmp_path_factory,
+        "drawn_prepared",
+        lambda f: prepare(
+            drawn_source, f / "prepared", PrepareConfig(faces="crop"), progress=False
+        ),
+    )
+    result = _read_prepared(folder / "prepared")
     before = _snapshot(result.out_dir)
     yield result.out_dir
     _check_unchanged(result.out_dir, before)
@@ -217,8 +297,12 @@ def drawn_run(drawn, tmp_path_factory):
     Tests copy it before changing it."""
     from ferkit.training.trainer import train
 
-    run = tmp_path_factory.mktemp("drawn_run") / "run"
-    train(tiny_train_config(drawn, seed=7), run, verbose=0)
+    folder = built_once(
+        tmp_path_factory,
+        "drawn_run",
+        lambda f: train(tiny_train_config(drawn, seed=7), f / "run", verbose=0),
+    )
+    run = folder / "run"
     before = _snapshot(run)
     yield run
     _check_unchanged(run, before)

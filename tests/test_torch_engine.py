@@ -257,13 +257,19 @@ def test_time_budget_fits_the_planned_epochs(drawn, tmp_path):
                              warmup_epochs=1, engine="torch")
         started = time.perf_counter()
         train_torch(config, "{tmp_path}/run", time_budget=8)
-        print(json.dumps({{"wall": time.perf_counter() - started}}))
+        wall = time.perf_counter() - started
+        config.epochs = 1000
+        train_torch(config, "{tmp_path}/short", time_budget=1e-3)
+        print(json.dumps({{"wall": wall}}))
         """
     )
+    # a budget shorter than one epoch: the plan is made after the first, which it ends
+    short = yaml.safe_load((tmp_path / "short/config.yaml").read_text())
+    assert short["epochs"] == 1 and len(read_history(tmp_path / "short")) == 1
     planned = yaml.safe_load((tmp_path / "run/config.yaml").read_text())["epochs"]
     state = json.loads((tmp_path / "run/state.json").read_text())
     history = read_history(tmp_path / "run")
-    assert 2 <= planned < 1000
+    assert 1 <= planned < 1000  # planned after two epochs, or one when a second won't fit
     assert len(history) == state["epoch"] <= planned
     assert state["seconds"] <= 8 + max(row["seconds"] for row in history), (state, result)
 

@@ -416,7 +416,7 @@ def test_short_run_on_real_fer2013_beats_the_majority_class(fer2013_prepared, tm
         learning_rate=1e-3,
         warmup_epochs=0,
         label_smoothing=0.0,
-        limit_train=8000,
+        limit_train=4000,
         limit_val=1000,
     )
     result = train(config, tmp_path / "run", verbose=0)

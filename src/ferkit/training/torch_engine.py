@@ -438,8 +438,9 @@ def _batch(
 
 
 class _TimeBudget:
-    """``--time-budget``: after the second epoch of a call the planned epochs shrink to
-    what fits (the schedule follows), and an epoch that would overrun is not started."""
+    """``--time-budget``: after the second epoch of a call (or the first, when a second
+    would not fit) the planned epochs shrink to what fits (the schedule follows), and an
+    epoch that would overrun is not started."""
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
@@ -452,7 +453,8 @@ class _TimeBudget:
             return True
         config, epoch = loop.config, loop.epoch
         elapsed = time.perf_counter() - self.started
-        if not self.checked and loop.epochs_this_call >= min(2, config.epochs):
+        overrun = elapsed + self.last_epoch_seconds > self.seconds
+        if not self.checked and (overrun or loop.epochs_this_call >= min(2, config.epochs)):
             self.checked = True
             fits = epoch + int((self.seconds - elapsed) / (self.last_epoch_seconds * 1.05))
             if fits < config.epochs:
@@ -464,7 +466,7 @@ class _TimeBudget:
                 write_run_config(run_dir, config)
                 if epoch >= config.epochs:
                     return False
-        if elapsed + self.last_epoch_seconds > self.seconds:
+        if overrun:
             logger.warning("time budget %.0f s reached after epoch %d", self.seconds, epoch)
             return False
         return True
