@@ -258,11 +258,11 @@ def test_time_budget_fits_the_planned_epochs(drawn, tmp_path):
         started = time.perf_counter()
         train_torch(config, "{tmp_path}/run", time_budget=8)
         wall = time.perf_counter() - started
-        config.epochs = 1000
         train_torch(config, "{tmp_path}/short", time_budget=1e-3)
-        print(json.dumps({{"wall": wall}}))
+        print(json.dumps({{"wall": wall, "epochs": config.epochs}}))
         """
     )
+    assert result["epochs"] == 1000  # the plan went into the run, not the caller's config
     # a budget shorter than one epoch: the plan is made after the first, which it ends
     short = yaml.safe_load((tmp_path / "short/config.yaml").read_text())
     assert short["epochs"] == 1 and len(read_history(tmp_path / "short")) == 1

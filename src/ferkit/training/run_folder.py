@@ -22,6 +22,7 @@ the checkpoint against ``state.json`` and refuses, with the fix, when they disag
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import logging
@@ -304,8 +305,9 @@ def record_epoch(run_dir: Path, state: dict[str, Any], row: dict[str, float]) ->
 def open_run(
     config: TrainConfig, run_dir: Path, resume: bool, overwrite: bool = False
 ) -> tuple[TrainConfig, dict[str, Any], TrainResult | None]:
-    """Start or reopen a run folder: the config to use, the state, and the result of a run
-    that has already finished (nothing left to do), for both training engines.
+    """Start or reopen a run folder: the config to use (a copy of ``config`` for a new
+    run, the run's own for a resumed one), the state, and the result of a run that has
+    already finished (nothing left to do), for both training engines.
 
     Raises:
         FileExistsError: ``run_dir`` holds a run and neither ``resume`` nor
@@ -340,7 +342,9 @@ def open_run(
             "finished": False,
         }
         check_not_overlapping(run_dir, [config.data])
-        return config, state, None
+        # the engines resolve and shrink settings on the config they are given (the engine
+        # name, --time-budget's plan): a copy keeps the caller's object as it was
+        return copy.deepcopy(config), state, None
     state = read_state(run_dir)
     config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
     _truncate_history(run_dir / HISTORY_NAME, state["epoch"])
