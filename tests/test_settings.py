@@ -65,9 +65,11 @@ def test_a_new_detector_is_one_change(monkeypatch):
 
     with pytest.raises(ValueError, match="detector must be one of"):
         PrepareConfig(detector="my_detector").validate()
-    monkeypatch.setitem(faces.DETECTORS, "my_detector", object)
+    spec = faces.DetectorSpec(lambda: faces.HaarDetector(), faces.Framing(0.9))
+    monkeypatch.setitem(faces.DETECTORS, "my_detector", spec)
     PrepareConfig(detector="my_detector").validate()
     assert "my_detector" in actions("prepare")["detector"].choices
+    assert faces.make_detector("my_detector").framing == faces.Framing(0.9)
 
 
 def test_check_choices_names_the_setting():

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit.extras import native_stderr_silenced
-from ferkit.images import resize_face
+from ferkit.framing import Framing
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ class FaceDetector:
     """
 
     name: str
+    # Where the classifier's crop sits around this detector's boxes (set from the registry
+    # by ``make_detector``; see :mod:`ferkit.framing`).
+    framing: Framing = Framing(1.15)
     # Whether the thorough mode adds the mirrored search (see ``detect``).
     mirrored_search = True
 
@@ -304,7 +307,7 @@ _BLAZEFACE_SPECS = {
     "full": _BlazeFaceSpec("face_detection_full_range.tflite", 192, (4,), (1,), 1.13, -0.065),
 }
 # BlazeFace's keypoints in output order; "right"/"left" are the subject's, so the
-# subject's right eye is on the image's left, which is what ``eye_angle`` calls left_eye.
+# subject's right eye is on the image's left, which is what ``ferkit.framing.eye_angle`` calls left_eye.
 _BLAZEFACE_KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear")
 
 
@@ -473,11 +476,24 @@ class BlazeFaceDetector(FaceDetector):
         return faces
 
 
-DETECTORS: dict[str, Callable[[], FaceDetector]] = {
-    "blazeface": lambda: BlazeFaceDetector("short"),
-    "blazeface-full": lambda: BlazeFaceDetector("full"),
-    "mtcnn": MTCNNDetector,
-    "haar": HaarDetector,
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A registered detector: how to build it and the framing fitted to its boxes."""
+
+    build: Callable[[], FaceDetector]
+    framing: Framing
+
+
+# Each framing is fitted by ``ferkit framing-fit`` (see :mod:`ferkit.evaluation.framing_fit`
+# and docs/benchmarks.md): the detector's box mapped onto FER2013's registration of the
+# face (eye and mouth points), times one zoom chosen on labelled real photos.
+DETECTORS: dict[str, DetectorSpec] = {
+    "blazeface": DetectorSpec(lambda: BlazeFaceDetector("short"), Framing(0.878, 0.004, -0.04)),
+    "blazeface-full": DetectorSpec(
+        lambda: BlazeFaceDetector("full"), Framing(0.832, -0.001, -0.001)
+    ),
+    "mtcnn": DetectorSpec(MTCNNDetector, Framing(0.795, 0.007, -0.013)),
+    "haar": DetectorSpec(HaarDetector, Framing(0.84, 0.004, 0.002)),
 }
 DETECTOR_NAMES = tuple(DETECTORS)
 
@@ -502,7 +518,10 @@ def make_detector(name: str) -> FaceDetector:
     """
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; choose one of {sorted(DETECTORS)}")
-    return DETECTORS[name]()
+    spec = DETECTORS[name]
+    detector = spec.build()
+    detector.framing = spec.framing
+    return detector
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -511,47 +530,3 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return image
-
-
-def eye_angle(face: Face) -> float:
-    """Angle in degrees of the line from the image-left eye to the image-right eye."""
-    if not face.landmarks or "left_eye" not in face.landmarks:
-        return 0.0
-    (lx, ly), (rx, ry) = face.landmarks["left_eye"], face.landmarks["right_eye"]
-    return math.degrees(math.atan2(ry - ly, rx - lx))
-
-
-def align_and_crop(
-    image: np.ndarray, face: Face, *, size: int, channels: int, margin: float = 0.15
-) -> np.ndarray:
-    """Cut one face out of an image: level the eyes, square crop with a margin, resize.
-
-    Args:
-        image: the RGB (or gray) ``uint8`` image the face was detected in.
-        face: the detection; its landmarks, if any, set the rotation.
-        size: output side in pixels.
-        channels: 1 for grayscale, 3 for RGB.
-        margin: extra context around the detector's box, as a fraction of its longer side.
-
-    Returns:
-        ``(size, size, channels)`` ``uint8``.
-    """
-    import cv2
-
-    x, y, w, h = face.box
-    center = (x + w / 2.0, y + h / 2.0)
-    side = max(w, h) * (1.0 + margin)
-    # Warp at up to 4x the output size, then area-resize: one warp straight to 48 px
-    # would alias badly when the face is hundreds of pixels wide.
-    work_size = int(max(size, min(round(side), 4 * size)))
-    matrix = cv2.getRotationMatrix2D(center, eye_angle(face), work_size / side)
-    matrix[0, 2] += work_size / 2.0 - center[0]
-    matrix[1, 2] += work_size / 2.0 - center[1]
-    crop = cv2.warpAffine(
-        image,
-        matrix,
-        (work_size, work_size),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-    return resize_face(crop, size, channels)

@@ -41,7 +41,7 @@ from ferkit.data.sources import (
     SourceListing,
     list_source,
 )
-from ferkit.faces import detector_names
+from ferkit.faces import DEFAULT_DETECTOR, detector_names
 from ferkit.images import (
     DEFAULT_CROP_MAX_SIDE,
     DEFAULT_MAX_PIXELS,
@@ -80,11 +80,17 @@ class PrepareConfig:
         choices=FACE_MODES,
     )
     detector: str = setting(
-        "mtcnn", "face detector for photos (mtcnn: slowest, most thorough)", choices=detector_names
+        DEFAULT_DETECTOR,
+        "face detector for photos (the same default as predict, evaluate and serve)",
+        choices=detector_names,
     )
     size: int = setting(48, "output side in pixels")
     channels: int = setting(1, "1 gray, 3 RGB", choices=(1, 3))
-    margin: float = setting(0.15, "context around a detection, as a share of its side")
+    margin: float | None = setting(
+        None,
+        "none: cut each face with the detector's fitted framing (the training crops'); a "
+        "number: the box's longer side plus this share of it instead",
+    )
     crop_max_side: int = setting(
         DEFAULT_CROP_MAX_SIDE,
         "auto mode: roughly square images at most this many pixels wide are crops",
@@ -119,7 +125,7 @@ class PrepareConfig:
         check_choices(self)
         if not 8 <= self.size <= 1024:
             raise ValueError(f"size must be between 8 and 1024 pixels, not {self.size}")
-        if self.margin < 0:
+        if self.margin is not None and not self.margin >= 0:
             raise ValueError(f"margin must be zero or positive, not {self.margin}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
@@ -228,16 +234,16 @@ def _process_item_unchecked(item: Item) -> _Outcome:
     if mode == "crop":
         outcome.face = resize_face(image, config.size, config.channels)
         return outcome
-    from ferkit.faces import align_and_crop
+    from ferkit.framing import Framing, crop_face
 
-    faces = _detector().detect(image)
+    detector = _detector()
+    faces = detector.detect(image)
     if not faces:
         outcome.kind = "no_face"
         outcome.reason = f"no face found by the {config.detector} detector"
         return outcome
-    outcome.face = align_and_crop(
-        image, faces[0], size=config.size, channels=config.channels, margin=config.margin
-    )
+    framing = detector.framing if config.margin is None else Framing.margin(config.margin)
+    outcome.face = crop_face(image, faces[0], framing, size=config.size, channels=config.channels)
     return outcome
 
 

@@ -259,7 +259,8 @@ def colour_faces(
     when ``skipped`` is None); the others are still read."""
     import cv2
 
-    from ferkit.faces import align_and_crop, make_detector
+    from ferkit.faces import make_detector
+    from ferkit.framing import crop_face
     from ferkit.images import ImageReadError, is_image_path, read_image
 
     finder = make_detector(detector)
@@ -267,7 +268,7 @@ def colour_faces(
 
     def add(image: np.ndarray, name: str) -> None:
         for index, face in enumerate(finder.detect(image, thorough=True)):
-            faces.append(align_and_crop(image, face, size=size, channels=3))
+            faces.append(crop_face(image, face, finder.framing, size=size, channels=3))
             where.append(f"{name}#{index}")
 
     for source in sources:

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ferkit.faces import DEFAULT_DETECTOR
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,7 +57,7 @@ def load_eval_data(
     split: str | None = None,
     *,
     faces: str = "auto",
-    detector: str = "mtcnn",
+    detector: str = DEFAULT_DETECTOR,
     image_shape: tuple[int, int, int] = (48, 48, 1),
     progress: bool = True,
 ) -> EvalData:
@@ -272,7 +274,7 @@ def evaluate(
     split: str | None = None,
     tta: bool = False,
     faces: str = "auto",
-    detector: str = "mtcnn",
+    detector: str = DEFAULT_DETECTOR,
     backend: str = "auto",
     saliency_per_class: int = 2,
     mistakes: int = 24,

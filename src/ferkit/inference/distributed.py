@@ -199,7 +199,7 @@ def _recognizer(settings_json: str) -> Any:
         kwargs["max_pixels"] = settings["max_pixels"]
     return EmotionRecognizer(
         settings["model"], backend=settings["backend"], faces=settings["faces"], threads=1,
-        **kwargs,
+        tta=settings.get("tta", False), **kwargs,
     )  # fmt: skip
 
 
@@ -308,7 +308,7 @@ class FaceClassifier:
         from ferkit.inference.results import ImageResult
 
         recognizer = self.recognizer
-        shape = (recognizer.size, recognizer.size, recognizer.channels)
+        shape = recognizer.crop_shape
         found = [
             [Face(box=tuple(f[:4]), confidence=f[4]) for f in json.loads(text)]
             for text in batch["faces"]
@@ -541,6 +541,7 @@ def predict_ray(
     backend: str = "auto",
     faces: str = "auto",
     max_pixels: int | None = None,
+    tta: bool = False,
     every: int = 1,
     detect_every: int | str = "auto",
     smoothing_s: float = 0.5,
@@ -593,7 +594,7 @@ def predict_ray(
         "model": None if model is None else os.fspath(model),
         "model_sha256": hashlib.sha256(Path(classifier.source).read_bytes()).hexdigest(),
         "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
-        "classes": classifier.classes,
+        "tta": bool(tta), "classes": classifier.classes,
         "video": {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
                   "max_frames": max_frames},
         "inputs_sha256": hashlib.sha256(keys.encode("utf-8", "surrogateescape")).hexdigest(),

@@ -439,6 +439,7 @@ def predict(
     backend: str = "auto",
     faces: str = "auto",
     max_pixels: int | None = None,
+    tta: bool = False,
     every: int = 1,
     detect_every: int | str = "auto",
     smoothing_s: float = 0.5,
@@ -460,8 +461,10 @@ def predict(
         camera: also read this webcam index until ``max_frames`` or Ctrl-C.
         faces: ``auto``, ``crop`` or ``detect`` (see :class:`EmotionRecognizer`).
         max_pixels: pixel budget of one decoded image (default: the recogniser's).
+        tta: test-time augmentation of the faces of still images (see
+            :class:`EmotionRecognizer`); never for video frames.
         recognizer: an existing :class:`EmotionRecognizer` (else one is built from
-            ``model``, ``detector``, ``backend``, ``faces`` and ``max_pixels``, which are
+            ``model``, ``detector``, ``backend``, ``faces``, ``max_pixels`` and ``tta``, which are
             then ignored in favour of the recogniser's own settings).
         echo: callable that receives one human-readable line per input (``print``).
         annotated_video: container of annotated videos, ``mp4`` or ``webm`` (VP8, which
@@ -496,7 +499,7 @@ def predict(
     run = {
         "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
         "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
-        "every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
+        "tta": tta, "every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
         "max_frames": max_frames, "recognizer": recognizer, "progress": progress, "echo": echo,
         "annotated_video": annotated_video, "on_frame": on_frame,
     }  # fmt: skip
@@ -548,6 +551,7 @@ def _predict_all(
     backend: str,
     faces: str,
     max_pixels: int | None,
+    tta: bool,
     every: int,
     detect_every: int | str,
     smoothing_s: float,
@@ -570,7 +574,7 @@ def _predict_all(
         sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
     try:
         if recognizer is None:
-            recognizer = _make_recognizer(model, detector, backend, faces, max_pixels)
+            recognizer = _make_recognizer(model, detector, backend, faces, max_pixels, tta)
         options = {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
                    "max_frames": max_frames, "annotated_video": annotated_video,
                    "on_frame": on_frame}  # fmt: skip
@@ -590,14 +594,19 @@ def _predict_all(
 
 
 def _make_recognizer(
-    model: Any, detector: str | None, backend: str, faces: str, max_pixels: int | None
+    model: Any,
+    detector: str | None,
+    backend: str,
+    faces: str,
+    max_pixels: int | None,
+    tta: bool = False,
 ) -> Any:
     from ferkit.inference.recognizer import EmotionRecognizer
 
     kwargs: dict[str, Any] = {"detector": detector} if detector else {}
     if max_pixels is not None:
         kwargs["max_pixels"] = max_pixels
-    return EmotionRecognizer(model, backend=backend, faces=faces, **kwargs)
+    return EmotionRecognizer(model, backend=backend, faces=faces, tta=tta, **kwargs)
 
 
 def _run_sources(

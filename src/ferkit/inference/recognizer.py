@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ferkit.faces import DEFAULT_DETECTOR, Face, align_and_crop, make_detector
+from ferkit.faces import DEFAULT_DETECTOR, Face, make_detector
+from ferkit.framing import TTA_VIEWS, Framing, crop_face, crop_face_views
 from ferkit.images import (
     DEFAULT_CROP_MAX_SIDE,
     DEFAULT_MAX_PIXELS,
@@ -45,7 +46,14 @@ class EmotionRecognizer:
         detector: ``blazeface-full`` (default: fast, finds small and turned faces, aligns
             by the eyes), ``blazeface`` (short range, fastest), ``mtcnn`` or ``haar``; see
             :mod:`ferkit.faces` for the measurements behind the default.
-        margin: context kept around each detected face, as a fraction of its size.
+        margin: ``None`` (default): each face is cut with the detector's fitted framing
+            (:mod:`ferkit.framing`), the framing of the training crops; a number: the
+            fixed framing of earlier releases instead, the box's longer side plus this
+            fraction of it (0.15 was their default).
+        tta: test-time augmentation for still images: each face is classified in three
+            framings (zoomed 0.9, 1 and 1.1) and their mirror images and the
+            probabilities averaged (:data:`ferkit.framing.TTA_VIEWS`); about six times
+            the classifier's work per face. Video frames never use it.
         backend: classifier runtime (``auto``, ``keras``, ``onnx``, ``onnx-int8``,
             ``tflite``); ``auto`` uses ONNX Runtime when the model has an ONNX file, so
             the bundled model predicts without importing TensorFlow.
@@ -63,17 +71,18 @@ class EmotionRecognizer:
         self,
         model: str | os.PathLike[str] | None = None,
         detector: str = DEFAULT_DETECTOR,
-        margin: float = 0.15,
+        margin: float | None = None,
         backend: str = "auto",
         faces: str = "auto",
         crop_max_side: int = DEFAULT_CROP_MAX_SIDE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
+        tta: bool = False,
     ) -> None:
         from ferkit.inference.runtimes import load_classifier
 
         _check_choice("faces", faces, FACE_MODES)
-        if margin < 0:
+        if margin is not None and not margin >= 0:
             raise ValueError(f"margin must be zero or positive, not {margin}")
         if max_pixels < 1 or crop_max_side < 1:
             raise ValueError("max_pixels and crop_max_side must be at least 1")
@@ -86,6 +95,7 @@ class EmotionRecognizer:
         self.classes = self.model.classes
         self.detector = make_detector(detector)
         self.margin = margin
+        self.tta = bool(tta)
         self.faces = faces
         self.crop_max_side = crop_max_side
         self.max_pixels = max_pixels
@@ -124,8 +134,21 @@ class EmotionRecognizer:
         return EmotionRecognizer(
             model, detector=self.detector.name, margin=self.margin, backend=self.backend,
             faces=self.faces, crop_max_side=self.crop_max_side, max_pixels=self.max_pixels,
-            threads=self.threads,
+            threads=self.threads, tta=self.tta,
         )  # fmt: skip
+
+    @property
+    def framing(self) -> Framing:
+        """Where each face's crop sits around its box: the detector's fitted framing, or
+        the fixed one that ``margin`` asks for."""
+        return Framing.margin(self.margin) if self.margin is not None else self.detector.framing
+
+    @property
+    def crop_shape(self) -> tuple[int, ...]:
+        """The shape of one still image's face in the crops :meth:`find_faces` gives:
+        ``(size, size, channels)``, or ``(views, size, size, channels)`` with ``tta``."""
+        face = (self.size, self.size, self.channels)
+        return (2 * len(TTA_VIEWS), *face) if self.tta else face
 
     def _to_rgb(self, image: ImageInput, color_order: str) -> np.ndarray:
         if isinstance(image, str | os.PathLike):
@@ -183,38 +206,58 @@ class EmotionRecognizer:
         return mode
 
     def crop_faces(
-        self, rgb: np.ndarray, faces: list[Face] | None = None, mode: str = "detect"
+        self,
+        rgb: np.ndarray,
+        faces: list[Face] | None = None,
+        mode: str = "detect",
+        *,
+        views: bool = False,
     ) -> tuple[list[Face], np.ndarray]:
         """Detect the faces in ``rgb`` (unless ``faces`` are given, or ``mode`` is
-        ``crop``: the whole image is one face) and cut out each as the classifier's input.
+        ``crop``: the whole image is one face) and cut out each as the classifier's input,
+        with :func:`ferkit.framing.crop_face` and the recogniser's :attr:`framing`.
+
+        Args:
+            views: the test-time-augmentation views of each face (still images with
+                ``tta``): crops get a views axis.
 
         Returns:
-            The faces and their crops, ``(N, size, size, channels)`` ``uint8``.
+            The faces and their crops, ``(N, size, size, channels)`` ``uint8``, or
+            ``(N, views, size, size, channels)`` with ``views``.
         """
+        shape = (self.size, self.size, self.channels)
         if mode == "crop" and faces is None:
             height, width = rgb.shape[:2]
-            crop = resize_face(rgb, self.size, self.channels)
-            return [Face(box=(0, 0, width, height), confidence=None)], crop[None]
+            whole = Face(box=(0, 0, width, height), confidence=None)
+            if views:
+                frame = Framing(1.0, level_eyes=False)
+                crops = crop_face_views(rgb, whole, frame, size=self.size, channels=self.channels)
+                return [whole], crops[None]
+            return [whole], resize_face(rgb, self.size, self.channels)[None]
         if faces is None:
             faces = self.detector.detect(rgb)
+        cut = crop_face_views if views else crop_face
         crops = [
-            align_and_crop(rgb, face, size=self.size, channels=self.channels, margin=self.margin)
-            for face in faces
+            cut(rgb, face, self.framing, size=self.size, channels=self.channels) for face in faces
         ]
-        empty = np.zeros((0, self.size, self.size, self.channels), dtype=np.uint8)
+        views_shape = (2 * len(TTA_VIEWS),) if views else ()
+        empty = np.zeros((0, *views_shape, *shape), dtype=np.uint8)
         return faces, np.stack(crops) if crops else empty
 
     def find_faces(
-        self, rgb: np.ndarray, faces: str | None = None
+        self, rgb: np.ndarray, faces: str | None = None, tta: bool | None = None
     ) -> tuple[str, list[Face], np.ndarray]:
         """The faces of one still image (RGB ``uint8``) and their crops, unclassified:
         ``(mode, faces, crops)``, where ``mode`` is the face mode used (``crop`` or
         ``detect``; ``faces`` overrides the recogniser's). Still images get the
         detector's thorough search (faces cut by the frame too); video frames keep the
-        single fast search."""
+        single fast search. With test-time augmentation (``tta``, else the
+        recogniser's) the crops have a views axis (see :attr:`crop_shape`);
+        :meth:`classify_faces` averages over it."""
         mode = self._face_mode(rgb, faces)
         still = self.detector.detect(rgb, thorough=True) if mode == "detect" else None
-        found, crops = self.crop_faces(rgb, still, mode=mode)
+        views = self.tta if tta is None else bool(tta)
+        found, crops = self.crop_faces(rgb, still, mode=mode, views=views)
         return mode, found, crops
 
     def face_results(self, faces: list[Face], probabilities: np.ndarray) -> list[FaceResult]:
@@ -224,7 +267,12 @@ class EmotionRecognizer:
         ]
 
     def predict(
-        self, image: ImageInput, *, color_order: str = "RGB", faces: str | None = None
+        self,
+        image: ImageInput,
+        *,
+        color_order: str = "RGB",
+        faces: str | None = None,
+        tta: bool | None = None,
     ) -> ImageResult:
         """Results for every face in one image (an empty list when there is none).
 
@@ -232,13 +280,16 @@ class EmotionRecognizer:
             image: a file path, a ``uint8`` array (``color_order`` says RGB or BGR, as
                 OpenCV gives), or a PIL image.
             faces: override the recogniser's ``faces`` mode for this call.
+            tta: override the recogniser's test-time augmentation for this call.
 
         Raises:
             FileNotFoundError, ImageReadError: the file is missing or cannot be decoded.
             TypeError, ValueError: the argument is not an image (the message says what
                 to pass).
         """
-        return self.predict_batch([image], color_order=color_order, faces=faces, errors="raise")[0]
+        return self.predict_batch(
+            [image], color_order=color_order, faces=faces, errors="raise", tta=tta
+        )[0]
 
     def predict_batch(
         self,
@@ -247,6 +298,7 @@ class EmotionRecognizer:
         color_order: str = "RGB",
         faces: str | None = None,
         errors: str = "record",
+        tta: bool | None = None,
     ) -> list[ImageResult]:
         """Like :meth:`predict` for several images, classifying all their faces in one batch.
 
@@ -277,7 +329,7 @@ class EmotionRecognizer:
         for image in images:
             try:
                 rgb = self._to_rgb(image, color_order)
-                mode, found, crops = self.find_faces(rgb, faces)
+                mode, found, crops = self.find_faces(rgb, faces, tta)
             except (FileNotFoundError, ImageReadError, TypeError, ValueError, OSError) as error:
                 if errors == "raise":
                     raise
@@ -297,7 +349,7 @@ class EmotionRecognizer:
             results.append(ImageResult(face_mode=mode, width=width, height=height))
         all_crops = [detection[1] for detection in detections if detection is not None]
         probabilities = (
-            self.model.predict_proba(np.concatenate(all_crops))
+            self.classify_faces(np.concatenate(all_crops))
             if all_crops
             else np.zeros((0, len(self.classes)))
         )
@@ -311,7 +363,13 @@ class EmotionRecognizer:
         return results
 
     def classify_faces(self, faces: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities for face crops already cut out (``(N, H, W, C)`` uint8)."""
+        """Calibrated probabilities for face crops already cut out: ``(N, H, W, C)``
+        ``uint8``, or ``(N, V, H, W, C)`` for V views of each face (test-time
+        augmentation), whose probabilities are averaged."""
+        if faces.ndim == 5:
+            count, views = faces.shape[:2]
+            flat = self.model.predict_proba(faces.reshape(count * views, *faces.shape[2:]))
+            return flat.reshape(count, views, -1).mean(axis=1)
         return self.model.predict_proba(faces)
 
     def predict_video(

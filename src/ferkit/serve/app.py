@@ -248,6 +248,13 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             FaceMode, Query(description="auto, crop (the image is one face) or detect")
         ] = "auto",
         model: str | None = model_query(),
+        tta: Annotated[
+            bool,
+            Query(
+                description="test-time augmentation: each face read in three framings and "
+                "their mirror images, probabilities averaged (slower, a little more accurate)"
+            ),
+        ] = False,
     ) -> Any:
         check_model(model)
         uploads = ([file] if file is not None else []) + list(files or [])
@@ -263,7 +270,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             # Admitted in the thread that works: a request its client gave up on still
             # counts until its work is done.
             with pool.admit(), pool.lend(detector, model) as lent:
-                return predict_uploads(lent, named, faces, config.max_pixels)
+                return predict_uploads(lent, named, faces, config.max_pixels, tta)
 
         entries = await run_in_threadpool(work)
         used = model or served_name

@@ -192,13 +192,18 @@ def error_status(error: ImageReadError) -> int:
 
 
 def predict_uploads(
-    recognizer: Any, uploads: list[tuple[str, bytes]], faces: str, max_pixels: int
+    recognizer: Any,
+    uploads: list[tuple[str, bytes]],
+    faces: str,
+    max_pixels: int,
+    tta: bool = False,
 ) -> list[dict[str, Any]]:
     """Decode and classify each uploaded image in turn (one decoded image in memory at
     a time, whatever the number of uploads).
 
     Args:
         uploads: ``(name, encoded bytes)``; the name is only shown, never opened.
+        tta: test-time augmentation of each face (``?tta=1``).
 
     Returns:
         Per upload, in order, ``{"filename", **image_json}`` or ``{"filename", "error",
@@ -211,7 +216,7 @@ def predict_uploads(
         except ImageReadError as error:
             entries.append({"filename": name, "error": error.reason, "status": error_status(error)})
             continue
-        (result,) = recognizer.predict_batch([rgb], faces=faces, errors="record")
+        (result,) = recognizer.predict_batch([rgb], faces=faces, errors="record", tta=tta)
         del rgb
         if result.error is not None:  # the detector failed on this image: no detail out
             logger.warning("%s: %s", name, result.error)
