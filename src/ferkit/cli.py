@@ -293,6 +293,15 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         "--tta", action="store_true", help="photos: with test-time augmentation (predict --tta)"
     )
     parser.add_argument(
+        "--fit-temperature",
+        type=Path,
+        default=None,
+        metavar="CROPS",
+        help="photos: instead of the table, fit one temperature on these training-framed "
+        "crops (a folder of class folders, e.g. FER2013 val) and the photos together, and "
+        "say whether the model should adopt it",
+    )
+    parser.add_argument(
         "--margin",
         type=float,
         default=None,
@@ -339,9 +348,15 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     if args.stage == "photos":
         from ferkit.evaluation.photos import benchmark_photos
 
+        photos = args.source or shared_dir() / "datasets" / "taiwanese"
+        if args.fit_temperature:
+            from ferkit.evaluation.photos import fit_joint_temperature
+
+            print(fit_joint_temperature(args.fit_temperature, photos, model=args.model))
+            return 0
         detectors = [d.strip() for d in (args.detectors or "").split(",") if d.strip()]
         table, _ = benchmark_photos(
-            args.source or shared_dir() / "datasets" / "taiwanese", detectors=detectors or None,
+            photos, detectors=detectors or None,
             model=args.model, tta=args.tta, margin=args.margin,
         )  # fmt: skip
         print(table)
@@ -594,19 +609,39 @@ def _add_soft_labels(subparsers: argparse._SubParsersAction) -> None:
         default=default_of(write_teacher_labels, "label_weight"),
         help="weight of the true label; the teachers share the rest (default 0.5)",
     )
+    parser.add_argument(
+        "--teacher-weight",
+        type=float,
+        action="append",
+        help="relative weight of each --teacher, in their order; without --teacher: of each "
+        "teacher kept in DATA by an earlier soft-labels run (default: equal)",
+    )
+    parser.add_argument(
+        "--votes-weight", type=float, default=1.0, help="relative weight of the --votes (default 1)"
+    )
     parser.add_argument("--split", action="append", help="split(s) to relabel (default: train)")
     parser.set_defaults(handler=_run_soft_labels)
 
 
 def _run_soft_labels(args: argparse.Namespace) -> int:
-    from ferkit.training.distill import write_teacher_labels
+    from ferkit.training.distill import remix_teacher_labels, write_teacher_labels
 
+    if not args.teacher and args.votes is None:  # a new mixture of the kept probabilities
+        out = remix_teacher_labels(
+            args.data, args.out, label_weight=args.label_weight,
+            teacher_weights=args.teacher_weight, votes_weight=args.votes_weight,
+            overwrite=args.overwrite,
+        )  # fmt: skip
+        print(f"wrote {out}: train on it with --soft-labels")
+        return 0
     out = write_teacher_labels(
         args.data,
         args.teacher or [],
         args.out,
         votes=args.votes,
         label_weight=args.label_weight,
+        teacher_weights=args.teacher_weight,
+        votes_weight=args.votes_weight,
         splits=tuple(args.split or ["train"]),
         overwrite=args.overwrite,
     )
