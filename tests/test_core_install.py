@@ -119,3 +119,25 @@ def test_core_install_evaluates_the_bundled_model(tmp_path):
     assert metrics["faces"] > 0 and metrics["model"]["runtime"] == "OnnxModel"
     assert (out / "report.html").is_file() and "saliency" not in metrics["plots"]
     assert "saliency" in result.stderr
+
+
+def test_prepare_of_photos_refuses_a_missing_detector_before_any_work(tmp_path):
+    """On the core install, prepare --detector mtcnn stops once, before reading a photo,
+    naming the extra; the default detector needs nothing beyond the core install."""
+    samples = ROOT / "src" / "ferkit" / "assets" / "samples"
+    source = tmp_path / "photos" / "happy"
+    source.mkdir(parents=True)
+    for name in ("justin.jpg", "selfie-many-people.jpg"):
+        (source / name).symlink_to(samples / name)
+    result = core("ferkit", "prepare", str(tmp_path / "photos"), "--out", str(tmp_path / "p"),
+                  "--detector", "mtcnn", "--quiet")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("pip install 'ferkit[train]'") == 1
+    assert "the mtcnn detector needs" in result.stderr
+    assert not (tmp_path / "p").exists()
+    ok = core("ferkit", "prepare", str(tmp_path / "photos"), "--out", str(tmp_path / "q"),
+              "--val-fraction", "0", "--test-fraction", "0", "--quiet")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    health = core("python", "-c", "from ferkit.faces import available_detectors; "
+                  "print(available_detectors())")  # fmt: skip
+    assert "mtcnn" not in health.stdout and "blazeface-full" in health.stdout

@@ -56,7 +56,7 @@ def test_ferplus_model_is_installed_intact_and_within_the_size_budget():
     assert json.loads((FERPLUS_DIR / "labels.json").read_text()) == EIGHT
     metrics = _metrics(FERPLUS_DIR)
     assert metrics["parameters"] <= 5_000_000
-    assert metrics["selected_on"] == "FER+ val"
+    assert metrics["selected_on"] == "FER+ val, plurality labels"
     assert {"model.onnx", "model.int8.onnx"} <= set(metrics["runtimes"])
     total = sum(p.stat().st_size for f in installed_models().values() for p in f.iterdir())
     assert total < 40 * 2**20, f"installed models take {total / 2**20:.1f} MB, over 40 MB"
@@ -130,6 +130,8 @@ def test_models_command_lists_every_installed_model(capsys):
     ]
     assert "ferplus: " + ", ".join(EIGHT) in table
     assert "FER+ valid, majority labels: accuracy" in table
+    # The headline figure names its labelling rule, beside the majority-label figure.
+    assert "84.66%" in ferplus_row and "plurality labels" in ferplus_row
     assert main(["models", "--json"]) == 0
     listed = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)}
     assert listed["ferplus"]["classes"] == EIGHT and len(listed["default"]["classes"]) == 7

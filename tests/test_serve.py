@@ -222,7 +222,7 @@ def test_healthz_lists_the_models_a_request_may_pick(client):
     models = client.get("/healthz").json()["models"]
     assert list(models) == ["default", "ferplus"]
     assert models["ferplus"]["classes"] == EIGHT and len(models["default"]["classes"]) == 7
-    assert models["ferplus"]["selected_on"] == "FER+ val"
+    assert models["ferplus"]["selected_on"] == "FER+ val, plurality labels"
 
 
 def test_a_request_picks_the_ferplus_model_by_name(client, samples):

@@ -482,6 +482,8 @@ class DetectorSpec:
 
     build: Callable[[], FaceDetector]
     framing: Framing
+    # Libraries the detector needs beyond the core install, as (module, extra).
+    needs: tuple[tuple[str, str], ...] = ()
 
 
 # Each framing is fitted by ``ferkit framing-fit`` (see :mod:`ferkit.evaluation.framing_fit`
@@ -492,7 +494,9 @@ DETECTORS: dict[str, DetectorSpec] = {
     "blazeface-full": DetectorSpec(
         lambda: BlazeFaceDetector("full"), Framing(0.832, -0.001, -0.001)
     ),
-    "mtcnn": DetectorSpec(MTCNNDetector, Framing(0.795, 0.007, -0.013)),
+    "mtcnn": DetectorSpec(
+        MTCNNDetector, Framing(0.795, 0.007, -0.013), (("tensorflow", "train"), ("mtcnn", "train"))
+    ),
     "haar": DetectorSpec(HaarDetector, Framing(0.84, 0.004, 0.002)),
 }
 DETECTOR_NAMES = tuple(DETECTORS)
@@ -508,6 +512,38 @@ def detector_names() -> tuple[str, ...]:
 # 140-180 frames/s; short-range is twice as fast but adds a spurious face on 3.5% of
 # test.mp4's frames; MTCNN is as accurate at 5-6 frames/s; Haar misses turned faces.
 DEFAULT_DETECTOR = "blazeface-full"
+
+
+def check_detector_available(name: str) -> None:
+    """Refuse, before any work, a detector whose libraries this installation lacks.
+
+    Raises:
+        ValueError: no such detector.
+        MissingExtraError: a library it needs is missing (the message names the extra).
+    """
+    import importlib.util
+
+    from ferkit.extras import missing_extra
+
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; choose one of {sorted(DETECTORS)}")
+    for module, extra in DETECTORS[name].needs:
+        if importlib.util.find_spec(module) is None:
+            raise missing_extra(module, extra, f"the {name} detector")
+
+
+def available_detectors() -> list[str]:
+    """The registered detectors whose libraries this installation has."""
+    from ferkit.extras import MissingExtraError
+
+    names = []
+    for name in DETECTORS:
+        try:
+            check_detector_available(name)
+        except MissingExtraError:
+            continue
+        names.append(name)
+    return names
 
 
 def make_detector(name: str) -> FaceDetector:

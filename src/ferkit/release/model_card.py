@@ -73,7 +73,12 @@ def selected_on(run_dir: str | os.PathLike[str]) -> str:
     import yaml
 
     config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    return f"{dataset_title(_run_manifest(config))} {config['val_split']}"
+    manifest = _run_manifest(config)
+    title = dataset_title(manifest)
+    if title == "FER+":  # its figures depend on the labelling rule: name it
+        mode = manifest.get("settings", {}).get("ferplus_mode", "plurality")
+        return f"{title} {config['val_split']}, {mode} labels"
+    return f"{title} {config['val_split']}"
 
 
 def _data_section(config: dict[str, Any], val_faces: int, classes: list[str]) -> tuple[str, str]:

@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from ferkit import __version__
 from ferkit.extras import MissingExtraError
-from ferkit.faces import DETECTOR_NAMES
+from ferkit.faces import DETECTOR_NAMES, available_detectors
 from ferkit.images import FACE_MODES
 from ferkit.serve.config import ServeConfig, limits
 from ferkit.serve.engine import ModelUnavailable, RecognizerPool, Saturated, predict_uploads
@@ -231,7 +231,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             "model": model,
             "models": models_info,
             "detector": config.detector,
-            "detectors": list(DETECTOR_NAMES),
+            "detectors": available_detectors(),
             "api_key_required": config.api_key is not None,
             "limits": limits(config),
         }
