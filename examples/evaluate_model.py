@@ -23,7 +23,9 @@ from ferkit.data.synthetic import make_image_folder
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[2].strip())
+    # The header's Description field, all its lines (up to Install:), as one paragraph.
+    description = " ".join(__doc__.split("Description:")[1].split("\nInstall:")[0].split())
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", help="prepared dataset folder, or a raw source to prepare")
     parser.add_argument("--model", help="run, bundle or export folder (default: bundled)")
     parser.add_argument("--split", help="split to score (default: test)")

@@ -26,7 +26,9 @@ SAMPLE = Path(ferkit.__file__).resolve().parent / "assets" / "samples" / "justin
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[2].strip())
+    # The header's Description field, all its lines (up to Install:), as one paragraph.
+    description = " ".join(__doc__.split("Description:")[1].split("\nInstall:")[0].split())
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", help="run, bundle folder or .keras file (default: bundled)")
     parser.add_argument("--out", help="export folder to create (default: a temp folder)")
     parser.add_argument("--faces", type=int, default=64, help="check faces to compare on")

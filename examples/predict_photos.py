@@ -21,7 +21,9 @@ SAMPLES = Path(ferkit.__file__).resolve().parent / "assets" / "samples"
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[2].strip())
+    # The header's Description field, all its lines (up to Install:), as one paragraph.
+    description = " ".join(__doc__.split("Description:")[1].split("\nInstall:")[0].split())
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("photos", nargs="*", help="photo files (default: ferkit's samples)")
     parser.add_argument(
         "--detector",

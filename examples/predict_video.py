@@ -27,7 +27,9 @@ def default_video() -> Path:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[2].strip())
+    # The header's Description field, all its lines (up to Install:), as one paragraph.
+    description = " ".join(__doc__.split("Description:")[1].split("\nInstall:")[0].split())
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("video", nargs="?", default=str(default_video()), help="video file")
     parser.add_argument("--max-frames", type=int, help="stop after this many frames")
     parser.add_argument("--every", type=int, default=1, help="process every N-th frame")

@@ -27,7 +27,9 @@ SAMPLES = Path(__file__).resolve().parents[1] / "src" / "ferkit" / "assets" / "s
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[2].strip())
+    # The header's Description field, all its lines (up to Install:), as one paragraph.
+    description = " ".join(__doc__.split("Description:")[1].split("\nInstall:")[0].split())
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("photos", nargs="*", help="photo files (default: ferkit's samples)")
     parser.add_argument("--video", help="a video to send as a job and over the live socket")
     parser.add_argument("--url", default="http://localhost:8000", help="the server")

@@ -34,7 +34,9 @@ from ferkit.training.finish import finish_now
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[2].strip())
+    # The header's Description field, all its lines (up to Install:), as one paragraph.
+    description = " ".join(__doc__.split("Description:")[1].split("\nInstall:")[0].split())
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--per-class", type=int, default=40, help="drawn faces per class")
     parser.add_argument("--epochs", type=int, default=6, help="epochs the run plans")
     parser.add_argument(

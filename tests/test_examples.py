@@ -58,6 +58,16 @@ def test_every_example_has_a_header_and_is_tested():
         assert f'"{name}"' in source, f"{name} has no test"
 
 
+@pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.glob("*.py")))
+def test_help_gives_the_whole_description(name, tmp_path):
+    header = (EXAMPLES / name).read_text().split('"""')[1]
+    field = re.search(r"^Description: (.*?)\n(?=\S)", header, re.M | re.S).group(1)
+    description = " ".join(field.split())
+    assert description.endswith("."), f"{name}: the Description field is not a sentence"
+    shown = run_example(name, "--help", cwd=tmp_path).stdout
+    assert description in " ".join(shown.split()), shown
+
+
 def test_predict_photos_reads_the_shipped_samples(tmp_path):
     missing = tmp_path / "missing.jpg"
     samples = EXAMPLES.parent / "src" / "ferkit" / "assets" / "samples"

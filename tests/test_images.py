@@ -1,8 +1,18 @@
+import io
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.images import ImageReadError, decode_image, read_image, resize_face
+from ferkit.images import (
+    MAX_JPEG_SCANS,
+    ImageReadError,
+    count_jpeg_scans,
+    decode_image,
+    read_image,
+    resize_face,
+)
 
 
 def _gradient(height=40, width=60):
@@ -79,6 +89,97 @@ def test_truncated_png(tmp_path):
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.jpg"):
         read_image(tmp_path / "nope.jpg")
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def _many_scans(size: int, scans: int) -> bytes:
+    """A progressive JPEG of a flat gray square with ``scans`` scans: its last scan, an
+    AC refinement that is all end-of-band, repeated. Each repeat is a few bytes, yet a
+    pass over every block for libjpeg (300 of them at 4096x4096: 3.4 s of CPU)."""
+    data = _jpeg(Image.new("L", (size, size), 128), progressive=True)
+    written = data.count(b"\xff\xda")  # no thumbnail, and entropy data never holds FFDA
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * (scans - written) + b"\xff\xd9"
+
+
+def test_a_jpeg_of_hundreds_of_scans_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "scans.jpg"
+    path.write_bytes(_many_scans(4096, 300))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the image was handed to the decoder")
+
+    monkeypatch.setattr(Image, "open", never)
+    started = time.perf_counter()
+    with pytest.raises(
+        ImageReadError, match=r"scans\.jpg: JPEG has 300 scans, over the 100"
+    ) as caught:
+        read_image(path)
+    assert time.perf_counter() - started < 0.5  # the marker scan, not the decode
+    assert caught.value.kind == "too_complex" and "jpegtran" in caught.value.reason
+
+
+def test_a_jpeg_decoded_at_a_reduced_scale_pays_its_scans_at_full_scale():
+    """Draft decoding shrinks the output, not the passes over the full-size blocks."""
+    budget = 256 * 256 // 4  # 256x256 is then decoded at half size
+    assert decode_image(_many_scans(256, 25), color=False, max_pixels=budget).shape == (128, 128)
+    with pytest.raises(ImageReadError, match=r"26 scans of 0.0655 megapixels") as caught:
+        decode_image(_many_scans(256, 26), max_pixels=budget)
+    assert caught.value.kind == "too_complex" and "--max-pixels" in caught.value.reason
+
+
+def test_prepare_and_the_server_report_a_jpeg_of_too_many_scans(tmp_path):
+    from ferkit.data.prepare import PrepareConfig, prepare
+    from ferkit.serve.engine import error_status
+
+    happy = tmp_path / "faces" / "happy"
+    happy.mkdir(parents=True)
+    (happy / "scans.jpg").write_bytes(_many_scans(64, 300))
+    Image.new("L", (48, 48), 128).save(happy / "flat.png")
+    config = PrepareConfig(faces="crop")
+    manifest = prepare(tmp_path / "faces", tmp_path / "out", config, progress=False).manifest
+    assert [(e["path"], e["kind"]) for e in manifest["skipped"]] == [
+        ("happy/scans.jpg", "too_complex")
+    ]
+    assert manifest["failed"] == 1  # an input failure: exit status 3
+    assert error_status(ImageReadError("scans.jpg", "300 scans", "too_complex")) == 413
+
+
+def test_jpegs_within_the_scan_limit_decode():
+    assert decode_image(_many_scans(64, MAX_JPEG_SCANS), color=False).shape == (64, 64)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    # Restart markers and 0xFF00 stuffing in the entropy data are not markers.
+    progressive = _jpeg(Image.fromarray(noise), progressive=True, restart_marker_blocks=1)
+    assert count_jpeg_scans(progressive) == (10, 64 * 64)
+    assert count_jpeg_scans(_jpeg(Image.fromarray(noise))).count == 1
+    # A segment's content is skipped by its length: an embedded thumbnail's scans (here
+    # a comment full of SOS bytes) are not the image's.
+    payload = b"\xff\xda\x00\x08" * 300
+    comment = b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload
+    with_comment = progressive[:2] + comment + progressive[2:]
+    assert count_jpeg_scans(with_comment).count == 10
+    assert decode_image(with_comment).shape == (64, 64, 3)
+
+
+def test_the_scan_count_survives_garbage_cheaply():
+    data = _jpeg(Image.new("RGB", (32, 32), (20, 90, 160)), progressive=True)
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    for cut in range(2, len(data)):  # truncated anywhere
+        assert count_jpeg_scans(data[:cut]).count <= 10
+    for _ in range(200):  # random bytes after the start-of-image marker
+        count_jpeg_scans(b"\xff\xd8" + rng.integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    markers_only = b"\xff\xd8" + b"\xff\xfe\x00\x02" * 1_000_000  # 4 MB of empty comments
+    assert count_jpeg_scans(markers_only) is None
+    assert time.perf_counter() - started < 2
+    with pytest.raises(ImageReadError, match="marker segments") as caught:
+        decode_image(markers_only, source="comments.jpg")
+    assert caught.value.kind == "too_complex"
 
 
 def test_resize_face_shapes():

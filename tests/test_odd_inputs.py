@@ -174,6 +174,35 @@ def test_bad_arguments_say_what_to_pass(recognizer):
         recognizer.predict("missing.jpg")
 
 
+@pytest.mark.parametrize(
+    ("crops", "match"),
+    [
+        (np.full((2, 48, 48, 1), np.nan, np.float32), r"not faces of NaN or infinite pixels"),
+        (
+            np.zeros((2, 64, 64, 1), np.uint8),
+            r"takes \(N, 48, 48, 1\) uint8 .* not faces of 64x64x1",
+        ),
+        (np.zeros((2, 48, 48, 3), np.uint8), r"faces of 48x48x3; .*resize_face\(face, 48, 1\)"),
+        (np.zeros((2, 4, 64, 64, 1), np.uint8), r"faces of 64x64x1"),  # test-time views
+        (np.zeros((48, 48, 1), np.uint8), r"without its batch axis; pass face\[None\]"),
+        (np.zeros((2, 48, 48), np.uint8), r"not an array of shape \(2, 48, 48\)"),
+        (np.zeros((2, 48, 48, 1), bool), r"not faces of bool values; pass pixels 0\.\.255"),
+    ],
+)
+def test_classify_faces_says_what_to_pass(recognizer, crops, match):
+    with pytest.raises(ValueError, match=match):
+        recognizer.classify_faces(crops)
+
+
+def test_classify_faces_takes_crops_of_the_model_shape(recognizer):
+    crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1), dtype=np.uint8)
+    probabilities = recognizer.classify_faces(crops)
+    assert probabilities.shape == (3, len(recognizer.classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    as_float = recognizer.classify_faces(crops.astype(np.float32))
+    np.testing.assert_allclose(as_float, probabilities, rtol=1e-5)
+
+
 def test_face_crops_auto_crop_and_detect(recognizer, tmp_path, capsys):
     crops = sorted(require_shared("datasets", "fer2013", "val", "happy").iterdir())[:12]
     auto = recognizer.predict_batch(crops)

@@ -3,7 +3,9 @@
 import collections
 import csv
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +186,20 @@ def test_expand_inputs_folders_and_globs(tmp_path, inputs):
         ("image", None),
         ("unknown", "the pattern matched no file"),
     ]
+
+
+def test_a_text_manifest_line_that_is_not_utf8_is_one_bad_entry(tmp_path):
+    Image.new("L", (48, 48), 128).save(tmp_path / "ok.png")
+    latin1 = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png")  # from an old system
+    Image.new("L", (48, 48), 90).save(latin1)
+    manifest = tmp_path / "list.txt"
+    manifest.write_bytes(b"\xef\xbb\xbfok.png\r\ncaf\xe9.png\n# note\ngone-\xff.png\n")
+    found = expand_inputs([str(manifest)])
+    assert [(s.kind, s.error) for s in found[:2]] == [("image", None), ("image", None)]
+    assert found[1].name.endswith("caf\\xe9.png") and found[1].path == Path(latin1)
+    assert found[2].kind == "unknown" and found[2].name.endswith("gone-\\xff.png")
+    assert "not UTF-8" in found[2].error and "save the manifest as UTF-8" in found[2].error
+    assert all(source.listed for source in found)
 
 
 class _StandInCapture:

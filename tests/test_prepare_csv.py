@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 
 from ferkit.classes import FER2013_CSV_CLASSES
+from ferkit.cli import main
 from ferkit.data import sources
 from ferkit.data.dataset import PreparedDataset
 from ferkit.data.prepare import PrepareConfig, prepare
@@ -67,6 +70,33 @@ def test_fer2013_csv_without_usage_is_split_by_seed(tmp_path):
     assert manifest["splits"]["val"]["per_class"]["happy"] == 2
     assert manifest["splits"]["val"]["per_class"]["angry"] == 2
     assert manifest["splits"]["train"]["count"] == 32
+
+
+def test_fer2013_csv_rows_of_empty_usage_are_listed_not_dropped(tmp_path, capsys):
+    rows = ["emotion,pixels,Usage"]
+    for number in range(40):
+        usage = "" if number % 4 == 3 else ("Training", "PublicTest", "PrivateTest")[number % 3]
+        rows.append(_row(number % 7, _pixels(number), usage))
+    (tmp_path / "fer2013.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["prepare", str(tmp_path / "fer2013.csv"), "--out", str(out)]) == 3
+    printed = capsys.readouterr()
+    assert "skipped: nothing" not in printed.out + printed.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    skipped = manifest["skipped"]
+    assert [entry["path"] for entry in skipped] == [
+        f"fer2013.csv:row {number + 2}" for number in range(3, 40, 4)
+    ]
+    assert all(entry["kind"] == "malformed_row" for entry in skipped)
+    assert all(entry["reason"].startswith("empty Usage") for entry in skipped)
+    kept = sum(split["count"] for split in manifest["splits"].values())
+    assert kept + len(skipped) == 40
+    # Every Usage empty: the file has no splits, and prepare makes them.
+    blank = [row.rsplit(",", 1)[0] + "," for row in rows[1:]]
+    (tmp_path / "blank.csv").write_text("\n".join([rows[0], *blank]) + "\n")
+    result = prepare(tmp_path / "blank.csv", tmp_path / "blank", progress=False)
+    assert result.manifest["skipped"] == [] and result.manifest["split_origin"].startswith("seeded")
+    assert sum(split["count"] for split in result.manifest["splits"].values()) == 40
 
 
 def _good_rows(count: int, start: int = 0) -> list[str]:

@@ -3,9 +3,15 @@ no silent restart, refused changes on --resume, --overwrite that keeps the user'
 and a validation split carved from train when the data has none."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import tiny_train_config
+import yaml
+from conftest import TINY_MODEL, tiny_train_config
 
 from ferkit.cli import main
 from ferkit.data.prepare import PrepareConfig, prepare
@@ -96,6 +102,66 @@ def test_a_failed_save_keeps_the_previous_checkpoint(stopped_run, tmp_path, monk
     state = json.loads((run / STATE_NAME).read_text())
     assert state["epoch"] == 1
     assert train(TrainConfig(), run, resume=True, verbose=0).metrics["epochs_trained"] == 3
+
+
+def _state_epoch(run: Path) -> int:
+    try:
+        return json.loads((run / STATE_NAME).read_text())["epoch"]
+    except (OSError, ValueError, KeyError):  # not written yet
+        return 0
+
+
+@pytest.mark.parametrize("engine", ["keras", "torch"])
+def test_a_run_killed_with_sigkill_resumes_in_a_new_process(engine, drawn, tmp_path):
+    """``kill -9`` after epoch 2, then ``--resume`` in a fresh interpreter: the resuming
+    process has registered nothing the checkpoint needs until it loads it."""
+    if engine == "torch":
+        from test_torch_engine import require_torch
+
+        require_torch()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": TINY_MODEL, "batch_size": 32, "warmup_epochs": 1}))
+    run = tmp_path / "run"
+    ferkit = [sys.executable, "-m", "ferkit", "train", "--out", str(run)]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [*ferkit, "--config", str(config), "--data", str(drawn), "--epochs", "8",
+         "--engine", engine],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while _state_epoch(run) < 2 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)  # kill -9: no handler runs, nothing is flushed
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+        log.close()
+    killed_after = _state_epoch(run)
+    assert 2 <= killed_after < 8, (tmp_path / "first.log").read_text()[-3000:]
+    resumed = subprocess.run([*ferkit, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [row["epoch"] for row in read_history(run)] == list(range(1, 9))
+    state = json.loads((run / STATE_NAME).read_text())
+    assert state["finished"] and (run / "metrics.json").is_file()
+
+
+def test_a_checkpoint_that_fails_to_load_is_not_called_damaged(
+    stopped_run, tmp_path, capsys, monkeypatch
+):
+    """Its checksum matches state.json, so the failure is reported as what it is."""
+    import keras
+
+    def cannot_deserialize(*args, **kwargs):
+        raise TypeError("<class 'AdamW'> could not be deserialized properly.\nmore detail")
+
+    monkeypatch.setattr(keras.models, "load_model", cannot_deserialize)
+    assert main(["train", "--out", str(_copy(stopped_run, tmp_path)), "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "TypeError: <class 'AdamW'> could not be deserialized properly" in error, error
+    assert "intact" in error and "damaged" not in error and "more detail" not in error
 
 
 def test_resume_refuses_changed_settings(stopped_run, capsys):

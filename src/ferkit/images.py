@@ -14,6 +14,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +31,18 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 #: JPEGs are decoded at a reduced scale (JPEG's draft mode: 1/2, 1/4 or 1/8), which costs no
 #: accuracy since faces are classified at 48x48; larger images of other formats are refused.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+#: Most scans (start-of-scan segments) a JPEG may have. libjpeg decodes every scan of a
+#: progressive JPEG as a pass over all the image's blocks, so a small file of hundreds of
+#: near-empty scans costs seconds of CPU before a pixel comes out. Encoders write about 10
+#: (libjpeg's default progression: 10 for colour, 6 for gray); libjpeg-turbo leaves the
+#: limit to its caller (``djpeg -maxscans``, ``TJPARAM_SCANLIMIT``: none by default). A
+#: JPEG over the pixel budget, decoded at a reduced scale, gets as many passes over the
+#: budget's pixels, since each scan still covers the full resolution.
+MAX_JPEG_SCANS = 100
+#: Most marker segments the scan count reads before it gives up on a file (a JPEG has
+#: tens): it bounds the count's own cost on a file made of nothing but markers.
+MAX_JPEG_SEGMENTS = 10_000
 
 
 _MAGIC = {
@@ -51,7 +64,8 @@ def sniff_format(data: bytes) -> str | None:
 
 class ImageReadError(ValueError):
     """An image could not be decoded; ``reason`` says why in a few words and ``kind``
-    classifies it (``unreadable``, ``not_image`` or ``too_large``)."""
+    classifies it (``unreadable``, ``not_image``, ``too_large``, or ``too_complex``: more
+    work to decode than an image of its size should take)."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str, kind: str = "unreadable"):
         self.path = path if isinstance(path, str) else os.fsdecode(path)
@@ -112,6 +126,86 @@ def normalise_mode(image: Image.Image, color: bool) -> Image.Image:
     return image
 
 
+#: A marker: 0xFF and a code that is not stuffing (0x00), TEM (0x01), a restart marker
+#: (0xD0-0xD7), SOI (0xD8, met again only in a broken file) or a fill byte (0xFF). In
+#: entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\x01\xd0-\xd8\xff]")
+_EOI, _SOS = 0xD9, 0xDA
+#: Start-of-frame markers (0xC0-0xCF but DHT, JPG and DAC): they give the image's size.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+class JpegScans(NamedTuple):
+    """What a JPEG's markers say about the work of decoding it."""
+
+    count: int  #: scans (start-of-scan segments)
+    pixels: int  #: of the frame at full resolution; 0 when no frame header was read
+
+
+def count_jpeg_scans(data: bytes) -> JpegScans | None:
+    """The scans of the JPEG ``data`` and its full-resolution pixels, from its markers.
+
+    Segments are skipped by their length, so a thumbnail inside an EXIF segment is not
+    counted, and entropy-coded data is searched for the next marker in C. The count
+    ends at the end of the image (EOI) or where the file is truncated or malformed (the
+    decoder then reports it), and costs microseconds per segment.
+
+    Returns:
+        The scans and pixels, or None when the file has more than
+        :data:`MAX_JPEG_SEGMENTS` marker segments (no encoder writes that many).
+    """
+    scans = pixels = 0
+    position, end = 2, len(data)
+    for _ in range(MAX_JPEG_SEGMENTS):
+        marker = _JPEG_MARKER.search(data, position)
+        if marker is None or data[marker.end() - 1] == _EOI or marker.end() + 2 > end:
+            break
+        at, code = marker.end(), data[marker.end() - 1]
+        length = int.from_bytes(data[at : at + 2], "big")
+        if length < 2:  # malformed: the decoder names it
+            break
+        scans += code == _SOS
+        if code in _SOF and at + 7 <= end:  # length, precision, height, width
+            height = int.from_bytes(data[at + 3 : at + 5], "big")
+            pixels = max(pixels, height * int.from_bytes(data[at + 5 : at + 7], "big"))
+        position = at + length
+    else:
+        return None
+    return JpegScans(scans, pixels)
+
+
+def _check_jpeg_scans(data: bytes, source: str | os.PathLike[str], max_pixels: int) -> None:
+    """Refuse a JPEG whose scans would cost far more to decode than its size suggests.
+
+    libjpeg decodes each scan over every block of the full-resolution image, also when
+    it scales the output down (:func:`_within_budget`), so the work is scans x pixels:
+    at most :data:`MAX_JPEG_SCANS` passes over the pixel budget.
+    """
+    scans = count_jpeg_scans(data)
+    if scans is None:
+        what = f"over {MAX_JPEG_SEGMENTS:,} marker segments (a JPEG has tens)"
+    elif scans.count > MAX_JPEG_SCANS:
+        what = (
+            f"{scans.count} scans, over the {MAX_JPEG_SCANS} ferkit decodes (a progressive "
+            "JPEG has about 10; each is a pass over the whole image)"
+        )
+    elif scans.count * scans.pixels > MAX_JPEG_SCANS * max_pixels:
+        what = (
+            f"{scans.count} scans of {scans.pixels / 1e6:.3g} megapixels, each a pass over "
+            "all of them even when decoded at a reduced scale: more work than "
+            f"{MAX_JPEG_SCANS} passes over the pixel budget of {max_pixels / 1e6:.3g} "
+            "megapixels (--max-pixels)"
+        )
+    else:
+        return
+    raise ImageReadError(
+        source,
+        f"JPEG has {what}, so decoding it would stall for seconds; re-encode it as a "
+        "baseline JPEG, e.g. 'jpegtran -optimize in.jpg > out.jpg'",
+        "too_complex",
+    )
+
+
 def _too_large(width: int, height: int, max_pixels: int) -> str:
     return (
         f"image is {width}x{height} ({width * height / 1e6:.0f} megapixels), over the pixel "
@@ -152,10 +246,14 @@ def decode_image(
             images above it are refused, so memory stays bounded whatever the input.
 
     Raises:
-        ImageReadError: empty, truncated, corrupt, non-image or over-budget data.
+        ImageReadError: empty, truncated, corrupt, non-image or over-budget data, or a
+            JPEG whose scans are too much work (:data:`MAX_JPEG_SCANS`; refused from its
+            markers, before decoding).
     """
     if len(data) == 0:
         raise ImageReadError(source, "empty file (0 bytes): re-download or delete it")
+    if data.startswith(b"\xff\xd8\xff"):
+        _check_jpeg_scans(data, source, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings are not our business

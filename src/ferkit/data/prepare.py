@@ -60,7 +60,15 @@ logger = logging.getLogger(__name__)
 #: Kinds of skipped items that are failures of an input (the run exits with status 3),
 #: as opposed to curation (no face found, duplicates, FER+ votes without a winner).
 FAILURE_KINDS = frozenset(
-    {"unreadable", "not_image", "too_large", "malformed_row", "missing_file", "error"}
+    {
+        "unreadable",
+        "not_image",
+        "too_large",
+        "too_complex",
+        "malformed_row",
+        "missing_file",
+        "error",
+    }
 )
 
 
@@ -413,6 +421,11 @@ def _prepare_into(
     items = listing.items
     logger.info("%s: %d items in %s format", source, len(items), listing.format)
 
+    if config.faces != "crop" and any(not item.tight_crop for item in items):
+        from ferkit.faces import check_detector_available
+
+        # Before any work: a missing detector library fails here, not once per image.
+        check_detector_available(config.detector)
     workers = config.workers or os.cpu_count() or 1
     outcomes = list(_run_items(items, config, workers, progress))
     skipped = list(listing.skipped)

@@ -318,8 +318,11 @@ def _list_fer2013_csv(path: Path) -> SourceListing:
 
     A row is good when its emotion is one ASCII integer 0..6, its pixels are 48x48
     space-separated ASCII integers 0..255 and its Usage (when the column exists) names a
-    split. The header may start with a UTF-8 byte-order mark; its column names are read
-    regardless of case and surrounding spaces.
+    split. An empty Usage is a bad row when other rows name their split (its split is
+    unknown, and guessing one could put a test face into train); when every Usage is
+    empty, the file has no splits and ``prepare`` makes them. The header may start with
+    a UTF-8 byte-order mark; its column names are read regardless of case and
+    surrounding spaces.
 
     Raises:
         ValueError: the header does not name the columns emotion and pixels.
@@ -333,6 +336,7 @@ def _list_fer2013_csv(path: Path) -> SourceListing:
         except ValueError:
             raise ValueError(f"{path}: header must name the columns emotion and pixels") from None
         usage_column = header.index("usage") if "usage" in header else None
+        rows: list[Item | Skipped] = []  # in file order, until the splits are known
         for row_number, line in enumerate(handle, start=2):
             name = f"{path.name}:row {row_number}"
             try:
@@ -341,13 +345,29 @@ def _list_fer2013_csv(path: Path) -> SourceListing:
                     continue
                 item = _parse_fer2013_row(row, emotion_column, pixels_column, usage_column)
             except Exception as error:  # one bad row must never end the listing
-                listing.skipped.append(Skipped(name, "malformed_row", _row_problem(error)))
+                rows.append(Skipped(name, "malformed_row", _row_problem(error)))
                 continue
             item.name = name
-            listing.items.append(item)
+            rows.append(item)
+    has_splits = any(isinstance(record, Item) and record.split for record in rows)
+    for record in rows:
+        if isinstance(record, Skipped):
+            listing.skipped.append(record)
+        elif record.split or not has_splits:
+            listing.items.append(record)
+        else:  # prepare keeps the source's splits: a face of none would belong to none
+            listing.skipped.append(
+                Skipped(record.name, "malformed_row", _EMPTY_USAGE, label=record.label)
+            )
     for label in listing.classes:
         listing.source_names[label] = {str(FER2013_CSV_CLASSES.index(label))}
     return listing
+
+
+_EMPTY_USAGE = (
+    "empty Usage, while other rows name their split; fill in Training, PublicTest or "
+    "PrivateTest (or empty every row's Usage to have ferkit split the rows)"
+)
 
 
 def _parse_fer2013_row(

@@ -79,9 +79,9 @@ class Source:
 
 
 #: Manifests: files that list the inputs, one path or URI per row. Text: one per line
-#: (blank lines and ``#`` comments skipped); CSV and Parquet: the column named ``path``,
-#: ``uri``, ``file`` or ``source``, else the first. Relative paths are taken from the
-#: manifest's folder.
+#: (blank lines and ``#`` comments skipped; each line decoded on its own); CSV and
+#: Parquet: the column named ``path``, ``uri``, ``file`` or ``source``, else the first.
+#: Relative paths are taken from the manifest's folder.
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 
 
@@ -114,6 +114,16 @@ def _looks_like_path(text: str) -> bool:
     return url_scheme(text) is not None or "/" in text or "\\" in text or bool(Path(text).suffix)
 
 
+def _text_lines(data: bytes) -> list[str]:
+    """The lines of a text manifest, each decoded on its own: a line that is not UTF-8
+    (a file name from a Latin-1 system, say) keeps its bytes as the file system's
+    surrogate escapes, so it names that file or becomes one bad entry, never failing
+    the whole manifest."""
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Notepad's)
+        data = data[3:]
+    return [line.decode("utf-8", "surrogateescape") for line in data.splitlines()]
+
+
 def read_manifest(path: str | os.PathLike[str]) -> list[str]:
     """The entries of a manifest file or URI (see :data:`MANIFEST_SUFFIXES`), relative
     paths made relative to the manifest's folder. A CSV without a header row (its first
@@ -130,7 +140,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[str]:
     try:
         data = read_uri(given) if remote else Path(given).read_bytes()
         if suffix == ".txt":
-            entries = [line.strip() for line in data.decode("utf-8").splitlines()]
+            entries = [line.strip() for line in _text_lines(data)]
             entries = [e for e in entries if e and not e.startswith("#")]
         else:
             import pandas as pd
@@ -230,9 +240,18 @@ def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
         else:
             reason = "broken or looping symbolic link" if path.is_symlink() else None
             sources.append(
-                Source(path_text(given), "unknown", path, error=reason or "no such file or folder")
+                Source(path_text(given), "unknown", path, error=reason or _not_found(given))
             )
     return sources
+
+
+def _not_found(given: str) -> str:
+    if path_text(given) == given:
+        return "no such file or folder"
+    return (
+        "no such file or folder, and the name is not UTF-8 text; if a manifest lists it, "
+        "save the manifest as UTF-8"
+    )
 
 
 def input_roots(given: str | os.PathLike[str]) -> list[Path]:

@@ -74,16 +74,55 @@ class Classifier:
                 "model with the labels.json of its own run"
             )
 
+    def check_faces(self, faces: np.ndarray) -> None:
+        """Refuse what no runtime can classify: another shape than the model's input
+        (a runtime's own error would not say what to pass) or non-finite pixels (they
+        come out as NaN probabilities).
+
+        Raises:
+            ValueError: saying what to pass.
+        """
+        height, width, channels = self.image_shape
+        wanted = f"(N, {height}, {width}, {channels}) uint8 face crops"
+        if faces.ndim == 3 and tuple(faces.shape) == tuple(self.image_shape):
+            raise ValueError(
+                f"{self.source.name} takes {wanted}, not one face without its batch axis; "
+                "pass face[None]"
+            )
+        if faces.ndim != 4 or tuple(faces.shape[1:]) != tuple(self.image_shape):
+            got = (
+                f"faces of {'x'.join(map(str, faces.shape[1:]))}"
+                if faces.ndim == 4
+                else f"an array of shape {faces.shape}"
+            )
+            raise ValueError(
+                f"{self.source.name} takes {wanted}, not {got}; cut crops with "
+                "EmotionRecognizer.crop_faces, or resize each face with "
+                f"ferkit.images.resize_face(face, {height}, {channels})"
+            )
+        kind = faces.dtype.kind
+        if kind not in "uif" or (kind == "f" and not np.isfinite(faces).all()):
+            what = "NaN or infinite pixels" if kind == "f" else f"{faces.dtype} values"
+            raise ValueError(
+                f"{self.source.name} takes {wanted}, not faces of {what}; pass pixels 0..255"
+            )
+
     def predict_logits(
         self, faces: np.ndarray, batch_size: int = 256, progress: bool = False
     ) -> np.ndarray:
         """Logits for ``uint8`` faces ``(N, H, W, C)``; ``progress`` shows a bar over
-        the batches."""
+        the batches.
+
+        Raises:
+            ValueError: the faces are not of the model's input shape, or hold NaN or
+                infinite values (see :meth:`check_faces`).
+        """
         from tqdm import tqdm
 
         faces = np.asarray(faces)
-        if len(faces) == 0:
+        if faces.ndim and len(faces) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
+        self.check_faces(faces)
         starts = range(0, len(faces), batch_size)
         bar = tqdm(
             starts,

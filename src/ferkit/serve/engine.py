@@ -186,9 +186,9 @@ def image_json(result: Any) -> dict[str, Any]:
 
 
 def error_status(error: ImageReadError) -> int:
-    """The HTTP status of an image that cannot be used: 413 over the pixel budget, 415
-    not an image (or not a decodable one)."""
-    return 413 if error.kind == "too_large" else 415
+    """The HTTP status of an image that cannot be used: 413 over a decoding limit (the
+    pixel budget, a JPEG's scan count), 415 not an image (or not a decodable one)."""
+    return 413 if error.kind in ("too_large", "too_complex") else 415
 
 
 def predict_uploads(

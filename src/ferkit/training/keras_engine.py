@@ -18,7 +18,7 @@ import numpy as np
 
 from ferkit.data.dataset import Split
 from ferkit.extras import import_keras
-from ferkit.models.keras_nets import build_model, set_vgg16_trainable_blocks
+from ferkit.models.keras_nets import build_model, custom_layers, set_vgg16_trainable_blocks
 from ferkit.training.config import TrainConfig, TrainResult
 from ferkit.training.epochs import EpochLoop
 from ferkit.training.finish import finish_run
@@ -29,6 +29,7 @@ from ferkit.training.run_folder import (
     load_run_data,
     open_run,
     removed_on_failure,
+    unloadable_checkpoint,
     verify_checkpoint,
     write_json,
 )
@@ -365,7 +366,7 @@ def _set_up(
     with strategy.scope():
         checkpoint = verify_checkpoint(run_dir, state, LAST_CHECKPOINT) if resume else None
         if checkpoint is not None:
-            model = _load_checkpoint(keras, checkpoint)
+            model = _load_checkpoint(keras, checkpoint, state)
             _restore_seed_states(model, state.get("rng"), run_dir / LAST_RNG)
         else:
             model = build_model(model_config)
@@ -431,14 +432,19 @@ def _saver_with_random_states(model: Any, state: dict[str, Any]) -> Any:
     return save
 
 
-def _load_checkpoint(keras: Any, path: Path) -> Any:
+def _load_checkpoint(keras: Any, path: Path, state: dict[str, Any]) -> Any:
+    """The model and optimizer of the last checkpoint (checked by :func:`verify_checkpoint`).
+
+    ferkit's layers and learning-rate schedule are registered first: a fresh process
+    (resuming after a crash) has not defined them, and Keras cannot rebuild the
+    optimizer without them.
+    """
+    custom_layers()
+    _warmup_cosine_class()
     try:
         return keras.models.load_model(path)
     except Exception as error:
-        raise ValueError(
-            f"{path}: cannot be loaded ({type(error).__name__}: {str(error)[:200]}); the "
-            "file is damaged. Restore it, or start the run again with --overwrite"
-        ) from None
+        raise unloadable_checkpoint(path, state, error) from error
 
 
 def _batch_bar(keras: Any, steps: int, description: str, show: bool) -> Any:

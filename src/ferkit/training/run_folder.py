@@ -210,6 +210,30 @@ def verify_checkpoint(run_dir: Path, state: dict[str, Any], last_name: str) -> P
     )
 
 
+def unloadable_checkpoint(path: Path, state: dict[str, Any], error: BaseException) -> ValueError:
+    """The error for a checkpoint that :func:`verify_checkpoint` returned but that failed
+    to load, saying what the failure is.
+
+    A checkpoint whose SHA-256 matches ``state.json`` is the file training saved, so a
+    failure to load it is not damage: calling it damaged would send the user to
+    ``--overwrite`` and throw a sound run away.
+    """
+    from ferkit.models.folder import error_summary
+
+    if (state.get("checkpoint") or {}).get("sha256"):
+        return ValueError(
+            f"{path}: cannot be loaded ({error_summary(error)}), though it is intact (its "
+            f"SHA-256 matches {STATE_NAME}); the installed software cannot read it. Resume "
+            "with the ferkit, Keras and PyTorch versions that trained the run, and report "
+            "the error if they are the same"
+        )
+    return ValueError(  # a run written before checkpoints were recorded in the state
+        f"{path}: cannot be loaded ({error_summary(error)}); {STATE_NAME} records no "
+        "checksum to tell whether the file is damaged. Restore it from a backup, resume "
+        "with the versions that trained the run, or start the run again with --overwrite"
+    )
+
+
 def check_resume_overrides(run_dir: str | os.PathLike[str], overrides: dict[str, Any]) -> None:
     """Refuse settings given with ``--resume`` that differ from the run's own.
 

@@ -49,6 +49,7 @@ from ferkit.training.run_folder import (
     load_run_data,
     open_run,
     removed_on_failure,
+    unloadable_checkpoint,
     verify_checkpoint,
     write_json,
     write_run_config,
@@ -252,7 +253,8 @@ def train_torch(
     with removed_on_failure(run_dir, resume):
         run = _set_up(torch, config, run_dir, resume, state, device)
     if resume:
-        _load_last_checkpoint(torch, run, verify_checkpoint(run_dir, state, LAST_TORCH_CHECKPOINT))
+        checkpoint = verify_checkpoint(run_dir, state, LAST_TORCH_CHECKPOINT)
+        _load_last_checkpoint(torch, run, checkpoint, state)
     state["trained_on"] = run.hardware
     print(f"{run.hardware}: {run.parameter_count:,} parameters, "
           f"{len(run.train_images)} train faces", flush=True)  # fmt: skip
@@ -354,7 +356,9 @@ def _set_up(
     )
 
 
-def _load_last_checkpoint(torch: Any, run: _TorchRun, checkpoint: Path | None) -> None:
+def _load_last_checkpoint(
+    torch: Any, run: _TorchRun, checkpoint: Path | None, state: dict[str, Any]
+) -> None:
     if checkpoint is None:
         return
     try:
@@ -362,10 +366,7 @@ def _load_last_checkpoint(torch: Any, run: _TorchRun, checkpoint: Path | None) -
         run.module.load_state_dict(saved["model"])
         run.optimizer.load_state_dict(saved["optimizer"])
     except Exception as error:
-        raise ValueError(
-            f"{checkpoint}: cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
-            "restore it, or start the run again with --overwrite"
-        ) from None
+        raise unloadable_checkpoint(checkpoint, state, error) from error
 
 
 def _train_one_epoch(torch: Any, run: _TorchRun, epoch: int) -> dict[str, float]:
