@@ -10,9 +10,9 @@ import pytest
 from conftest import require_shared
 
 from ferkit.inference.annotate import (
+    CLASS_COLORS,
     MIN_TEXT_HEIGHT,
     STILL_IMAGE_MIN_SIDE,
-    UNCERTAIN_COLOR,
     class_color,
     draw_results,
     face_title,
@@ -168,13 +168,24 @@ def test_is_uncertain_rejects_a_negative_margin():
         is_uncertain({"happy": 0.6, "sad": 0.4}, margin=-0.1)
 
 
-@pytest.mark.parametrize(
-    ("top", "color"), [({"happy": 0.9}, None), ({"angry": 0.34, "neutral": 0.32}, UNCERTAIN_COLOR)]
-)
-def test_box_colour_is_grey_for_a_near_tie(top, color):
-    f = face((200, 100, 120, 120), **top)
-    drawn = draw_results(np.zeros((400, 600, 3), np.uint8), [f])
-    assert tuple(drawn[160, 200]) == (color or class_color(f.label))  # on the box's left edge
+def test_a_near_tie_keeps_its_colour_and_gets_a_dashed_box():
+    """A face too close to call is drawn in its top class's colour with a dashed box, so
+    that no expression's colour means "uncertain"; a clear face gets a solid box."""
+    clear = draw_results(np.zeros((400, 600, 3), np.uint8), [face((200, 100, 120, 120), happy=0.9)])
+    edge = clear[110:210, 200]  # the box's left edge, away from the panel
+    assert all(tuple(p) == class_color("happy") for p in edge)
+    tie = face((200, 100, 120, 120), angry=0.34, neutral=0.32)
+    drawn = draw_results(np.zeros((400, 600, 3), np.uint8), [tie])
+    edge = drawn[110:210, 200]
+    coloured = [tuple(p) == class_color("angry") for p in edge]
+    assert 0.3 < np.mean(coloured) < 0.9  # dashes and gaps
+    assert not any(tuple(p) not in ((0, 0, 0), class_color("angry")) for p in edge)
+
+
+def test_no_expression_is_drawn_grey():
+    """Grey is nobody's colour: neutral has one of its own."""
+    for name, (r, g, b) in CLASS_COLORS.items():
+        assert not (r == g == b and r < 230), name
 
 
 def test_video_frames_keep_their_size_and_type():
@@ -238,3 +249,18 @@ def test_upscaling_for_legibility_is_bounded():
     drawn = draw_results(strip, [face((0, 0, 10, 10), happy=0.9)], min_side=STILL_IMAGE_MIN_SIDE)
     assert max(drawn.shape[:2]) <= MAX_DRAWN_SIDE
     assert draw_results(strip, [], min_side=STILL_IMAGE_MIN_SIDE).shape == strip.shape
+
+
+def test_still_faces_are_numbered_from_one_as_in_the_records():
+    """The annotated image numbers a still image's faces as the records' ``face`` column
+    and the web page do (from 1); video faces keep their track's number."""
+    from ferkit.inference.predict import image_records
+    from ferkit.inference.results import ImageResult
+
+    faces = ImageResult([face((20, 30, 80, 80), happy=0.9), face((300, 30, 80, 80), sad=0.8)])
+    panels = layout_panels((400, 600, 3), faces)
+    assert [p.title.split()[0] for p in panels] == ["#1", "#2"]
+    records, _ = image_records("group.jpg", faces)
+    assert [r["face"] for r in records] == [1, 2]
+    tracked = layout_panels((400, 600, 3), [face((20, 30, 80, 80), track_id=7, happy=0.9)])
+    assert tracked[0].title.startswith("#7 happy")

@@ -107,7 +107,7 @@ def test_predict_video_shares_of_time_on_the_shared_sample(tmp_path):
     assert next(iter(percents)) == "happy"  # the most frequent first
     assert abs(sum(percents.values()) - 100) <= len(percents)  # rounding
     rows = pd.read_csv(tmp_path / "out" / "frames.csv")
-    assert len(rows) == 120 and set(rows["track_id"]) == {0}
+    assert len(rows) == 120 and set(rows["track_id"]) == {1}
     assert {"time_s", "raw_label", "p_happy", "raw_p_happy"} <= set(rows.columns)
     assert round(100 * (rows["label"] == "happy").mean()) == percents["happy"]
 

@@ -82,7 +82,7 @@ def test_video_records(run_csv):
     _, rows, summary = run_csv
     video = _rows(rows, "woman2.mp4")
     assert len(video) >= 0.95 * 464
-    assert {row["track_id"] for row in video} == {"0"}
+    assert {row["track_id"] for row in video} == {"1"}
     frames = [int(row["frame"]) for row in video]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)
     assert float(video[30]["time_s"]) == pytest.approx(int(video[30]["frame"]) / 29.97, abs=1e-3)

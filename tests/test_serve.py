@@ -740,7 +740,7 @@ def test_stream_tracks_and_smooths_a_face_across_frames(client, samples):
     assert [a["type"] for a in answers] == ["faces"] * len(frames)
     assert [a["frame"] for a in answers] == list(range(1, len(frames) + 1))
     assert all(len(a["faces"]) == 1 for a in answers)
-    assert {a["faces"][0]["track_id"] for a in answers} == {0}
+    assert {a["faces"][0]["track_id"] for a in answers} == {1}
     face = answers[-1]["faces"][0]
     assert set(face) >= {"box", "label", "probabilities", "raw_label", "raw_probabilities"}
     # Smoothing: the smoothed values move less from frame to frame than the raw ones.

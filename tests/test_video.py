@@ -82,7 +82,7 @@ class TestVideo:
         assert [f.index for f in frames] == list(range(464))
         with_one = sum(len(f.faces) == 1 for f in frames)
         assert with_one >= 0.95 * len(frames)
-        assert {face.track_id for f in frames for face in f.faces} == {0}
+        assert {face.track_id for f in frames for face in f.faces} == {1}
         assert frames[30].time_s == pytest.approx(30 / 29.97, abs=1e-3)
 
     def test_dataframe_of_frames(self, frames):

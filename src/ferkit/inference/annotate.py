@@ -16,21 +16,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# One colour per canonical class (RGB); classes outside this map get grey.
+# One colour per canonical class (RGB); classes outside this map get grey. No class is
+# grey: a face whose top two classes are too close to call keeps its top class's colour
+# and gets a dashed box instead (see UNCERTAIN_DASH).
 CLASS_COLORS: dict[str, tuple[int, int, int]] = {
     "angry": (220, 50, 47),
     "contempt": (133, 153, 0),
     "disgust": (108, 113, 196),
     "fear": (211, 54, 130),
     "happy": (255, 200, 0),
-    "neutral": (200, 200, 200),
+    "neutral": (245, 245, 245),
     "sad": (38, 139, 210),
     "surprise": (42, 161, 152),
 }
 
 
-# Box and title colour of a face whose top two classes are too close to call.
-UNCERTAIN_COLOR: tuple[int, int, int] = (150, 150, 150)
+# A face whose top two classes are too close to call gets a dashed box (dash and gap
+# lengths, in line widths), in its top class's colour, and a title with a question mark.
+UNCERTAIN_DASH: tuple[int, int] = (4, 3)
 
 
 # Top two probabilities closer than this make a near-tie, shown as uncertain.
@@ -284,7 +287,14 @@ def layout_panels(
     boxes = [tuple(round(float(value) * scale) for value in face.box) for face in faces]
     # A face's box grown by its line and a gap: panels stay off it and off its edges.
     keep_out = [(x - reach, y - reach, w + 2 * reach, h + 2 * reach) for x, y, w, h in boxes]
-    titles = [face_title(face, margin) for face in faces]
+    # Faces of a still image are numbered as in the records and on the web page (from 1);
+    # video faces carry their track's number instead.
+    titles = [
+        face_title(face, margin)
+        if getattr(face, "track_id", None) is not None
+        else f"#{number} {face_title(face, margin)}"
+        for number, face in enumerate(faces, start=1)
+    ]
     stages = []  # per face: (rows, panel size, distance from the box), most wanted first
     for face, title in zip(faces, titles, strict=True):
         classes = tuple(face.probabilities)
@@ -404,8 +414,11 @@ def draw_results(
     # All boxes and leaders first, so that no line is drawn over a panel.
     for face, panel in zip(faces, panels, strict=True):
         x, y, w, h = panel.face_box
-        color = UNCERTAIN_COLOR if panel.uncertain else class_color(face.label)
-        cv2.rectangle(canvas, (x, y), (x + w, y + h), color, style.line_thickness)
+        color = class_color(face.label)
+        if panel.uncertain:
+            _dashed_rectangle(canvas, (x, y, w, h), color, style.line_thickness)
+        else:
+            cv2.rectangle(canvas, (x, y), (x + w, y + h), color, style.line_thickness)
         # A panel set apart from its box is tied to it by a line between their nearest points.
         start, end = _nearest_points(panel.rect, panel.face_box)
         if max(abs(start[0] - end[0]), abs(start[1] - end[1])) > 2 * style.gap:
@@ -413,6 +426,26 @@ def draw_results(
     for face, panel in zip(faces, panels, strict=True):
         _draw_panel(canvas, face, panel, style)
     return canvas
+
+
+def _dashed_rectangle(
+    canvas: np.ndarray, box: Rect, color: tuple[int, int, int], thickness: int
+) -> None:
+    """A box outlined in dashes (the look of a face too close to call)."""
+    import itertools
+
+    import cv2
+
+    x, y, w, h = box
+    dash, gap = (max(3, n * thickness) for n in UNCERTAIN_DASH)
+    corners = [(x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y)]
+    for (x0, y0), (x1, y1) in itertools.pairwise(corners):
+        length = max(abs(x1 - x0), abs(y1 - y0))
+        for start in range(0, length, dash + gap):
+            end = min(start + dash, length)
+            a = (x0 + (x1 - x0) * start // max(length, 1), y0 + (y1 - y0) * start // max(length, 1))
+            b = (x0 + (x1 - x0) * end // max(length, 1), y0 + (y1 - y0) * end // max(length, 1))
+            cv2.line(canvas, a, b, color, thickness)
 
 
 def _nearest_points(a: Rect, b: Rect) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -455,7 +488,7 @@ def _draw_panel(canvas: np.ndarray, face: Any, panel: PanelLayout, style: PanelS
 
     x, y, w, h = panel.rect
     row, pad_x = style.row_height, style.pad_x
-    color = UNCERTAIN_COLOR if panel.uncertain else class_color(face.label)
+    color = class_color(face.label)
     cv2.rectangle(canvas, (x, y), (x + w - 1, y + row - 1), color, -1)
     put(panel.title, x + pad_x, y + style.pad + style.text_height, _ink_on(color))
     if not panel.rows:

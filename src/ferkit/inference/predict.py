@@ -990,7 +990,7 @@ def image_records(
     from its :class:`~ferkit.inference.results.ImageResult`."""
     records: list[dict[str, Any]] = [
         {"source": name, "kind": "image", "status": "ok", "face": index, **face.as_dict(digits)}
-        for index, face in enumerate(faces)
+        for index, face in enumerate(faces, start=1)
     ] or [{"source": name, "kind": "image", "status": "no_face"}]
     entry: dict[str, Any] = {
         "source": name,
@@ -1095,7 +1095,7 @@ class _VideoTally:
         self.frames_processed += 1
         self.last_faces = frame.faces
         self.frames_with_face += bool(frame.faces)
-        for index, face in enumerate(frame.faces):
+        for index, face in enumerate(frame.faces, start=1):
             self.faces += 1
             self.times[face.track_id].append(frame.time_s)
             self.smoothed[face.track_id].append(

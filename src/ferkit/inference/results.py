@@ -136,7 +136,7 @@ def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> An
                 rows.append({"source": str(source), "error": error})
             rows.extend(
                 {"source": str(source), "face": index, **face.as_dict()}
-                for index, face in enumerate(faces)
+                for index, face in enumerate(faces, start=1)
             )
     else:
         results = list(results)
@@ -144,8 +144,10 @@ def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> An
             rows = [
                 {"frame": frame.index, "time_s": frame.time_s, "face": index, **face.as_dict()}
                 for frame in results
-                for index, face in enumerate(frame.faces)
+                for index, face in enumerate(frame.faces, start=1)
             ]
         else:
-            rows = [{"face": index, **face.as_dict()} for index, face in enumerate(results)]
+            rows = [
+                {"face": index, **face.as_dict()} for index, face in enumerate(results, start=1)
+            ]
     return pd.DataFrame(rows)

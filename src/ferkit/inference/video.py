@@ -67,7 +67,7 @@ class IoUTracker:
         self.max_missed = max_missed
         self.smoothing_s = smoothing_s
         self.tracks: list[_Track] = []
-        self._next_id = 0
+        self._next_id = 1  # faces are numbered from 1 everywhere (records, images, page)
 
     def update(
         self, faces: list[Face], probabilities: np.ndarray, time_s: float

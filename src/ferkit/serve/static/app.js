@@ -5,10 +5,9 @@
 // One colour per expression, as in ferkit's annotated images.
 const COLORS = {
   angry: "rgb(220,50,47)", contempt: "rgb(133,153,0)", disgust: "rgb(108,113,196)",
-  fear: "rgb(211,54,130)", happy: "rgb(255,200,0)", neutral: "rgb(200,200,200)",
+  fear: "rgb(211,54,130)", happy: "rgb(255,200,0)", neutral: "rgb(245,245,245)",
   sad: "rgb(38,139,210)", surprise: "rgb(42,161,152)",
 };
-const UNCERTAIN = "rgb(150,150,150)";
 const UNCERTAIN_MARGIN = 0.10; // top two probabilities closer than this: too close to call
 const CAMERA_WIDTH = 640; // frames sent over the socket are at most this wide
 const CAMERA_IN_FLIGHT = 2; // frames sent and not yet answered
@@ -91,10 +90,14 @@ function drawFaces(context, faces, scale) {
   context.textBaseline = "top";
   faces.forEach((face, index) => {
     const [x, y, w, h] = face.box.map((v) => v * scale);
-    const color = isUncertain(face) ? UNCERTAIN : colorOf(face.label);
-    context.lineWidth = Math.max(2, Math.round(context.canvas.width / 300));
+    // A face too close to call keeps its top expression's colour, with a dashed box.
+    const color = colorOf(face.label);
+    const lineWidth = Math.max(2, Math.round(context.canvas.width / 300));
+    context.lineWidth = lineWidth;
     context.strokeStyle = color;
+    context.setLineDash(isUncertain(face) ? [4 * lineWidth, 3 * lineWidth] : []);
     context.strokeRect(x, y, w, h);
+    context.setLineDash([]);
     const title = `${face.track_id !== undefined ? "" : `#${index + 1} `}${faceTitle(face)}`;
     const width = context.measureText(title).width + 10;
     const top = y - fontSize - 8 >= 0 ? y - fontSize - 8 : y + h;
