@@ -2,7 +2,7 @@
 Title: Export a model to ONNX
 Description: Export the bundled model (or a run) to an ONNX folder, load it with ONNX
     Runtime, check that it gives the Keras model's probabilities, and predict with it.
-Install: `pip install 'ferkit[train]'` to export (TensorFlow, tf2onnx); the exported
+Install: `pip install -e '.[train]'` to export (TensorFlow, tf2onnx); the exported
     folder then loads with the core install alone.
 Run: python examples/export_onnx.py [--model RUN_OR_BUNDLE] [--out DIR] [--faces N]
 """

@@ -2,7 +2,7 @@
 Title: Recognise expressions in photos
 Description: Find every face in a few photos and read its expression with the bundled
     model, then show the results as a table (one row per face).
-Install: the core install (`pip install ferkit`); no TensorFlow needed.
+Install: the core install (`pip install -e .`); no TensorFlow needed.
 Run: python examples/predict_photos.py [PHOTO ...] [--detector NAME] [--out DIR]
 
 Without photos it reads the two sample photos that ship inside ferkit: a portrait of a

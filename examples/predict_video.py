@@ -2,7 +2,7 @@
 Title: Expressions over time in a video
 Description: Stream a video through the bundled model frame by frame, follow each face
     with a track id, and report the share of time each face spends in each expression.
-Install: the core install (`pip install ferkit`); no TensorFlow needed.
+Install: the core install (`pip install -e .`); no TensorFlow needed.
 Run: python examples/predict_video.py [VIDEO] [--max-frames N] [--every N] [--out DIR]
 
 Without a video it reads `woman2.mp4` from the shared sample folder:

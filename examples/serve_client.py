@@ -3,7 +3,7 @@ Title: Call the ferkit service from another program
 Description: Send photos to a running `ferkit serve`, run a video job and follow its
     progress, and stream a video's frames over the live socket, with the standard
     library's HTTP client and the `websockets` package.
-Install: a server with `pip install 'ferkit[serve]'`; this client needs only Python for
+Install: a server with `pip install -e '.[serve]'`; this client needs only Python for
     photos and videos, and `websockets` and `opencv-python` for the live socket.
 Run: ferkit serve &   then   python examples/serve_client.py [PHOTO ...] [--video FILE]
     [--url http://localhost:8000] [--api-key KEY]

@@ -2,7 +2,7 @@
 Title: Train a small model from scratch
 Description: The whole training pipeline in miniature: draw a dataset, prepare it, train
     a tiny CNN into a run folder, finish the run early, then load it and predict.
-Install: `pip install 'ferkit[train]'` (TensorFlow and Keras).
+Install: `pip install -e '.[train]'` (TensorFlow and Keras).
 Run: python examples/train_small_model.py [--per-class N] [--epochs N] [--out DIR]
 
 The faces are cartoons (ferkit.data.synthetic), so it runs anywhere in seconds; for a

@@ -4,8 +4,9 @@
 # predicts; "train", "torch", "all", "dev" add to it). With the torch extra, PyTorch is
 # installed first as FERKIT_TORCH (default torch==2.13.0, a CPU build on this project's
 # machines; an unpinned torch pulls several GB of CUDA packages).
-# Safe to run again: it reinstalls only when pyproject.toml, requirements.txt or the
-# extras changed.
+# Safe to run again: it reinstalls only when pyproject.toml or requirements.txt changed,
+# or when an extra is asked for that the environment lacks; an environment with more
+# extras serves a request for fewer (demo.sh after test.sh reuses the same editable .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -16,8 +17,15 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 stamp=$venv/.ferkit-setup
-wanted=$( (cat pyproject.toml requirements.txt; echo "$extras") | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
+files=$(cat pyproject.toml requirements.txt | sha256sum | cut -d' ' -f1)
+# The extras an extra stands for ("all" is every runtime extra; see pyproject.toml).
+expand() { sed -e 's/\ball\b/train,torch,serve,ray,openvino/g' <<< "$1" | tr ',' '\n' | sed '/^$/d' | sort -u; }
+had_files="" had_extras=""
+[ -f "$stamp" ] && read -r had_files had_extras < "$stamp" || true
+missing=$(comm -23 <(expand "$extras") <(expand "$had_extras"))
+if [ "$had_files" != "$files" ] || [ -n "$missing" ]; then
+  # Keep what the environment had: asking for fewer extras never uninstalls any.
+  extras=$( (expand "$extras"; expand "$had_extras") | sort -u | paste -sd, -)
   target=.
   [ -n "$extras" ] && target=".[$extras]"
   echo "setup: installing ferkit into $venv (extras: ${extras:-none, the core install})."
@@ -32,6 +40,6 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$wanted" ]; then
   "$venv/bin/python" -m pip install --progress-bar off -e "$target" 2>&1 \
     | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed|ERROR)' || true; } \
     | sed -u -e 's/^Successfully installed .*/Successfully installed the packages./' -e 's/^/setup:   /'
-  echo "$wanted" > "$stamp"
+  echo "$files ${extras:-}" > "$stamp"
   echo "setup: done ($(du -sh "$venv" | cut -f1) in $venv)."
 fi

@@ -62,11 +62,13 @@ class MissingExtraError(ImportError):
 def missing_extra(library: str, extra: str, purpose: str) -> MissingExtraError:
     """The error for a missing optional library, naming the extra that installs it."""
     whole = (
-        " (or pip install -r requirements.txt for the whole toolkit)" if extra == "train" else ""
+        "; pip install -r requirements.txt installs the whole toolkit" if extra == "train" else ""
     )
+    # ferkit is installed from its checkout or from a wheel built from it (README, Install).
     return MissingExtraError(
-        f"{purpose} needs {library}, which this installation lacks: pip install "
-        f"'ferkit[{extra}]'{whole}"
+        f"{purpose} needs {library}, which this installation lacks: add ferkit's {extra} "
+        f"extra (in the checkout: pip install -e '.[{extra}]'; from a wheel: pip install "
+        f"'ferkit-VERSION-py3-none-any.whl[{extra}]'){whole}"
     )
 
 

@@ -30,7 +30,7 @@ from ferkit.models.folder import Classifier, ModelLoadError, error_summary, read
 
 BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite", "openvino", "openvino-int8")
 
-#: OpenVINO runs the model's ONNX files (``pip install 'ferkit[openvino]'``).
+#: OpenVINO runs the model's ONNX files (``pip install -e '.[openvino]'``).
 OPENVINO_FILES = {"openvino": "onnx", "openvino-int8": "onnx-int8"}
 
 
