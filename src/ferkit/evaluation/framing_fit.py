@@ -36,7 +36,7 @@ import numpy as np
 
 from ferkit.framing import Framing, crop_face
 
-#: Where the fit looks for photos and crops unless told: the shared data folder.
+#: The zoom grid of step 3 (1.0: the geometric framing as fitted).
 DEFAULT_ZOOMS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
@@ -175,6 +175,7 @@ def fit_box_transform(boxes: np.ndarray, centres: np.ndarray, sides: np.ndarray)
 
 
 def _largest(faces: list[Any]) -> Any | None:
+    """The largest face (detectors return faces largest first), or None."""
     return faces[0] if faces else None
 
 
