@@ -40,6 +40,12 @@ if [ "$had_files" != "$files" ] || [ -n "$missing" ]; then
   "$venv/bin/python" -m pip install --progress-bar off -e "$target" 2>&1 \
     | { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed|ERROR)' || true; } \
     | sed -u -e 's/^Successfully installed .*/Successfully installed the packages./' -e 's/^/setup:   /'
+  if [[ ",$extras," == *,dev,* ]]; then
+    # The face-geometry tests' reference; its own requirements would replace OpenCV
+    # (see the dev extra in pyproject.toml), and what it imports comes with dev,all.
+    echo "setup:   mediapipe==1.2.3 (the geometry tests' reference, without its requirements)"
+    "$venv/bin/python" -m pip install --quiet --progress-bar off --no-deps mediapipe==1.2.3
+  fi
   echo "$files ${extras:-}" > "$stamp"
   echo "setup: done ($(du -sh "$venv" | cut -f1) in $venv)."
 fi

@@ -213,7 +213,7 @@ def test_camera_shows_a_tracked_face_with_changing_labels(page):
     # woman2.mp4 smiles, then speaks; within 8 s the label of her one face changes.
     page.wait_for_timeout(8_000)
     faces = page.locator(".live-face")
-    assert faces.count() == 1 and faces.first.get_attribute("data-track") == "0"
+    assert faces.count() == 1 and faces.first.get_attribute("data-track") == "1"
     seen = page.locator("#camera-faces").get_attribute("data-labels-seen").split(",")
     fps = float(page.locator("#camera-fps").get_attribute("data-fps"))
     shoot(page, "camera")

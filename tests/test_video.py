@@ -22,9 +22,9 @@ def test_tracker_keeps_ids_while_faces_move_and_new_faces_get_new_ids():
     ids = [tracker.update([_face(0, 0), _face(200, 0)], probs, 0.0)]
     ids.append(tracker.update([_face(205, 0), _face(5, 2)], probs[::-1], 0.1))  # swapped order
     ids.append(tracker.update([_face(10, 4), _face(400, 400)], probs, 0.2))
-    assert [i for i, _ in ids[0]] == [0, 1]
-    assert [i for i, _ in ids[1]] == [1, 0]
-    assert [i for i, _ in ids[2]] == [0, 2]
+    assert [i for i, _ in ids[0]] == [1, 2]  # numbered from 1, as everywhere
+    assert [i for i, _ in ids[1]] == [2, 1]
+    assert [i for i, _ in ids[2]] == [1, 3]
 
 
 def test_tracker_forgets_after_max_missed():
@@ -32,7 +32,7 @@ def test_tracker_forgets_after_max_missed():
     tracker.update([_face(0, 0)], np.ones((1, 2)) / 2, 0.0)
     for step in range(3):
         tracker.update([], np.zeros((0, 2)), 0.1 * (step + 1))
-    assert tracker.update([_face(0, 0)], np.ones((1, 2)) / 2, 0.5)[0][0] == 1
+    assert tracker.update([_face(0, 0)], np.ones((1, 2)) / 2, 0.5)[0][0] == 2
 
 
 def test_smoothing_is_an_exponential_average_in_seconds():

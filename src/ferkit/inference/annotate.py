@@ -25,7 +25,7 @@ CLASS_COLORS: dict[str, tuple[int, int, int]] = {
     "disgust": (108, 113, 196),
     "fear": (211, 54, 130),
     "happy": (255, 200, 0),
-    "neutral": (245, 245, 245),
+    "neutral": (190, 150, 100),
     "sad": (38, 139, 210),
     "surprise": (42, 161, 152),
 }

@@ -5,7 +5,7 @@
 // One colour per expression, as in ferkit's annotated images.
 const COLORS = {
   angry: "rgb(220,50,47)", contempt: "rgb(133,153,0)", disgust: "rgb(108,113,196)",
-  fear: "rgb(211,54,130)", happy: "rgb(255,200,0)", neutral: "rgb(245,245,245)",
+  fear: "rgb(211,54,130)", happy: "rgb(255,200,0)", neutral: "rgb(190,150,100)",
   sad: "rgb(38,139,210)", surprise: "rgb(42,161,152)",
 };
 const UNCERTAIN_MARGIN = 0.10; // top two probabilities closer than this: too close to call
@@ -305,13 +305,14 @@ async function processVideo(file) {
 
 async function showVideoResult(job, state) {
   const result = state.result;
-  const seconds = state.video.duration_s ?? result.frames_read / state.video.fps;
+  const seconds = (!state.note && state.video.duration_s) || result.frames_read / state.video.fps;
   const faceFrames = result.frames_with_face;
   showStatus(
     $("video-status"),
     `${state.filename}: ${result.frames_read} frames (${seconds.toFixed(1)} s), a face on ` +
-    `${faceFrames}, ${result.tracks} track${result.tracks === 1 ? "" : "s"}.`,
-    result.tracks ? "ok" : "no-face",
+    `${faceFrames}, ${result.tracks} track${result.tracks === 1 ? "" : "s"}.` +
+    (state.note ? ` Only part of the video was read: ${state.note}.` : ""),
+    state.note ? "error" : result.tracks ? "ok" : "no-face",
   );
   $("video-result").hidden = false;
   drawTimeline($("video-chart"), result);
