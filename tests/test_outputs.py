@@ -1,6 +1,7 @@
 """The output policy: no command destroys a user's files, outputs appear whole or not at
 all, one writer at a time, and a killed run leaves nothing behind that the next run keeps."""
 
+import io
 import json
 import os
 import signal
@@ -309,3 +310,24 @@ def test_a_closed_stdout_does_not_lose_the_results(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "Broken pipe" not in run.stderr
     assert len(json.loads((out / "summary.json").read_text())["sources"]) == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_do_not_flood_a_log():
+    """Written to a file or a pipe, a bar redraws every half minute, not ten times a
+    second; on a terminal it keeps redrawing as a person watches."""
+    import time
+
+    from ferkit.outputs import progress_bar
+
+    def redraws(stream: io.StringIO) -> int:
+        for _ in progress_bar(range(30), desc="work", file=stream):
+            time.sleep(0.04)
+        return stream.getvalue().count("\r")
+
+    assert redraws(io.StringIO()) <= 3  # the first line and the last
+    assert redraws(_Terminal()) >= 6

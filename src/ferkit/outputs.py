@@ -402,3 +402,26 @@ def format_memory(peak: dict[str, float]) -> str:
     return text + (
         f" (largest worker {peak['largest_worker']:.0f} MB)" if peak["largest_worker"] else ""
     )
+
+
+#: How often a progress bar redraws when its stream is not a terminal (a log file, a pipe,
+#: systemd's journal): a line every half minute and the last one, not ten a second.
+LOG_REFRESH_S = 30.0
+
+
+def progress_bar(*args: Any, **options: Any) -> Any:
+    """A ``tqdm`` progress bar (same arguments) on stderr for a person waiting on a run.
+
+    On a terminal it redraws as tqdm does; when stderr (or the ``file`` given) is not a
+    terminal, it redraws at most every :data:`LOG_REFRESH_S` seconds, so a log keeps a few
+    lines of progress instead of thousands.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    stream = options.get("file") or sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        options.setdefault("mininterval", LOG_REFRESH_S)
+        options.setdefault("maxinterval", LOG_REFRESH_S)
+    return tqdm(*args, **options)

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ferkit import __version__
 from ferkit.data.dataset import MANIFEST_NAME
@@ -51,7 +50,7 @@ from ferkit.images import (
     looks_like_crop,
     resize_face,
 )
-from ferkit.outputs import format_memory, output_folder, path_text, peak_memory_mb
+from ferkit.outputs import format_memory, output_folder, path_text, peak_memory_mb, progress_bar
 from ferkit.settings import check_choices, setting
 
 logger = logging.getLogger(__name__)
@@ -269,7 +268,9 @@ def _face_mode(item: Item, config: PrepareConfig, shape: tuple[int, ...] | None)
 def _run_items(
     items: list[Item], config: PrepareConfig, workers: int, progress: bool
 ) -> Iterator[_Outcome]:
-    bar = tqdm(total=len(items), desc="prepare", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(
+        total=len(items), desc="prepare", unit="img", disable=not progress, leave=False
+    )
     try:
         if workers <= 1 or len(items) < 256:
             _init_worker(config, single_thread=False)

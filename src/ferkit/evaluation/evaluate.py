@@ -225,10 +225,10 @@ def tta_views(faces: np.ndarray, shift: int = 2) -> list[np.ndarray]:
 
 def predict_tta(classifier: Any, faces: np.ndarray, progress: bool = False) -> np.ndarray:
     """Probabilities averaged over :func:`tta_views`."""
-    from tqdm import tqdm
+    from ferkit.outputs import progress_bar
 
     views = tta_views(faces)
-    bar = tqdm(views, desc="TTA views", unit="view", disable=not progress, leave=False)
+    bar = progress_bar(views, desc="TTA views", unit="view", disable=not progress, leave=False)
     return np.mean([classifier.predict_proba(view) for view in bar], axis=0)
 
 
@@ -557,9 +557,8 @@ def _write_plots(
     saliency_per_class, n_mistakes, progress=False,
 ) -> dict[str, Path]:  # fmt: skip
     """Draw and save every figure of the report, with a progress bar over them."""
-    from tqdm import tqdm
-
     from ferkit import plots
+    from ferkit.outputs import progress_bar
 
     matrix = metrics["confusion_matrix"]
     predicted = probabilities.argmax(axis=1)
@@ -595,7 +594,7 @@ def _write_plots(
         ),
     }
     written = {}
-    bar = tqdm(makers.items(), desc="plots", unit="plot", disable=not progress, leave=False)
+    bar = progress_bar(makers.items(), desc="plots", unit="plot", disable=not progress, leave=False)
     for name, make in bar:
         bar.set_postfix_str(name)
         figure = make()

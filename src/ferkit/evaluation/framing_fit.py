@@ -104,10 +104,10 @@ def measure_registration(
     crops: Iterable[np.ndarray], detector: Any, progress: bool = False
 ) -> Registration:
     """Step 1: the median eye and mouth positions the detector finds in training crops."""
-    from tqdm.auto import tqdm
+    from ferkit.outputs import progress_bar
 
     rows = []
-    for crop in tqdm(list(crops), desc="training crops", unit="crop", disable=not progress):
+    for crop in progress_bar(list(crops), desc="training crops", unit="crop", disable=not progress):
         canvas, (x0, y0, side) = paste_crop(crop)
         for face in detector.detect(canvas):
             points = _eyes_and_mouth(face)
@@ -289,12 +289,11 @@ def fit_framing(
         zooms: the grid of step 3.
         tolerance: step 3's allowance below the best mean accuracy.
     """
-    from tqdm.auto import tqdm
-
     from ferkit.classes import canonical_name
     from ferkit.faces import make_detector
     from ferkit.images import read_image
     from ferkit.inference.runtimes import load_classifier
+    from ferkit.outputs import progress_bar
 
     crop_paths = [path for path, _ in labelled_photos(crops)]
     rng = np.random.default_rng(seed)
@@ -309,7 +308,7 @@ def fit_framing(
     labelled = labelled_photos(photos)
     images = [
         read_image(path, color=True)
-        for path, _ in tqdm(labelled, desc="photos", unit="photo", disable=not progress)
+        for path, _ in progress_bar(labelled, desc="photos", unit="photo", disable=not progress)
     ]
     frames = [
         registration.frame(face) if (face := _largest(reference_detector.detect(image))) else None
@@ -321,7 +320,7 @@ def fit_framing(
         detector = reference_detector if name == reference else make_detector(name)
         faces = [
             _largest(detector.detect(image))
-            for image in tqdm(images, desc=name, unit="photo", disable=not progress)
+            for image in progress_bar(images, desc=name, unit="photo", disable=not progress)
         ]
         found[name] = faces
         pairs = [

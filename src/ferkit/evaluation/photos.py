@@ -115,23 +115,22 @@ def benchmark_photos(
     Returns:
         The printable table and the figures.
     """
-    from tqdm.auto import tqdm
-
     from ferkit.evaluation.framing_fit import labelled_photos
     from ferkit.extras import MissingExtraError
     from ferkit.faces import DEFAULT_DETECTOR, detector_names
     from ferkit.images import read_image
     from ferkit.inference.recognizer import EmotionRecognizer
+    from ferkit.outputs import progress_bar
 
     photos = labelled_photos(data)
     images = [
         read_image(path, color=True)
-        for path, _ in tqdm(photos, desc="decode", unit="photo", disable=not progress)
+        for path, _ in progress_bar(photos, desc="decode", unit="photo", disable=not progress)
     ]
     names = list(detectors or detector_names())
     scores, lines = [], []
     base = None
-    for name in tqdm(names, desc="detectors", unit="detector", disable=not progress):
+    for name in progress_bar(names, desc="detectors", unit="detector", disable=not progress):
         try:
             recognizer = (
                 EmotionRecognizer(model, detector=name, faces="detect", tta=tta, margin=margin)
@@ -183,14 +182,13 @@ def fit_joint_temperature(
         A printable report: ECE of both sets at the model's temperature and at the joint
         one, and the rule's verdict.
     """
-    from tqdm.auto import tqdm
-
     from ferkit.calibration import expected_calibration_error, fit_temperature, softmax
     from ferkit.classes import canonical_name
     from ferkit.evaluation.framing_fit import labelled_photos
     from ferkit.faces import DEFAULT_DETECTOR
     from ferkit.images import read_image
     from ferkit.inference.recognizer import EmotionRecognizer
+    from ferkit.outputs import progress_bar
 
     recognizer = EmotionRecognizer(model, detector=detector or DEFAULT_DETECTOR, faces="detect")
     classifier = recognizer.model
@@ -199,7 +197,7 @@ def fit_joint_temperature(
 
     def logits_of(pairs: list[tuple[Path, str]], detect: bool) -> tuple[np.ndarray, np.ndarray]:
         faces, labels = [], []
-        for path, label in tqdm(pairs, desc=Path(pairs[0][0]).parents[1].name, unit="image",
+        for path, label in progress_bar(pairs, desc=Path(pairs[0][0]).parents[1].name, unit="image",
                                 disable=not progress):  # fmt: skip
             if canonical_name(label) not in index:
                 continue

@@ -332,9 +332,8 @@ def robustness(
         on the clean faces and with one fitted across the shifts (and the latter fitted on
         all faces, to ship).
     """
-    from tqdm import tqdm
-
     from ferkit.calibration import fit_temperature
+    from ferkit.outputs import progress_bar
 
     names = list(SHIFTS) if shifts is None else list(shifts)
     unknown = sorted(set(names) - set(SHIFTS))
@@ -346,7 +345,7 @@ def robustness(
     clean_predicted = clean_logits.argmax(axis=1)
     conditions, shifted_logits = [], []
     steps = [(name, severity) for name in names for severity in SEVERITIES]
-    for name, severity in tqdm(steps, desc="shifts", unit="shift", disable=not progress):
+    for name, severity in progress_bar(steps, desc="shifts", unit="shift", disable=not progress):
         logits = classifier.predict_logits(shift_faces(faces, name, severity, seed))
         shifted_logits.append(logits)
         conditions.append(

@@ -117,14 +117,14 @@ class Classifier:
             ValueError: the faces are not of the model's input shape, or hold NaN or
                 infinite values (see :meth:`check_faces`).
         """
-        from tqdm import tqdm
+        from ferkit.outputs import progress_bar
 
         faces = np.asarray(faces)
         if faces.ndim and len(faces) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         self.check_faces(faces)
         starts = range(0, len(faces), batch_size)
-        bar = tqdm(
+        bar = progress_bar(
             starts,
             desc="classify",
             unit="batch",
