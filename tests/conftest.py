@@ -97,6 +97,25 @@ def write_gray(path: Path, value: int, size: int = 48, seed: int | None = None) 
     return path
 
 
+def write_truncated_video(source: Path, target: Path, keep_bytes: int = 150_000) -> Path:
+    """``source``, an MP4 whose index (its ``moov`` box) follows its frames, cut after
+    ``keep_bytes`` bytes with the index kept: the header still announces every frame and
+    the stream ends early (woman2.mp4: 464 frames announced, 48 read), as in a download
+    or a recording that broke off."""
+    data = source.read_bytes()
+    boxes, at = {}, 0
+    while at + 8 <= len(data):  # the top-level boxes: ftyp, free, mdat (the frames), moov
+        size = int.from_bytes(data[at : at + 4], "big")
+        boxes[data[at + 4 : at + 8]] = at
+        at += size
+    frames_at, index_at = boxes[b"mdat"], boxes[b"moov"]
+    assert frames_at < keep_bytes < index_at
+    new_size = (keep_bytes - frames_at).to_bytes(4, "big")  # so the index follows at once
+    cut = data[:frames_at] + new_size + data[frames_at + 4 : keep_bytes]
+    target.write_bytes(cut + data[index_at:])
+    return target
+
+
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
     """A folder named ``name`` in which ``build(folder)`` has run once in this session.
 

@@ -1,4 +1,6 @@
 import io
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,6 +12,7 @@ from ferkit.images import (
     ImageReadError,
     count_jpeg_scans,
     decode_image,
+    decode_memory,
     read_image,
     resize_face,
 )
@@ -50,6 +53,62 @@ def test_sixteen_bit_png_is_scaled_to_eight_bit(tmp_path):
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     gray = read_image(tmp_path / "deep.png", color=False)
     assert gray[0, 0] == 0 and gray[0, -1] == 255
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [
+        (np.array([[0, 128, 129, 385, 65535]], np.uint16), [0, 0, 1, 1, 255]),  # / 257
+        (np.array([[0, 100, 255, 7, 1]], np.int32), [0, 100, 255, 7, 1]),  # 8-bit range kept
+        (np.array([[0.0, 0.5, 1.0, np.nan, 0.002]], np.float32), [0, 128, 255, 0, 1]),  # x 255
+        (np.array([[-5.0, 3.4, 300.0, 254.5, 12.0]], np.float32), [0, 3, 255, 254, 12]),
+    ],
+)
+def test_deep_and_float_images_convert_exactly(pixels, expected):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "TIFF" if pixels.dtype != np.uint16 else "PNG")
+    rgb = decode_image(buffer.getvalue())
+    assert rgb.dtype == np.uint8 and rgb.shape == (*pixels.shape, 3)
+    assert rgb[..., 0].tolist() == [expected] and (rgb == rgb[..., :1]).all()
+
+
+def test_a_large_sixteen_bit_png_decodes_without_float_copies(tmp_path):
+    """A 36-megapixel 16-bit PNG (about 90 KB) decodes within a few bytes a pixel: its
+    16-bit pixels, the 8-bit gray and the RGB array (it took 26 bytes a pixel, over
+    900 MB, in float64 copies of the whole image)."""
+    side = 6000
+    pixels = np.full((side, side), 40000, np.uint16)
+    pixels[::97, ::89] = 1234
+    Image.fromarray(pixels).save(tmp_path / "deep.png")
+    del pixels
+    measure = (
+        "import resource, sys\n"
+        "from ferkit.images import decode_image\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "rgb = decode_image(data)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(rgb.shape, rgb[0, 0, 0], rgb[0, 1, 0], (after - before) * 1024)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", measure, str(tmp_path / "deep.png")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert result.stdout.startswith(f"({side}, {side}, 3) 5 156 "), result.stdout
+    grown = result.stdout.split()[-1]
+    # 2 bytes (16-bit) + 1 (gray) + 1 (its array) + 3 (RGB), and a few MB of strips.
+    assert int(grown) < 7 * side * side, f"decoding took {int(grown) / 2**20:.0f} MB"
+
+
+def test_decode_memory_is_read_from_the_header_and_bounds_the_decoding():
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((300, 400), np.uint16)).save(buffer, "PNG")
+    assert decode_memory(buffer.getvalue()) == 7 * 300 * 400
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000)).save(buffer, "JPEG")
+    # A JPEG over the pixel budget counts as decoded at its reduced scale.
+    assert decode_memory(buffer.getvalue(), max_pixels=1_000_000) == 8 * 1_000_000
+    assert decode_memory(b"not an image") == 0
 
 
 def test_exif_orientation_is_honoured(tmp_path):

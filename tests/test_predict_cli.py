@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_shared
+from conftest import require_shared, write_truncated_video
 from PIL import Image
 
 from ferkit.cli import main
@@ -24,6 +24,8 @@ def inputs(tmp_path_factory):
     samples = require_shared("samples")
     bad = tmp_path_factory.mktemp("bad")
     (bad / "notes.txt").write_text("not a picture")
+    (bad / "data.bin").write_bytes(b"neither an image nor a video")
+    (bad / "renamed.dat").write_bytes((samples / "justin.jpg").read_bytes())
     (bad / "truncated.jpg").write_bytes((samples / "justin.jpg").read_bytes()[:2000])
     (bad / "garbage.mp4").write_bytes(b"\x00" * 4096)
     (bad / ".hidden.jpg").write_bytes(b"ignored")
@@ -69,12 +71,18 @@ def test_bad_inputs_recorded_with_reasons(run_csv):
     reasons = {
         row["source"].rsplit("/", 1)[-1]: row["reason"] for row in rows if row["status"] == "error"
     }
-    assert set(reasons) == {"notes.txt", "truncated.jpg", "garbage.mp4", "missing.png"}
-    assert "not an image or video" in reasons["notes.txt"]
+    assert set(reasons) == {"data.bin", "truncated.jpg", "garbage.mp4", "missing.png"}
+    assert "not an image or video" in reasons["data.bin"]
     assert "truncated" in reasons["truncated.jpg"]
     assert "not a readable video" in reasons["garbage.mp4"]
     assert "no such file" in reasons["missing.png"]
-    assert summary["counts"] == {"ok": 4, "no_face": 1, "error": 4}  # 3 photos, 1 video
+    # 3 photos, a renamed photo (found by its content) and the video; a text file in a
+    # folder is plainly no image: skipped and counted, not a failure.
+    assert summary["counts"] == {"ok": 5, "no_face": 1, "error": 4, "skipped": 1}
+    (skipped,) = [row for row in rows if row["status"] == "skipped"]
+    assert skipped["source"].endswith("notes.txt") and "a .txt file" in skipped["reason"]
+    (renamed,) = _rows(rows, "renamed.dat")
+    assert renamed["status"] == "ok" and renamed["label"] == "happy"
     assert not any("hidden" in source["source"] for source in summary["sources"])
 
 
@@ -108,7 +116,8 @@ def test_annotated_outputs_match_inputs(run_csv, inputs):
             has_face = name != "no-faces.jpg"  # a photo without faces is not enlarged
             scale = max(1.0, STILL_IMAGE_MIN_SIDE / min(source.size)) if has_face else 1.0
             assert drawn.size == pytest.approx([side * scale for side in source.size], abs=1)
-    capture = cv2.VideoCapture(str(out / "annotated" / "woman2.mp4"))
+    # WebM (VP8) by default: web browsers play it, as they play the service's.
+    capture = cv2.VideoCapture(str(out / "annotated" / "woman2.webm"))
     frames = 0
     while capture.read()[0]:
         frames += 1
@@ -367,3 +376,47 @@ def test_predict_video_opens_the_camera_once_and_releases_it(cameras, recognizer
     assert cameras.unreleased() == []
     assert len(list(recognizer.predict_video(0, max_frames=2))) == 2  # free again
     assert cameras.unreleased() == []
+
+
+def test_a_folder_with_only_good_photos_and_a_readme_exits_zero(tmp_path, capsys):
+    """A README.md beside the photos is skipped and counted: the run succeeds (exit 0),
+    and the report says where the annotated images went."""
+    samples = require_shared("samples")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "justin.jpg").symlink_to(samples / "justin.jpg")
+    (folder / "README.md").write_text("# my photos\n")
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "--out", str(out), "--annotate", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 skipped" in printed and "README.md" in printed
+    assert f"annotated images and videos: {out / 'annotated'}" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 1, "skipped": 1}
+
+
+def test_a_truncated_video_is_partial_and_exits_3(tmp_path):
+    """A video whose stream ends at frame 48 of the 464 its header announces completes
+    with a note: status ``partial`` with the frames read and announced, in summary.json
+    and in the records, and exit status 3; with ``--max-frames`` too (it was ``ok``, exit
+    0, and with ``--max-frames`` the reason vanished)."""
+    video = write_truncated_video(require_shared("samples", "woman2.mp4"), tmp_path / "cut.mp4")
+    for extra in ([], ["--max-frames", "300"]):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["predict", str(video), "--out", str(out), "--quiet", *extra]) == 3
+        summary = json.loads((out / "summary.json").read_text())
+        (entry,) = summary["sources"]
+        assert summary["exit_status"] == 3 and summary["counts"] == {"partial": 1}
+        assert entry["status"] == "partial" and entry["frames_announced"] == 464
+        assert 40 <= entry["frames"] < 60
+        assert f"stream ended at frame {entry['frames']} of the 464" in entry["reason"]
+        with open(out / "predictions.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        (note,) = [row for row in rows if row["status"] == "partial"]
+        assert note["reason"] == entry["reason"] and note["kind"] == "video"
+        assert {row["status"] for row in rows} == {"ok", "partial"}  # the frames read are kept
+    # Frames asked for that the stream holds: nothing is missing.
+    out = tmp_path / "first20"
+    assert main(["predict", str(video), "--out", str(out), "--quiet", "--max-frames", "20"]) == 0
+    (entry,) = json.loads((out / "summary.json").read_text())["sources"]
+    assert entry["status"] == "ok" and entry["frames"] == 20 and "reason" not in entry

@@ -311,3 +311,41 @@ def test_bad_inputs_of_every_kind_are_recorded_not_fatal(ray_local, tmp_path):
         if not mine["source"].startswith("nosuchscheme"):  # the local engine reads no URI
             assert mine.get("reason") == theirs.get("reason")
     assert read_parts(tmp_path / "out").source.nunique() == len(given)
+
+
+LISTENING = """
+import json, os, psutil
+import ray  # imported first, as `ferkit predict --engine ray` does before starting it
+from ferkit.inference.distributed import _start_ray
+ray, started = _start_ray(None, 1)
+processes = [psutil.Process()] + psutil.Process().children(recursive=True)
+listening = sorted({
+    (process.name(), connection.laddr.ip)
+    for process in processes
+    for connection in process.net_connections(kind="inet")
+    if connection.status == psutil.CONN_LISTEN
+})
+print(json.dumps({"started": started, "listening": listening,
+                  "auth": os.environ.get("RAY_AUTH_MODE")}))
+ray.shutdown()
+"""
+
+
+def test_the_local_cluster_listens_on_loopback_only():
+    """The Ray cluster that ``--engine ray`` starts on this machine (its GCS, raylet,
+    agents and workers) listens on loopback alone, with Ray's token authentication (it
+    listened on every interface: Ray gives a local cluster the machine's network
+    address on Linux, even when ``ray.init`` is asked for 127.0.0.1)."""
+    pytest.importorskip("ray")
+    pytest.importorskip("psutil")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    result = subprocess.run(
+        [sys.executable, "-c", LISTENING], capture_output=True, text=True, timeout=180,
+        env=environment, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["started"] and report["auth"] == "token"
+    names = {name for name, _ in report["listening"]}
+    assert {"gcs_server", "raylet"} <= names, report
+    addresses = {address.removeprefix("::ffff:") for _, address in report["listening"]}
+    assert addresses <= {"127.0.0.1", "::1"}, report["listening"]

@@ -26,7 +26,7 @@ from ferkit.serve.config import ServeConfig, is_loopback
 from ferkit.serve.engine import RecognizerPool, Saturated
 from ferkit.serve.guards import BodyLimit, Timeout
 from ferkit.serve.jobs import valid_job_id
-from tests.conftest import require_shared
+from tests.conftest import require_shared, write_truncated_video
 
 pytestmark = pytest.mark.real_data
 
@@ -519,6 +519,77 @@ def test_pool_loads_each_model_once_and_remembers_one_that_fails():
         pool.base_for("other")
 
 
+def test_decode_budget_waits_for_room_then_says_the_server_is_busy():
+    import threading
+
+    from ferkit.serve.engine import DecodeBudget
+
+    budget = DecodeBudget(100, wait_s=0.2)
+    with budget.hold(60):
+        with pytest.raises(Saturated, match="decoding other images"), budget.hold(60):
+            pass
+        with budget.hold(40):  # what fits goes on at once
+            assert budget.held == 100
+    with budget.hold(1000):  # over the whole budget: decoded alone
+        assert budget.held == 100
+    assert budget.held == 0
+    budget = DecodeBudget(100, wait_s=5)
+    entered = threading.Event()
+
+    def second() -> None:
+        with budget.hold(10):
+            entered.set()
+
+    with budget.hold(100):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not entered.wait(0.2)  # waits while the budget is full...
+    assert entered.wait(5)  # ...and goes on once it is freed
+    waiter.join()
+
+
+def test_photos_of_every_model_and_detector_share_one_decoding_budget(client, samples, monkeypatch):
+    """Requests with different detectors and models get recognisers of their own, but
+    decode within the process's one budget: with room for one image, never two at once."""
+    import threading
+
+    import ferkit.serve.engine as engine
+    from ferkit.images import decode_memory
+
+    data = (samples / "justin.jpg").read_bytes()
+    pool = client.app.state.pool
+    monkeypatch.setattr(pool, "decode_budget", engine.DecodeBudget(decode_memory(data), 60))
+    decoding = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    real_decode = engine.decode_image
+
+    def counted_decode(*args, **kwargs):
+        with lock:
+            decoding["now"] += 1
+            decoding["most"] = max(decoding["most"], decoding["now"])
+        time.sleep(0.3)  # long enough for the others to arrive
+        try:
+            return real_decode(*args, **kwargs)
+        finally:
+            with lock:
+                decoding["now"] -= 1
+
+    monkeypatch.setattr(engine, "decode_image", counted_decode)
+    queries = ["detector=haar", "detector=blazeface", "detector=blazeface-full", "model=ferplus"]
+    statuses = []
+    threads = [
+        threading.Thread(target=lambda q=q: statuses.append(
+            post_file(client, "j.jpg", data, url=f"/v1/predict?{q}").status_code))
+        for q in queries
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert statuses == [200] * 4
+    assert decoding["most"] == 1
+
+
 def test_body_limit_and_timeout_layers():
     """The ASGI layers alone: a streamed body cut at its limit, a slow body (408) and a
     slow answer (503 with Retry-After)."""
@@ -679,6 +750,24 @@ def test_busy_video_slots_answer_429_then_a_long_video_413(strict, samples, tmp_
         writer.write(np.zeros((48, 64, 3), np.uint8))
     writer.release()
     assert_error(post_file(strict, "long.avi", path.read_bytes(), url="/v1/videos"), 413, "5 s")
+
+
+def test_a_truncated_video_job_is_done_with_a_note(client, samples, tmp_path):
+    """A video whose stream ends at frame 48 of the 464 it announces: the job is done
+    with a note, its progress short of the announced frames, and its results say both
+    counts (it was done, no note, progress 48/48)."""
+    video = write_truncated_video(samples / "woman2.mp4", tmp_path / "cut.mp4")
+    response = post_file(client, "cut.mp4", video.read_bytes(), url="/v1/videos")
+    assert response.status_code == 202, response.text
+    state = wait_for_job(client, response.json()["status_url"])
+    assert state["status"] == "done", state
+    result, read = state["result"], state["result"]["frames_read"]
+    assert 40 <= read < 60 and result["frames_announced"] == 464 and result["partial"]
+    assert f"stream ended at frame {read} of the 464" in state["note"]
+    assert result["note"] == state["note"]
+    assert state["progress"] == {"frames_done": read, "frames_total": 464,
+                                 "fraction": round(read / 464, 4)}  # fmt: skip
+    assert len(result["frames"]) == read
 
 
 def test_a_failed_jobs_video_is_404_with_the_reason(client):

@@ -201,7 +201,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         "                                                accuracy report on your own labelled"
         " photos (one sub-folder per expression)\n"
         "  ferkit serve                                  a web page and REST API for photos,"
-        " videos and your camera (pip install 'ferkit[serve]')"
+        " videos and your camera (pip install -e '.[serve]')"
     )
     return summary.exit_status()
 
@@ -299,14 +299,15 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         metavar="CROPS",
         help="photos: instead of the table, fit one temperature on these training-framed "
         "crops (a folder of class folders, e.g. FER2013 val) and the photos together, and "
-        "say whether the model should adopt it",
+        "say whether the model should adopt it (default: none: print the table)",
     )
     parser.add_argument(
         "--margin",
         type=float,
         default=None,
         help="photos: cut faces with this fixed margin around the box instead of each "
-        "detector's fitted framing (0.15: earlier releases' framing)",
+        "detector's fitted framing (0.15: earlier releases' framing; default: none: the "
+        "fitted framing)",
     )
     parser.set_defaults(handler=_run_benchmark)
 
@@ -432,7 +433,9 @@ def _add_framing_fit(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance", type=float, default=0.01, help="zoom: allowance below the best accuracy"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the crops drawn")
-    parser.add_argument("--out", type=Path, default=None, help="write the fit to this JSON file")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the fit to this JSON file (default: none)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_run_framing_fit)
 
@@ -841,7 +844,7 @@ def _detect_every(text: str) -> int | str:
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
     from ferkit.images import DEFAULT_MAX_PIXELS, FACE_MODES
-    from ferkit.inference.predict import OUTPUT_FORMATS, predict
+    from ferkit.inference.predict import ANNOTATED_VIDEO_FORMATS, OUTPUT_FORMATS, predict
     from ferkit.inference.recognizer import DEFAULT_CROP_MAX_SIDE
     from ferkit.inference.runtimes import BACKENDS
 
@@ -853,7 +856,8 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
             "Find the faces in each input and classify their expressions. Writes one record "
             "per face (source, frame and time for video, track id, box, label, "
             "probabilities) to OUT/predictions.<format>, every input's status (ok, no_face, "
-            "error with its reason) to the same file and to OUT/summary.json, and prints a "
+            "error with its reason, partial: a video whose stream ends before the frames it "
+            "announces) to the same file and to OUT/summary.json, and prints a "
             "summary. Bad inputs are reported and skipped; the rest completes. http(s) URLs "
             "are downloaded (up to 200 MB, 60 s).\n\n"
             "Without --out, each run writes a new folder results/predictions/YYYYmmdd-HHMMSS. "
@@ -877,6 +881,13 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write images/videos with boxes, labels and probability bars, and an "
         "emotion-over-time plot per video, to OUT/annotated/",
+    )
+    parser.add_argument(
+        "--annotated-video",
+        default=default_of(predict, "annotated_video"),
+        choices=tuple(ANNOTATED_VIDEO_FORMATS),
+        help="container of annotated videos: webm (VP8, plays in web browsers and desktop "
+        "players) or mp4 (MPEG-4 part 2, which browsers do not play)",
     )
     parser.add_argument(
         "--camera", type=int, default=None, help="read this webcam (0 = first; default: none)"
@@ -913,6 +924,13 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         "times the classifier's work per face; never for video)",
     )
     parser.add_argument(
+        "--geometry",
+        action="store_true",
+        help="each face's 52 blendshape scores (bs_<name>) and head pose (yaw, pitch, roll "
+        "in degrees), and in JSON/JSONL its 478 landmarks: MediaPipe's face mesh, about 6 ms "
+        "a face",
+    )
+    parser.add_argument(
         "--every",
         type=int,
         default=default_of(predict, "every"),
@@ -939,7 +957,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         "--engine",
         default="local",
         choices=("local", "ray"),
-        help="local: this process; ray: Ray Data on a Ray cluster (pip install 'ferkit[ray]'), "
+        help="local: this process; ray: Ray Data on a Ray cluster (pip install -e '.[ray]'), "
         "records as Parquet files under OUT/predictions/",
     )
     parser.add_argument(
@@ -975,9 +993,21 @@ def _report_predict(summary: Any, records: Any, out: Path) -> int:
         + f" in {summary.seconds:.1f} s; {format_memory(summary.peak_memory_mb)}"
     )
     print(f"results: {records} and {out / 'summary.json'}")
+    if (out / "annotated").is_dir():
+        print(f"annotated images and videos: {out / 'annotated'}")
+    if summary.skipped:
+        names = [Path(entry["source"]).name for entry in summary.skipped]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        print(f"{len(names)} file(s) skipped, not images or videos by their extension: {shown}")
     if summary.failed:
         print(
             f"{len(summary.failed)} input(s) failed, each listed with its reason above and in "
+            "summary.json (exit status 3)"
+        )
+    if summary.partial:
+        print(
+            f"{len(summary.partial)} video(s) read only in part (the stream ends before the "
+            "frames the file announces), each listed with its reason above and in "
             "summary.json (exit status 3)"
         )
     return summary.exit_status()
@@ -988,6 +1018,7 @@ def _run_predict_ray(args: argparse.Namespace, out: Path) -> int:
 
     unsupported = [f for f, on in (("--camera", args.camera is not None),
                                    ("--annotate", args.annotate),
+                                   ("--geometry", args.geometry),
                                    (f"--format {args.format}", args.format != "csv")) if on]  # fmt: skip
     if unsupported:
         raise ValueError(
@@ -1029,6 +1060,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         faces=args.faces,
         max_pixels=args.max_pixels,
         tta=args.tta,
+        geometry=args.geometry,
         every=args.every,
         detect_every=args.detect_every,
         smoothing_s=args.smoothing,
@@ -1036,6 +1068,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         echo=print,
+        annotated_video=args.annotated_video,
     )
     return _report_predict(summary, out / f"predictions.{args.format}", out)
 
@@ -1257,7 +1290,7 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
             "Listening on an address other than loopback needs --api-key (or "
             "$FERKIT_API_KEY), or --insecure."
         ),
-        epilog="Needs the serve extra: pip install 'ferkit[serve]'. Ctrl-C stops the server.",
+        epilog="Needs the serve extra: pip install -e '.[serve]'. Ctrl-C stops the server.",
     )
     for field in dataclasses.fields(ServeConfig):  # every setting is a flag
         add_option(parser, ServeConfig, field.name)

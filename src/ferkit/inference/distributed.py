@@ -1,7 +1,7 @@
 """``ferkit predict --engine ray``: the prediction pipeline on a Ray cluster.
 
 The same detection, classification, tracking and smoothing as :func:`ferkit.inference.
-predict.predict`, spread over the CPUs of a Ray cluster (``pip install 'ferkit[ray]'``;
+predict.predict`, spread over the CPUs of a Ray cluster (``pip install -e '.[ray]'``;
 without ``address`` a local one is started on this machine):
 
 - **Images** (files, folders, globs, manifests of paths or URIs): a Ray Data pipeline in
@@ -26,13 +26,16 @@ the machine); http(s) URLs are downloaded as by the local engine.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -284,7 +287,9 @@ def decode_and_detect(batch: dict[str, np.ndarray], settings: str) -> dict[str, 
                     rgb = None
             values = (
                 item["index"], source.name, source.kind if rgb is None else "image",
-                item["path"], "error" if rgb is None else "ok", reason, mode, json.dumps(faces),
+                item["path"],
+                "skipped" if source.kind == "skipped" else "error" if rgb is None else "ok",
+                reason, mode, json.dumps(faces),
             )  # fmt: skip
             for name, value in zip(columns, values, strict=True):
                 rows[name].append(value)
@@ -331,8 +336,10 @@ class FaceClassifier:
             path = batch["path"][position]
             local = Path(os.fsdecode(bytes(path))) if path else None
             source = Source(name, batch["kind"][position], local)
-            if batch["status"][position] == "error" or failed:
-                record = {"source": name, "kind": source.kind, "status": "error",
+            status = batch["status"][position]
+            if status in ("error", "skipped") or failed:
+                record = {"source": name, "kind": source.kind,
+                          "status": "skipped" if status == "skipped" else "error",
                           "reason": batch["reason"][position] or failed}  # fmt: skip
                 records.append(record)
                 entries.append(with_exact_name(record, source))
@@ -510,7 +517,44 @@ def _prepare_out(out: Path, settings: dict[str, Any], resume: bool, overwrite: b
     write_atomic(out / RUN_FILE, json.dumps(settings, indent=2) + "\n")
 
 
+#: Ray's switch for a node address of this machine's loopback, with which a local
+#: cluster listens on 127.0.0.1 alone: Ray turns it off on macOS and Windows, while on
+#: Linux a local cluster takes the machine's network address and listens on every
+#: interface (``ray.init(_node_ip_address="127.0.0.1")`` is turned back into the network
+#: address). Ray reads it when imported, into ``ray._private.ray_constants``, and its
+#: processes read it from the environment.
+_LOOPBACK_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _on_loopback() -> Iterator[None]:
+    """While a local cluster starts, give it this machine's loopback as its address; the
+    process's settings are restored afterwards (a later ``ray.init(address=...)`` to
+    another machine's cluster needs this machine's network address)."""
+    import importlib
+
+    constants = importlib.import_module("ray._private.ray_constants")
+    saved = os.environ.get(_LOOPBACK_NODE_ENV), constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_NODE_ENV] = "0"
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop(_LOOPBACK_NODE_ENV, None)
+        else:
+            os.environ[_LOOPBACK_NODE_ENV] = saved[0]
+        constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
 def _start_ray(address: str | None, workers: int | None) -> tuple[Any, bool]:
+    """Ray, connected to the cluster at ``address`` or to a local one started here (on
+    this machine's loopback only, with Ray's token authentication); whether it was
+    started here.
+
+    Raises:
+        RuntimeError: the local cluster would not listen on loopback alone.
+    """
     ray = _require_ray()
     for name in ("ray", "ray.data"):  # their progress lines, not every step
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -522,8 +566,18 @@ def _start_ray(address: str | None, workers: int | None) -> tuple[Any, bool]:
     }  # fmt: skip
     if address:
         ray.init(address=address, **options)
-    else:
+        return ray, True
+    with _on_loopback():
         ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
+    node = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node.strip("[]")).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray cluster took the address {node}, which other machines reach, "
+            "though ferkit asked for loopback (a Ray version that no longer takes "
+            f"{_LOOPBACK_NODE_ENV}?); start a cluster yourself ('ray start --head') and "
+            "pass --address"
+        )
     return ray, True
 
 

@@ -5,10 +5,11 @@ over each, and streams one record per face into ``predictions.csv|json|jsonl`` (
 records carry the frame index, timestamp and track id, and both smoothed and raw
 probabilities). Every input also gets a status: ``ok``, ``no_face`` (an image without a
 face: an empty result, not an error), ``error`` (with the reason: unreadable, not an
-image or video, missing) or ``skipped``. Those rows go into the same file, and
-``summary.json`` repeats them with per-video shares of time per emotion, so a batch never
-loses work on one bad file. ``--annotate`` writes images and videos with boxes, labels
-and probability bars, and an emotion-over-time plot per video.
+image or video, missing), ``partial`` (a video whose stream ends before the frames it
+announces: its results cover the frames read) or ``skipped``. Those rows go into the same
+file, and ``summary.json`` repeats them with per-video shares of time per emotion, so a
+batch never loses work on one bad file. ``--annotate`` writes images and videos with
+boxes, labels and probability bars, and an emotion-over-time plot per video.
 
 The output folder follows :mod:`ferkit.outputs` (refused if it holds results, unless
 ``overwrite``; written whole or not at all; one writer at a time). http(s) URLs are
@@ -48,8 +49,9 @@ logger = logging.getLogger(__name__)
 OUTPUT_FORMATS = ("csv", "json", "jsonl")
 
 
-#: Containers of annotated videos and their OpenCV codecs: ``mp4`` (MPEG-4 part 2, for
-#: desktop players) or ``webm`` (VP8, which browsers play).
+#: Containers of annotated videos and their OpenCV codecs: ``webm`` (VP8, the default:
+#: web browsers and desktop players play it) or ``mp4`` (MPEG-4 part 2, which browsers
+#: do not play).
 ANNOTATED_VIDEO_FORMATS = {"mp4": "mp4v", "webm": "VP80"}
 
 
@@ -84,6 +86,17 @@ class Source:
 #: Relative paths are taken from the manifest's folder.
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet")
 
+#: Files in a folder that are plainly not images or videos by their extension (notes,
+#: documents, tables, archives, code): skipped and counted, never failed inputs. A file of
+#: another unknown extension is still read, so a renamed image is found by its content.
+NOT_MEDIA_SUFFIXES = frozenset({
+    ".md", ".txt", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".yaml", ".yml", ".toml", ".ini",
+    ".cfg", ".xml", ".html", ".htm", ".pdf", ".doc", ".docx", ".odt", ".rtf", ".xls", ".xlsx",
+    ".ods", ".ppt", ".pptx", ".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".py",
+    ".ipynb", ".sh", ".log", ".db", ".sqlite", ".parquet", ".npz", ".npy", ".pkl", ".onnx",
+    ".keras", ".h5", ".tflite",
+})  # fmt: skip
+
 
 MANIFEST_COLUMNS = ("path", "uri", "file", "source")
 
@@ -98,7 +111,7 @@ def read_uri(uri: str) -> bytes:
     try:
         import pyarrow.fs as pafs
     except ImportError:
-        raise OSError("reading URIs needs pyarrow: pip install 'ferkit[ray]'") from None
+        raise OSError("reading URIs needs pyarrow: pip install -e '.[ray]'") from None
     try:
         filesystem, path = pafs.FileSystem.from_uri(uri)
         with filesystem.open_input_stream(path) as stream:
@@ -226,7 +239,7 @@ def expand_inputs(inputs: list[str], *, manifests: bool = True) -> list[Source]:
                 sources.append(
                     Source(path_text(given), "unknown", path, error="folder holds no files")
                 )
-            sources.extend(_file_source(p) for p in files)
+            sources.extend(_listed_file_source(p) for p in files)
         elif path.is_file():
             sources.append(_file_source(path))
         elif any(char in given for char in "*?["):
@@ -291,6 +304,16 @@ def url_scheme(given: str) -> str | None:
     """The scheme of an input written as a URL (``https`` of ``https://...``), else None."""
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]+)://", given)
     return match.group(1).lower() if match else None
+
+
+def _listed_file_source(path: Path) -> Source:
+    """A file found in a folder: skipped when its extension says it is no image or video."""
+    if path.suffix.lower() in NOT_MEDIA_SUFFIXES:
+        return Source(
+            path_text(path), "skipped", path,
+            error=f"not an image or video (a {path.suffix.lower()} file); skipped",
+        )  # fmt: skip
+    return _file_source(path)
 
 
 def _file_source(path: Path) -> Source:
@@ -371,12 +394,23 @@ class PredictSummary:
         """The inputs that could not be used, each with its reason."""
         return [source for source in self.sources if source["status"] == "error"]
 
+    @property
+    def partial(self) -> list[dict[str, Any]]:
+        """The videos read only in part (their stream ended early), each with its reason."""
+        return [source for source in self.sources if source["status"] == "partial"]
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Files of a folder that are plainly not images or videos (not failures)."""
+        return [source for source in self.sources if source["status"] == "skipped"]
+
     def exit_status(self) -> int:
         """0: every input was processed (an image without a face is not a failure);
-        3: the run completed but some inputs failed; 130: interrupted by Ctrl-C."""
+        3: the run completed but some inputs failed or were read only in part (a video
+        whose stream ends before the frames it announces); 130: interrupted by Ctrl-C."""
         if self.interrupted:
             return 130
-        return EXIT_COMPLETED_WITH_ERRORS if self.failed else 0
+        return EXIT_COMPLETED_WITH_ERRORS if self.failed or self.partial else 0
 
 
 class RecordWriter:
@@ -392,7 +426,10 @@ class RecordWriter:
         )
         self.count = 0
         if fmt == "csv":
-            self._csv = csv.DictWriter(self.handle, fieldnames=columns, restval="")
+            # extrasaction: the geometry's landmarks (a list per face) stay out of CSV
+            self._csv = csv.DictWriter(
+                self.handle, fieldnames=columns, restval="", extrasaction="ignore"
+            )
             self._csv.writeheader()
         elif fmt == "json":
             self.handle.write("[\n")
@@ -415,8 +452,12 @@ class RecordWriter:
         self.handle.close()
 
 
-def record_columns(classes: list[str]) -> list[str]:
-    """The columns of a prediction record, in order."""
+def record_columns(classes: list[str], geometry: bool = False) -> list[str]:
+    """The columns of a prediction record, in order (``geometry``: with each face's
+    blendshape scores and head pose; its landmarks go to JSON records only)."""
+    from ferkit.geometry import BLENDSHAPE_NAMES, POSE_NAMES
+
+    extra = [*[f"bs_{name}" for name in BLENDSHAPE_NAMES], *POSE_NAMES] if geometry else []
     return [
         "source",
         "kind",
@@ -435,6 +476,7 @@ def record_columns(classes: list[str]) -> list[str]:
         *[f"p_{name}" for name in classes],
         "raw_label",
         *[f"raw_p_{name}" for name in classes],
+        *extra,
     ]
 
 
@@ -459,6 +501,7 @@ def predict(
     faces: str = "auto",
     max_pixels: int | None = None,
     tta: bool = False,
+    geometry: bool = False,
     every: int = 1,
     detect_every: int | str = "auto",
     smoothing_s: float = 0.5,
@@ -467,7 +510,7 @@ def predict(
     recognizer: Any = None,
     progress: bool = True,
     echo: Any = None,
-    annotated_video: str = "mp4",
+    annotated_video: str = "webm",
     on_frame: Callable[[str, int, int | None], None] | None = None,
 ) -> PredictSummary:
     """Run recognition over inputs and write the records.
@@ -482,12 +525,15 @@ def predict(
         max_pixels: pixel budget of one decoded image (default: the recogniser's).
         tta: test-time augmentation of the faces of still images (see
             :class:`EmotionRecognizer`); never for video frames.
+        geometry: each face's blendshapes and head pose too (``bs_<name>``, ``yaw``,
+            ``pitch``, ``roll``), and in JSON/JSONL its 478 ``landmarks`` (see
+            :mod:`ferkit.geometry`).
         recognizer: an existing :class:`EmotionRecognizer` (else one is built from
             ``model``, ``detector``, ``backend``, ``faces``, ``max_pixels`` and ``tta``, which are
             then ignored in favour of the recogniser's own settings).
         echo: callable that receives one human-readable line per input (``print``).
-        annotated_video: container of annotated videos, ``mp4`` or ``webm`` (VP8, which
-            web browsers play).
+        annotated_video: container of annotated videos, ``webm`` (VP8, which web
+            browsers play) or ``mp4`` (MPEG-4 part 2, for older desktop tools).
         on_frame: called after each video frame is read with the input's name, the
             frames read so far and the frames expected (None when unknown), for progress
             reports.
@@ -518,7 +564,8 @@ def predict(
     run = {
         "fmt": fmt, "annotate": annotate, "camera": camera, "model": model,
         "detector": detector, "backend": backend, "faces": faces, "max_pixels": max_pixels,
-        "tta": tta, "every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
+        "tta": tta, "geometry": geometry, "every": every, "detect_every": detect_every,
+        "smoothing_s": smoothing_s,
         "max_frames": max_frames, "recognizer": recognizer, "progress": progress, "echo": echo,
         "annotated_video": annotated_video, "on_frame": on_frame,
     }  # fmt: skip
@@ -571,6 +618,7 @@ def _predict_all(
     faces: str,
     max_pixels: int | None,
     tta: bool,
+    geometry: bool,
     every: int,
     detect_every: int | str,
     smoothing_s: float,
@@ -593,7 +641,9 @@ def _predict_all(
         sources.append(Source(f"camera:{camera}", "camera", camera=camera, opened=opened))
     try:
         if recognizer is None:
-            recognizer = _make_recognizer(model, detector, backend, faces, max_pixels, tta)
+            recognizer = _make_recognizer(
+                model, detector, backend, faces, max_pixels, tta, geometry
+            )
         options = {"every": every, "detect_every": detect_every, "smoothing_s": smoothing_s,
                    "max_frames": max_frames, "annotated_video": annotated_video,
                    "on_frame": on_frame}  # fmt: skip
@@ -619,12 +669,15 @@ def _make_recognizer(
     faces: str,
     max_pixels: int | None,
     tta: bool = False,
+    geometry: bool = False,
 ) -> Any:
     from ferkit.inference.recognizer import EmotionRecognizer
 
     kwargs: dict[str, Any] = {"detector": detector} if detector else {}
     if max_pixels is not None:
         kwargs["max_pixels"] = max_pixels
+    if geometry:
+        kwargs["geometry"] = True
     return EmotionRecognizer(model, backend=backend, faces=faces, tta=tta, **kwargs)
 
 
@@ -644,7 +697,7 @@ def _run_sources(
 
     from tqdm import tqdm
 
-    columns = record_columns(recognizer.classes)
+    columns = record_columns(recognizer.classes, getattr(recognizer, "geometry", False))
     writer = RecordWriter(out_dir / f"predictions.{fmt}", fmt, columns) if out_dir else None
     summary = PredictSummary(out=out_dir)
     used_names: set[str] = set()
@@ -725,7 +778,8 @@ def _found_faces(
     recognizer: Any, sources: list[Source], keep_image: bool
 ) -> Iterator[tuple[Source, np.ndarray | None, str, Any]]:
     """Per image file: ``(source, rgb or None, reason it failed, (mode, faces, crops,
-    shape) or None)``, the image decoded and its faces found and cut out."""
+    shape, geometries) or None)``, the image decoded and its faces found and cut out (and
+    their geometry, where the recogniser computes it)."""
     for source in sources:
         try:
             rgb, reason = read_source_image(source, recognizer.max_pixels)
@@ -739,11 +793,12 @@ def _found_faces(
             continue
         try:
             mode, found, crops = recognizer.find_faces(rgb)
+            geometries = recognizer.face_geometry(rgb, found)
         except Exception as error:  # a detector failing on one odd image
             logger.debug("%s failed", source.name, exc_info=True)
             yield source, None, detection_failure(error), None
             continue
-        yield source, (rgb if keep_image else None), "", (mode, found, crops, rgb.shape)
+        yield source, (rgb if keep_image else None), "", (mode, found, crops, rgb.shape, geometries)
 
 
 def _predict_images(
@@ -797,12 +852,12 @@ def _classified(
         if faces is None:
             yield _error_entry(source, reason, writer)
             continue
-        mode, boxes, cut, shape = faces
+        mode, boxes, cut, shape, geometries = faces
         rows = probabilities[start : start + len(cut)]
         start += len(cut)
         try:
             result = ImageResult(face_mode=mode, width=shape[1], height=shape[0])
-            result.extend(recognizer.face_results(boxes, rows))
+            result.extend(recognizer.face_results(boxes, rows, geometries))
             records, entry = image_records(source.name, result)
             if annotate and out_dir is not None:
                 entry["annotated"] = _annotate_image(source, rgb, result, out_dir, used_names)
@@ -893,6 +948,8 @@ def predict_source(
     """One input's records and summary entry; an unexpected failure on this input is
     recorded as its error, so the rest of the batch completes."""
     try:
+        if source.kind == "skipped":
+            return _error_entry(source, source.error or "skipped", writer, status="skipped")
         if source.kind == "url" and source.error is None:
             try:
                 source.path = download(source.url, downloads)
@@ -1013,7 +1070,7 @@ def _predict_video(
     used_names: set[str],
     progress: bool,
     *,
-    annotated_video: str = "mp4",
+    annotated_video: str = "webm",
     on_frame: Callable[[str, int, int | None], None] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
@@ -1070,7 +1127,7 @@ def _predict_video(
         capture.release()  # also when the frames never started (released twice is harmless)
         if annotated is not None:
             annotated.close()
-    entry = tally.entry(info, interrupted, bool(options.get("max_frames")))
+    entry = tally.entry(info, interrupted, options.get("max_frames"))
     if annotated is not None:
         entry.update(annotated.finish(tally, recognizer.classes, Path(source.name).name))
     return entry
@@ -1116,8 +1173,10 @@ class _VideoTally:
             for track, counter in self.labels.items()
         }
 
-    def entry(self, info: Any, interrupted: bool, limited: bool) -> dict[str, Any]:
-        """The video's summary entry (and its ``no_face`` record, if it had none)."""
+    def entry(self, info: Any, interrupted: bool, max_frames: int | None) -> dict[str, Any]:
+        """The video's summary entry, and its ``partial`` record when its stream ended
+        before the frames it announces (or before ``max_frames`` of them), else its
+        ``no_face`` record if it had no face."""
         overall = Counter()
         for counter in self.labels.values():
             overall.update(counter)
@@ -1126,6 +1185,7 @@ class _VideoTally:
             "kind": self.source.kind,
             "status": "ok" if self.faces else "no_face",
             "frames": self.frames_read,
+            "frames_announced": info.frame_count,
             "frames_processed": self.frames_processed,
             "frames_with_face": self.frames_with_face,
             "faces": self.faces,
@@ -1140,18 +1200,22 @@ class _VideoTally:
                 for track, share in self.shares().items()
             },
         }
-        if info.frame_count is not None and self.frames_read < info.frame_count and not limited:
+        wanted = min(info.frame_count, max_frames or info.frame_count) if info.frame_count else 0
+        if self.frames_read < wanted and not interrupted:
+            # Truncated or corrupt: what was read is kept, and the video is not called ok.
+            entry["status"] = "partial"
             entry["reason"] = (
                 f"stream ended at frame {self.frames_read} of the {info.frame_count} the file "
-                "announces (truncated or corrupt frames)"
+                "announces (truncated or corrupt); the results cover the frames read"
             )
         if interrupted:
             of = f" of {info.frame_count}" if info.frame_count else ""
             entry["reason"] = f"stopped by Ctrl-C after {self.frames_read}{of} frames"
             entry["interrupted"] = self.source.kind != "camera"  # a webcam ends this way
-        if not self.faces and self.writer is not None:
+        if (entry["status"] == "partial" or not self.faces) and self.writer is not None:
             self.writer.write(
-                {"source": self.source.name, "kind": self.source.kind, "status": "no_face",
+                {"source": self.source.name, "kind": self.source.kind,
+                 "status": "partial" if entry["status"] == "partial" else "no_face",
                  "reason": entry.get("reason", "")}
             )  # fmt: skip
         return entry

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ferkit.faces import Face
+
+if TYPE_CHECKING:
+    from ferkit.geometry import FaceGeometry
 
 
 @dataclass
@@ -26,6 +29,9 @@ class FaceResult:
     track_id: int | None = None
     raw_label: str | None = None
     raw_probabilities: dict[str, float] | None = None
+    # With geometry on (``EmotionRecognizer(geometry=True)``): the face's 478 landmarks,
+    # 52 blendshape scores and head pose (:class:`ferkit.geometry.FaceGeometry`).
+    geometry: FaceGeometry | None = None
 
     @classmethod
     def of(
@@ -36,9 +42,11 @@ class FaceResult:
         *,
         raw: np.ndarray | None = None,
         track_id: int | None = None,
+        geometry: FaceGeometry | None = None,
     ) -> FaceResult:
         """The result for a detected ``face`` from its class ``probabilities`` (for video,
-        smoothed over time, with the frame's own ``raw`` ones and the face's track)."""
+        smoothed over time, with the frame's own ``raw`` ones and the face's track), and
+        its ``geometry`` where computed."""
 
         def named(row: np.ndarray) -> dict[str, float]:
             return dict(zip(classes, map(float, row), strict=True))
@@ -52,11 +60,14 @@ class FaceResult:
             track_id=track_id,
             raw_label=None if raw is None else classes[int(np.argmax(raw))],
             raw_probabilities=None if raw is None else named(raw),
+            geometry=geometry,
         )
 
     def as_dict(self, digits: int | None = 4) -> dict[str, Any]:
-        """The face as a flat record (box, label, probabilities); probabilities are
-        rounded to ``digits`` decimals (None: full precision)."""
+        """The face as a flat record (box, label, probabilities; with geometry,
+        ``bs_<name>`` for each blendshape, ``yaw``, ``pitch``, ``roll`` and ``landmarks``,
+        478 ``[x, y, z]`` lists); probabilities and blendshapes are rounded to ``digits``
+        decimals (None: full precision), angles to 0.01 degree and landmarks to 0.1 px."""
 
         def rounded(value: float) -> float:
             return round(value, digits) if digits is not None else float(value)
@@ -81,7 +92,29 @@ class FaceResult:
         if self.raw_probabilities is not None:
             record["raw_label"] = self.raw_label
             record.update({f"raw_p_{k}": rounded(p) for k, p in self.raw_probabilities.items()})
+        if self.geometry is not None:
+            record.update(geometry_record(self.geometry, digits))
         return record
+
+
+def geometry_record(geometry: FaceGeometry, digits: int | None = 4) -> dict[str, Any]:
+    """A face's geometry as record fields: ``bs_<name>`` per blendshape, ``yaw``,
+    ``pitch``, ``roll`` (degrees) and ``landmarks`` (478 ``[x, y, z]`` lists, pixels)."""
+
+    def rounded(value: float, places: int | None) -> float:
+        return round(float(value), places) if places is not None else float(value)
+
+    fine = None if digits is None else 1
+    record: dict[str, Any] = {
+        f"bs_{name}": rounded(score, digits) for name, score in geometry.blendshapes.items()
+    }
+    record.update(
+        yaw=rounded(geometry.yaw, None if digits is None else 2),
+        pitch=rounded(geometry.pitch, None if digits is None else 2),
+        roll=rounded(geometry.roll, None if digits is None else 2),
+        landmarks=[[rounded(v, fine) for v in point] for point in geometry.landmarks.tolist()],
+    )
+    return record
 
 
 ImageInput = str | os.PathLike | np.ndarray | Any  # path, array or PIL image

@@ -475,9 +475,18 @@ class FrameStream:
         raw = model.predict_proba(crops, batch_size=max(1, len(crops)))
         tracked = self.tracker.update(faces, raw, time_s)
         self.frames += 1
+        geometries = (
+            recognizer.face_geometry(rgb, faces)
+            if getattr(recognizer, "geometry", False)
+            else [None] * len(faces)
+        )
         return [
-            FaceResult.of(face, recognizer.classes, smooth_row, raw=raw_row, track_id=track_id)
-            for face, raw_row, (track_id, smooth_row) in zip(faces, raw, tracked, strict=True)
+            FaceResult.of(
+                face, recognizer.classes, row, raw=raw_row, track_id=track_id, geometry=geometry
+            )
+            for face, raw_row, (track_id, row), geometry in zip(
+                faces, raw, tracked, geometries, strict=True
+            )
         ]
 
 

@@ -19,7 +19,6 @@ import hmac
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -40,9 +39,15 @@ from ferkit.extras import MissingExtraError
 from ferkit.faces import DETECTOR_NAMES, available_detectors
 from ferkit.images import FACE_MODES
 from ferkit.serve.config import ServeConfig, limits
-from ferkit.serve.engine import ModelUnavailable, RecognizerPool, Saturated, predict_uploads
+from ferkit.serve.engine import (
+    DecodeBudget,
+    ModelUnavailable,
+    RecognizerPool,
+    Saturated,
+    predict_uploads,
+)
 from ferkit.serve.guards import BodyLimit, Gate, OriginGuard, SecurityHeaders, Timeout, header
-from ferkit.serve.jobs import JobError, TooManyJobs, VideoJobs
+from ferkit.serve.jobs import JobError, TooManyJobs, VideoJobs, make_jobs_dir
 from ferkit.serve.stream import CLOSE_POLICY, CLOSE_TRY_LATER, serve_stream
 
 logger = logging.getLogger(__name__)
@@ -154,9 +159,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     pool = RecognizerPool(
         recognizer, config.threads, config.max_pending, offered,
         served=model["name"] if model["installed"] else None,
+        decode_budget=DecodeBudget(config.decode_memory_mb * 2**20, config.request_timeout_s),
     )  # fmt: skip
     own_jobs_dir = config.jobs_dir is None
-    jobs_root = Path(config.jobs_dir or tempfile.mkdtemp(prefix="ferkit-serve-jobs-"))
+    jobs_root, jobs_lock = make_jobs_dir() if own_jobs_dir else (Path(config.jobs_dir), None)
     jobs = VideoJobs(
         jobs_root, recognizer, max_jobs=config.max_jobs, ttl_s=config.job_ttl_s,
         max_video_s=config.max_video_s, max_pixels=config.max_pixels,
@@ -201,6 +207,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             jobs.close()
             if own_jobs_dir:
                 shutil.rmtree(jobs_root, ignore_errors=True)
+                jobs_lock.close()
 
     app = FastAPI(
         title="ferkit",
@@ -270,7 +277,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             # Admitted in the thread that works: a request its client gave up on still
             # counts until its work is done.
             with pool.admit(), pool.lend(detector, model) as lent:
-                return predict_uploads(lent, named, faces, config.max_pixels, tta)
+                return predict_uploads(
+                    lent, named, faces, config.max_pixels, tta, budget=pool.decode_budget
+                )
 
         entries = await run_in_threadpool(work)
         used = model or served_name
@@ -416,7 +425,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     # checks; the API key and the video slots, both before a byte of the body is read;
     # the time limit; the body limit.
     app.add_middleware(BodyLimit, limit_for=body_limit)
-    app.add_middleware(Timeout, seconds=config.request_timeout_s)
+    app.add_middleware(
+        Timeout, seconds=config.request_timeout_s, min_bytes_per_s=config.min_upload_kb_s * 1024
+    )
     app.add_middleware(Gate, check=video_slot_refusal, on_end=video_upload_ended)
     app.add_middleware(Gate, check=key_refusal)
     app.add_middleware(OriginGuard, allowed=config.origins, hosts=config.served_hosts)
@@ -427,7 +438,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 def create_app_from_env() -> FastAPI:
     """The application of a server's worker process, from the settings the server put in
     its environment (``uvicorn --factory``)."""
-    return create_app(ServeConfig.from_env())
+    from ferkit.serve.protocol import use_header_timeout
+
+    config = ServeConfig.from_env()
+    use_header_timeout(config.header_timeout_s)  # this worker's connections
+    return create_app(config)
 
 
 def _display_name(filename: str | None, index: int) -> str:

@@ -51,12 +51,21 @@ class ServeConfig:
     max_pixels: int = setting(
         25_000_000, "pixel budget of a decoded photo (larger JPEGs are decoded reduced)"
     )  # fmt: skip
+    decode_memory_mb: float = setting(
+        512.0, "memory that photos and camera frames being decoded may hold at once, per process, in MB (more wait; one image over it is decoded alone)"
+    )  # fmt: skip
     max_video_mb: float = setting(200.0, "largest video upload, in MB")
     max_video_s: float = setting(300.0, "longest video accepted, in seconds")
     max_jobs: int = setting(2, "video jobs processed at once per process (more get 429)")
     job_ttl_s: float = setting(3600.0, "seconds a finished video job and its files are kept")
     max_pending: int = setting(16, "photo requests waiting for a recogniser before 503")
     request_timeout_s: float = setting(60.0, "longest time for one HTTP request")
+    min_upload_kb_s: float = setting(
+        16.0, "slowest average rate of a request body after its first --request-timeout-s seconds, in KB/s (slower: 408)"
+    )  # fmt: skip
+    header_timeout_s: float = setting(
+        10.0, "longest time for a request's headers to arrive (else 408, and the connection is closed)"
+    )  # fmt: skip
     ws_max_frame_kb: int = setting(1024, "largest camera frame over the socket, in KB")
     ws_max_fps: float = setting(30.0, "most camera frames a second per socket (more dropped)")
     max_streams: int = setting(8, "live camera sockets open at once per process")
@@ -84,7 +93,7 @@ class ServeConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         for name in (
             "max_upload_mb", "max_video_mb", "max_video_s", "job_ttl_s", "request_timeout_s",
-            "ws_max_fps",
+            "ws_max_fps", "decode_memory_mb", "min_upload_kb_s", "header_timeout_s",
         ):  # fmt: skip
             value = getattr(self, name)
             if not value > 0 or value == float("inf"):
@@ -175,6 +184,7 @@ def limits(config: ServeConfig) -> dict[str, Any]:
         "max_upload_mb": config.max_upload_mb,
         "max_files": config.max_files,
         "max_pixels": config.max_pixels,
+        "decode_memory_mb": config.decode_memory_mb,
         "max_video_mb": config.max_video_mb,
         "max_video_s": config.max_video_s,
         "ws_max_frame_kb": config.ws_max_frame_kb,

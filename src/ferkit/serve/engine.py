@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ferkit.images import ImageReadError, decode_image
+from ferkit.images import ImageReadError, decode_image, decode_memory
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,48 @@ class ModelUnavailable(RuntimeError):
     503 with the reason; the failure is remembered, so it is not retried per request."""
 
 
+class DecodeBudget:
+    """The memory that decoded images may hold at once in a server process: one budget
+    for every photo request and camera frame, whatever their model and detector.
+
+    An image holds its decoding's cost (:func:`ferkit.images.decode_memory`, read from
+    its header before a pixel is decoded) from its decoding until its faces are
+    classified. One that would pass the budget waits for others to end, up to
+    ``wait_s`` seconds (then :class:`Saturated`); one that costs more than the whole
+    budget waits until it can be decoded alone.
+    """
+
+    def __init__(self, capacity_bytes: int, wait_s: float) -> None:
+        self.capacity = max(1, int(capacity_bytes))
+        self.wait_s = wait_s
+        self.held = 0
+        self._freed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        """Hold ``cost`` bytes of the budget for the block.
+
+        Raises:
+            Saturated: the budget did not have room within ``wait_s`` seconds.
+        """
+        cost = min(max(int(cost), 0), self.capacity)
+        with self._freed:
+            if not self._freed.wait_for(
+                lambda: self.held + cost <= self.capacity, timeout=self.wait_s
+            ):
+                raise Saturated(
+                    f"the server is decoding other images ({self.held / 2**20:.0f} MB of its "
+                    f"{self.capacity / 2**20:.0f} MB for decoding are taken); try again shortly"
+                )
+            self.held += cost
+        try:
+            yield
+        finally:
+            with self._freed:
+                self.held -= cost
+                self._freed.notify_all()
+
+
 class RecognizerPool:
     """``size`` recognisers per model and face detector, created when first needed,
     lent to one thread at a time; at most ``size + max_pending`` requests (and camera
@@ -40,6 +82,8 @@ class RecognizerPool:
             each loads once, when first asked for.
         served: the installed name of the served model, if it is one (asking for it by
             name lends the base's recognisers, not a second copy).
+        decode_budget: the memory budget of every decoding in the process (default: one
+            of 512 MB, waited on for up to 60 s).
     """
 
     def __init__(
@@ -49,8 +93,10 @@ class RecognizerPool:
         max_pending: int,
         models: tuple[str, ...] = (),
         served: str | None = None,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         self.base = base
+        self.decode_budget = decode_budget or DecodeBudget(512 * 2**20, 60.0)
         self.served = served
         self.size = size
         self.capacity = size + max_pending
@@ -197,6 +243,7 @@ def predict_uploads(
     faces: str,
     max_pixels: int,
     tta: bool = False,
+    budget: DecodeBudget | None = None,
 ) -> list[dict[str, Any]]:
     """Decode and classify each uploaded image in turn (one decoded image in memory at
     a time, whatever the number of uploads).
@@ -204,6 +251,11 @@ def predict_uploads(
     Args:
         uploads: ``(name, encoded bytes)``; the name is only shown, never opened.
         tta: test-time augmentation of each face (``?tta=1``).
+        budget: the process's decoding budget, held by each image from its decoding
+            until it is classified (None: none).
+
+    Raises:
+        Saturated: the budget had no room for an image in time.
 
     Returns:
         Per upload, in order, ``{"filename", **image_json}`` or ``{"filename", "error",
@@ -211,13 +263,15 @@ def predict_uploads(
     """
     entries = []
     for name, data in uploads:
-        try:
-            rgb = decode_image(data, source=name, max_pixels=max_pixels)
-        except ImageReadError as error:
-            entries.append({"filename": name, "error": error.reason, "status": error_status(error)})
-            continue
-        (result,) = recognizer.predict_batch([rgb], faces=faces, errors="record", tta=tta)
-        del rgb
+        cost = decode_memory(data, max_pixels) if budget is not None else 0
+        with budget.hold(cost) if budget is not None else contextlib.nullcontext():
+            try:
+                rgb = decode_image(data, source=name, max_pixels=max_pixels)
+            except ImageReadError as error:
+                entries.append({"filename": name, "error": error.reason, "status": error_status(error)})  # fmt: skip
+                continue
+            (result,) = recognizer.predict_batch([rgb], faces=faces, errors="record", tta=tta)
+            del rgb
         if result.error is not None:  # the detector failed on this image: no detail out
             logger.warning("%s: %s", name, result.error)
             entries.append({"filename": name, "error": "face detection failed on this image",

@@ -241,14 +241,17 @@ class BodyLimit:
 
 class Timeout:
     """Bounds how long a request may take, in two parts: while its body arrives, each
-    piece must follow the last within ``seconds`` (a stalled client gets 408; a slow but
-    steady upload is not cut); once the body is in, the response must start within
+    piece must follow the last within ``seconds``, and after the first ``seconds`` the
+    body must have come at ``min_bytes_per_s`` on average (a stalled or trickling client
+    gets 408, so a few bytes now and then cannot hold a video slot; an upload at that rate
+    or faster is never cut); once the body is in, the response must start within
     ``seconds`` (else 503 with ``Retry-After``). Streaming a response, once started, is
     not cut."""
 
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
+    def __init__(self, app: ASGIApp, seconds: float, min_bytes_per_s: float = 16 * 1024) -> None:
         self.app = app
         self.seconds = seconds
+        self.min_bytes_per_s = min_bytes_per_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -257,14 +260,22 @@ class Timeout:
         loop = asyncio.get_running_loop()
         started = asyncio.Event()
         body_done = scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
-        deadline = loop.time() + self.seconds
+        begun = loop.time()
+        deadline = begun + self.seconds
+        received = 0
+        too_slow = False  # cut for its average rate, rather than for a pause
 
         async def tracking_receive() -> Message:
-            nonlocal body_done, deadline
+            nonlocal body_done, deadline, received, too_slow
             message = await receive()
             if message["type"] == "http.request":
-                deadline = loop.time() + self.seconds  # each piece of the body resets it
+                received += len(message.get("body", b""))
                 body_done = body_done or not message.get("more_body", False)
+                stalled = loop.time() + self.seconds  # each piece of the body resets it
+                # Each byte buys 1/min_bytes_per_s seconds after the first ``seconds``.
+                trickled = begun + self.seconds + received / self.min_bytes_per_s
+                deadline = stalled if body_done else min(stalled, trickled)
+                too_slow = not body_done and trickled < stalled
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -299,6 +310,12 @@ class Timeout:
                 "try again later",
                 {"Retry-After": "5"},
             )
+        elif too_slow:
+            await send_error(
+                send, 408, f"the request body came at {received / (loop.time() - begun):.0f} "
+                f"bytes/s, under the least this server takes ({self.min_bytes_per_s / 1024:g} "
+                "KB/s on average); send it over a faster connection",
+            )  # fmt: skip
         else:
             await send_error(
                 send, 408, f"the request body stalled for over {self.seconds:g} s; send it again"

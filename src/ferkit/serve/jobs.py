@@ -6,11 +6,17 @@ A job lives in a folder of its own under the jobs folder, named by a random id, 
 ``job.json`` (status and progress, written atomically) beside the results, so that every
 worker process of a server reads the same jobs from disk. The uploaded file is removed
 when its job ends, whatever happens; finished jobs are removed after their time to live.
+
+A server without ``--jobs-dir`` keeps its jobs in a temporary folder of its own
+(:func:`make_jobs_dir`), locked while it runs and removed when it stops; the folders of
+a server that was killed (``kill -9``, a crash) are removed by the next server to start
+(:func:`sweep_stale_jobs_dirs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -18,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +37,11 @@ from ferkit.images import VIDEO_EXTENSIONS, sniff_format
 from ferkit.inference.results import FaceResult
 from ferkit.outputs import write_atomic
 from ferkit.serve.engine import ModelUnavailable, face_json
+
+try:
+    import fcntl
+except ImportError:  # Windows: no sweeping of stale folders
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +72,60 @@ class JobError(ValueError):
 
 class TooManyJobs(RuntimeError):
     """All job slots of this process are taken: answer 429 with Retry-After."""
+
+
+#: Name prefix of the temporary jobs folders servers make (:func:`make_jobs_dir`).
+JOBS_DIR_PREFIX = "ferkit-serve-jobs-"
+
+#: File in such a folder that its server holds locked while it runs (and whose text is
+#: the server's process id, for people).
+OWNER_LOCK = "server.lock"
+
+
+def make_jobs_dir() -> tuple[Path, io.TextIOWrapper]:
+    """A new temporary jobs folder, locked by this process, and the open lock file.
+
+    The lock lasts as long as the file stays open: closing it, or the process ending in
+    any way (``kill -9`` included), releases it, which tells
+    :func:`sweep_stale_jobs_dirs` the folder is stale.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=JOBS_DIR_PREFIX))
+    making = folder / f".{OWNER_LOCK}"  # named once locked: a sweep never sees it unlocked
+    lock = open(making, "w")  # noqa: SIM115 - held open while serving
+    if fcntl is not None:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    making.rename(folder / OWNER_LOCK)
+    return folder, lock
+
+
+def sweep_stale_jobs_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the temporary jobs folders under ``root`` (default: the temporary folder)
+    whose server is gone: ours by name, by owner and by a lock file that no process holds.
+    A folder without a lock file (another program's, or one being made) is left alone,
+    as is every folder where file locks are not available. Returns the folders removed.
+    """
+    if fcntl is None:
+        return []
+    removed = []
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{JOBS_DIR_PREFIX}*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            descriptor = os.open(folder / OWNER_LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        with os.fdopen(descriptor) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: its server is running
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        logger.info("removed the jobs folders of stopped servers: %s", ", ".join(map(str, removed)))
+    return removed
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -279,6 +345,11 @@ class VideoJobs:
             write_atomic(folder / "result.json", json.dumps(result))
             frames = entry.get("frames", 0)
             state["progress"] = {"frames_done": frames, "frames_total": frames, "fraction": 1.0}
+            if entry["status"] == "partial":  # done, with what it covers said
+                announced = entry["frames_announced"]
+                state["note"] = entry["reason"]
+                state["progress"] = {"frames_done": frames, "frames_total": announced,
+                                     "fraction": round(frames / announced, 4)}  # fmt: skip
             state.update(status="done", updated=time.time())
         except Exception as error:  # the job fails, the server goes on
             logger.warning("video job %s failed", folder.name, exc_info=True)
@@ -398,6 +469,8 @@ def _result_document(out: Path, entry: dict[str, Any], max_frames: int) -> dict[
     return {
         "classes": classes,
         "frames_read": entry.get("frames", 0),
+        "frames_announced": entry.get("frames_announced"),
+        "partial": entry["status"] == "partial",
         "frames_with_face": entry.get("frames_with_face", 0),
         "tracks": entry.get("tracks", 0),
         "share_of_time": entry.get("share_of_time", {}),

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ferkit.extras import MissingExtraError
-from ferkit.images import ImageReadError, decode_image
+from ferkit.images import ImageReadError, decode_image, decode_memory
 from ferkit.inference.video import FrameStream
 from ferkit.serve.engine import ModelUnavailable, RecognizerPool, Saturated, face_json
 
@@ -176,11 +176,18 @@ def _classify(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     try:
-        rgb = decode_image(data, source="frame", max_pixels=max_pixels)
-    except ImageReadError as error:
-        return {"type": "error", "error": f"the frame is not a usable image: {error.reason}"}
-    try:
-        with pool.admit(), pool.lend(detector, model) as recognizer:
+        # Decoded like a photo: admitted, with a recogniser lent, and within the
+        # process's decoding budget, so that frames of many sockets cannot together
+        # decode more than the budget allows.
+        with (
+            pool.admit(),
+            pool.lend(detector, model) as recognizer,
+            pool.decode_budget.hold(decode_memory(data, max_pixels)),
+        ):
+            try:
+                rgb = decode_image(data, source="frame", max_pixels=max_pixels)
+            except ImageReadError as error:
+                return {"type": "error", "error": f"the frame is not a usable image: {error.reason}"}  # fmt: skip
             faces = stream.process(recognizer, rgb, time_s)
     except Saturated:
         return {"type": "dropped", "reason": "the server is busy"}
