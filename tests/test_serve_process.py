@@ -325,3 +325,44 @@ def test_uploads_trickling_in_cannot_hold_the_video_slots(impatient_port):
         b"--b--\r\n",
     )
     assert status == 400 and b"file" in answer  # the slots are free again: not 429
+
+
+def test_the_server_logs_a_line_per_request_by_default(tmp_path):
+    """Without -v the server logs each request with its status (keys redacted), so an
+    operator sees what it answered."""
+    import subprocess
+    import sys
+
+    number = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as handle:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ferkit", "serve", "--host", "127.0.0.1", "--port",
+             str(number), "--api-key", KEY],
+            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while (
+                b"Uvicorn running" not in log.read_bytes()
+                and b"ferkit serve:" not in log.read_bytes()
+            ):
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            time.sleep(1.0)
+            status, _, _ = raw_request(
+                number, "GET /healthz HTTP/1.1\nHost: localhost\nConnection: close\n"
+            )
+            assert status == 200
+            status, _, _ = raw_request(
+                number,
+                f"GET /v1/nowhere?api_key={KEY} HTTP/1.1\nHost: localhost\nConnection: close\n",
+            )
+            assert status in (401, 404)
+            time.sleep(0.5)
+        finally:
+            os.killpg(server.pid, signal.SIGINT)
+            server.wait(timeout=30)
+    text = log.read_text()
+    assert '"GET /healthz HTTP/1.1" 200' in text
+    assert "/v1/nowhere?api_key=***" in text and KEY not in text

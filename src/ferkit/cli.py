@@ -1307,7 +1307,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
     run(
         config,
-        log_level="info" if args.verbose else "warning",
+        # One line per request (and every warning and error) by default, as a service's
+        # operator expects; -v adds the libraries' debug lines.
+        log_level="debug" if args.verbose else "info",
         announce=lambda line: print(line, flush=True),
     )
     return 0
