@@ -346,3 +346,31 @@ def test_built_folder_finds_justin_happy_as_faceapi_would(teacher):
     expected = _in_ferkit_order(faceapi_reference(tensors, crops), recogniser.classes)
     got = recogniser.model.predict_proba(crops)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_calibration_fits_a_temperature_and_keeps_the_folder_loadable(teacher, drawn, tmp_path):
+    import shutil
+
+    from ferkit.data.dataset import PreparedDataset
+    from ferkit.models.folder import load_model, verify_checksums
+    from ferkit.release.faceapi import calibrate_teacher
+
+    folder = shutil.copytree(teacher, tmp_path / "teacher")  # the module's stays as built
+    before = load_model(folder)
+    record = calibrate_teacher(folder, drawn, "val")
+    verify_checksums(folder)  # calibration.json and the card changed, their sums too
+    after = load_model(folder)
+    assert after.temperature == pytest.approx(record["temperature"]) != 1.0
+    assert record["split"] == "val" and record["faces"] == len(PreparedDataset(drawn).split("val"))
+    assert (
+        f"temperature {record['temperature']:.3f}, fitted on"
+        in (folder / "MODEL_CARD.md").read_text()
+    )
+    faces = np.random.default_rng(0).integers(0, 256, (8, 112, 112, 3)).astype(np.uint8)
+    np.testing.assert_array_equal(  # the confidence changes, never the prediction
+        before.predict_proba(faces).argmax(axis=1), after.predict_proba(faces).argmax(axis=1)
+    )
+    with pytest.raises(ValueError, match="no split 'nope'"):
+        calibrate_teacher(folder, drawn, "nope")

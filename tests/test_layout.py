@@ -28,6 +28,7 @@ LAYERS = {
     "ferkit.outputs": 0,
     "ferkit.settings": 0,
     "ferkit.faces": 1,
+    "ferkit.geometry": 1,  # on the faces that ferkit.faces finds
     "ferkit.data": 2,
     "ferkit.models": 3,
     "ferkit.training": 4,

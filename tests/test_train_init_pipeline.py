@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, tiny_train_config
 from test_train import _config
 
 from ferkit.data.dataset import Split
@@ -178,6 +178,7 @@ def test_init_from_default_copies_the_shipped_model():
     three = build_model(ModelConfig(**{**bundle_config.model, "n_classes": 3}))
     report = initialise_from(three, "default")
     assert report["fresh"] == ["logits"] and "s3_conv1" in report["loaded"]
+    assert report["unused"] == ["logits"]  # init.json names every layer not copied
     np.testing.assert_array_equal(
         three.get_layer("s0_conv0").get_weights()[0],
         shipped.get_layer("s0_conv0").get_weights()[0],
@@ -219,3 +220,55 @@ def test_training_run_starts_from_another_run(drawn, drawn_run, tmp_path):
     assert TrainConfig.from_yaml(tmp_path / "second" / "config.yaml").init_from == str(first)
     scratch, started = read_history(first), read_history(tmp_path / "second")
     assert started[0]["loss"] < scratch[0]["loss"] - 0.05
+
+
+def test_init_from_refuses_to_drop_layers_of_the_source():
+    """The config's default depth (2 blocks a stage) under the shipped model (3): the 22
+    layers that fit used to be copied and the other 8 dropped without a word."""
+    from ferkit.models.folder import DEFAULT_MODEL_DIR
+    from ferkit.models.keras_nets import ModelConfig, build_model
+
+    bundle_config = TrainConfig.from_yaml(DEFAULT_MODEL_DIR / "config.yaml")
+    shallower = build_model(ModelConfig(**{**bundle_config.model, "blocks_per_stage": 2}))
+    with pytest.raises(ValueError, match=r"8 layers with weights .*s0_conv2.*same architecture"):
+        initialise_from(shallower, "default")
+    narrower = build_model(ModelConfig(**{**bundle_config.model, "widths": [32, 64, 128, 128]}))
+    with pytest.raises(ValueError, match="would start fresh"):
+        initialise_from(narrower, "default")
+
+
+def test_init_from_takes_the_architecture_of_its_source(drawn, drawn_run, tmp_path):
+    from ferkit.cli import main
+    from ferkit.training.init_from import source_config_file, source_model_settings
+
+    assert source_config_file(drawn_run / "checkpoints" / "best.keras") == drawn_run / "config.yaml"
+    assert source_model_settings("default")["blocks_per_stage"] == 3
+    # No model settings given: the run builds its source's (tiny) network, not the
+    # built-in default architecture, and every layer is copied.
+    args = ["train", "--data", str(drawn), "--epochs", "1", "--batch-size", "32"]
+    assert main([*args, "--init-from", str(drawn_run), "--out", str(tmp_path / "run")]) == 0
+    run_model = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml").model
+    source_model = TrainConfig.from_yaml(drawn_run / "config.yaml").model
+    assert run_model["widths"] == TINY_MODEL["widths"]
+    assert {k: v for k, v in run_model.items() if k != "seed"} == {
+        k: v for k, v in source_model.items() if k != "seed"
+    }
+    report = json.loads((tmp_path / "run" / "init.json").read_text())
+    assert report["fresh"] == [] and report["unused"] == [] and "logits" in report["loaded"]
+    # Told otherwise (other widths): refused before any training, nothing left behind.
+    other = tmp_path / "wide.yaml"
+    other.write_text(json.dumps({"model": {**TINY_MODEL, "widths": [8, 16, 32, 32]}}))
+    out = tmp_path / "refused"
+    code = main([*args, "--config", str(other), "--init-from", str(drawn_run), "--out", str(out)])
+    assert code == 2 and not out.exists()
+
+
+def test_every_epoch_is_kept_when_asked(drawn, tmp_path):
+    import keras
+
+    config = tiny_train_config(drawn, epochs=2, keep_epoch_checkpoints=True)
+    train(config, tmp_path / "run", verbose=0)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("epoch_*"))
+    assert kept == ["epoch_001.keras", "epoch_002.keras"]
+    last = keras.models.load_model(tmp_path / "run" / "checkpoints" / "epoch_002.keras")
+    assert last.output_shape[-1] == 4

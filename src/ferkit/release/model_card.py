@@ -33,9 +33,20 @@ def _distillation_note(config: dict[str, Any]) -> str:
             described.append(f"`{teacher}` ({accuracy:.2%} on val)")
         else:
             described.append(f"`{teacher}`")
+    mean = "the mean calibrated probabilities of"
+    weights = teachers.get("teacher_weights") or [1.0] * len(described)
+    votes_weight = teachers.get("votes_weight")
+    votes_weight = 1.0 if votes_weight is None else votes_weight  # older manifests: 1
+    if teachers.get("votes") and votes_weight > 0:
+        described.append(f"the votes of `{teachers['votes']}`")
+        weights = [*weights, votes_weight]
+    if len(set(weights)) > 1:
+        total = sum(weights)
+        described = [f"{w / total:.2g} x {d}" for w, d in zip(weights, described, strict=True)]
+        mean = "a weighted mean of the calibrated probabilities of"
     return (
         f"\n- Targets (knowledge distillation, `ferkit soft-labels`): {teachers['label_weight']:g}"
-        f" x the label + {1 - teachers['label_weight']:g} x the mean calibrated probabilities of"
+        f" x the label + {1 - teachers['label_weight']:g} x {mean}"
         f" {len(described)} teacher model(s): {', '.join(described)}."
     )
 

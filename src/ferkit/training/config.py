@@ -61,10 +61,15 @@ class TrainConfig:
     )  # fmt: skip
     init_from: str | None = setting(
         None,
-        "start from a model's weights (same layers by name and shape): a .keras file, a run "
-        "folder, or 'default' to fine-tune the shipped model",
+        "start from a model's weights and architecture (from its config.yaml; model settings "
+        "given win): a .keras file, a run or bundle folder, an installed model's name, or "
+        "'default' to fine-tune the shipped model; every layer is copied or the run is refused",
     )
     temperature_scaling: bool = setting(True, "fit a temperature on val for calibration")
+    keep_epoch_checkpoints: bool = setting(
+        False, "keep every epoch's model (checkpoints/epoch_NNN.keras, or .weights.npz for "
+        "the torch engine), to select an epoch on other measures after training",
+    )  # fmt: skip
     val_fraction: float = setting(0.1, "share of train held out when the data has no val split")
     engine: str = setting(
         "keras", "keras, or torch: ferkit_cnn on PyTorch for a GPU without TensorFlow; its "

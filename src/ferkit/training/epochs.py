@@ -1,6 +1,6 @@
 """The epoch loop's bookkeeping, for both engines: which epochs are left, and the end of
-each one (history row, the printed line, best and last checkpoints, early stopping, and
-stopping a call early to test resuming)."""
+each one (history row, the printed line, best, last and optionally every epoch's
+checkpoints, early stopping, and stopping a call early to test resuming)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,9 @@ class EpochLoop:
         print(epoch_line(row, self.config.total_epochs), flush=True)
         if improved:
             save_atomic(save_best, self.run_dir / best_name)
+        if self.config.keep_epoch_checkpoints:  # the best model's format, named by epoch
+            kept = best_name.replace("best", f"epoch_{int(row['epoch']):03d}", 1)
+            save_atomic(save_best, self.run_dir / kept)
         commit_epoch(self.run_dir, self.state, save_last, last_name)
         self.epochs_this_call += 1
         patience = self.config.early_stopping_patience

@@ -244,17 +244,20 @@ def initialise_from(model: Any, source: str | os.PathLike[str]) -> dict[str, Any
     """Copy weights into ``model`` layer by layer from the model at ``source``.
 
     ``source`` is ``default`` (the bundled model, checksums verified), a run folder, a
-    bundle folder or a ``.keras`` file (see :func:`ferkit.models.folder.model_location`). A layer
-    takes the weights of the source layer of the same name when every weight has
-    the same shape; others keep their fresh initialisation (a classifier for another
-    class list, say, or a changed width). Fine-tuning the shipped model on a new dataset
-    is ``init_from: default``.
+    bundle folder or a ``.keras`` file (see :func:`ferkit.models.folder.model_location`). Every
+    layer with weights takes those of the source layer of the same name, with the same
+    shapes; the one exception is the classifier (the last such layer) for another class
+    list, which starts fresh. Anything else is a different architecture and is refused
+    rather than trained half-initialised (a run takes the source's architecture from
+    its ``config.yaml``: :mod:`ferkit.training.init_from`). Fine-tuning the shipped
+    model on a new dataset is ``init_from: default``.
 
     Returns:
-        What was copied: the source file, and the layers loaded and kept fresh.
+        What was copied: the source file, the layers loaded, the layers kept fresh (at
+        most the classifier) and the source's layers with weights that were not used.
 
     Raises:
-        ValueError: fewer than half the layers matched (a different architecture).
+        ValueError: a layer other than the classifier cannot take the source's weights.
     """
     from ferkit.models.folder import load_model, model_location
 
@@ -262,25 +265,38 @@ def initialise_from(model: Any, source: str | os.PathLike[str]) -> dict[str, Any
     path = model_location(source)[1]
     donor = load_model(source).model
     donors = {layer.name: layer for layer in donor.layers}
+    weighted = [layer for layer in model.layers if layer.weights]
     loaded, fresh = [], []
-    for layer in model.layers:
-        if not layer.weights:
-            continue
+    for layer in weighted:
         match = donors.get(layer.name)
         shapes = [tuple(weight.shape) for weight in layer.weights]
         if match is not None and [tuple(w.shape) for w in match.weights] == shapes:
-            layer.set_weights(match.get_weights())
             loaded.append(layer.name)
         else:
             fresh.append(layer.name)
-    if len(loaded) < len(fresh) or not loaded:
+    # A classifier for another class list is the one layer that may start fresh.
+    classifier = weighted[-1].name if weighted else None
+    another_class_list = classifier in donors and classifier in fresh
+    unused = [layer.name for layer in donor.layers if layer.weights and layer.name not in loaded]
+    allowed = {classifier} if another_class_list else set()
+    refused = [name for name in fresh if name not in allowed]
+    dropped = [name for name in unused if name not in allowed]
+    if refused or dropped:
+        names = [*refused, *dropped]
         raise ValueError(
-            f"{path}: only {len(loaded)} of {len(loaded) + len(fresh)} layers of "
-            f"{model.name!r} match the source model {donor.name!r} by name and weight "
-            "shapes; init_from needs the same architecture"
+            f"{path}: the source model {donor.name!r} and {model.name!r} differ in "
+            f"{len(names)} layers with weights ({len(refused)} of the {len(weighted)} of "
+            f"{model.name!r} would start fresh, {len(dropped)} of the source's would be "
+            f"dropped: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); "
+            "init_from needs the same architecture: leave the model settings out to take "
+            "the source's from its config.yaml, or give the source's own"
         )
-    logger.info("init_from %s: %d layers loaded, fresh: %s", path, len(loaded), fresh)
-    return {"source": str(path), "loaded": loaded, "fresh": fresh}
+    for name in loaded:
+        model.get_layer(name).set_weights(donors[name].get_weights())
+    logger.info(
+        "init_from %s: %d layers loaded, fresh: %s, not used: %s", path, len(loaded), fresh, unused
+    )
+    return {"source": str(path), "loaded": loaded, "fresh": fresh, "unused": unused}
 
 
 def _seed_variables(model: Any) -> list[Any]:

@@ -409,6 +409,10 @@ def load_run_data(
     data = PreparedDataset(config.data)
     train_split, val_split = run_splits(config, data, announce=not resume)
     image_shape = data.manifest["image_shape"]
+    if config.init_from and not resume:  # the source's architecture, unless told otherwise
+        from ferkit.training.init_from import init_model_settings
+
+        config.model = init_model_settings(config.model, config.init_from)
     model_config = ModelConfig(
         **{
             **config.model,
