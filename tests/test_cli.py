@@ -140,6 +140,7 @@ def test_predict_engine_options_are_checked_before_any_work(tmp_path, capsys):
         (["--resume"], "--resume: only with --engine ray"),
         (["--workers", "2", "--address", "auto"], "--address, --workers: only with --engine ray"),
         (["--engine", "ray", "--annotate"], "--annotate: not with --engine ray"),
+        (["--engine", "ray", "--annotate-geometry", "mesh"], "--annotate-geometry: not with"),
         (["--engine", "ray", "--format", "json"], "--format json: not with --engine ray"),
     ]
     for extra, message in cases:

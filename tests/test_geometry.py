@@ -1,7 +1,10 @@
 """Face geometry (ferkit.geometry): the vendored MediaPipe files are intact and small, head
 pose follows its stated convention on synthetic faces, and on a real face the landmarks,
 blendshapes and pose reach every interface (API, DataFrame, predict's CSV/JSON) only when
-asked for: with geometry off, records are what they were."""
+asked for: with geometry off, records are what they were. Over time: blinks (with
+hysteresis against a track's baseline) and head turns on synthetic series, and woman2.mp4's
+six blinks through predict's summary. Drawing: the mesh, contours and pose axes land on
+the face, point the right way, and leave --annotate's own drawing as it was."""
 
 from __future__ import annotations
 
@@ -227,3 +230,171 @@ def test_predict_geometry_columns_json_landmarks_and_untouched_records(justin, t
     with open(rewritten, "w", newline="") as handle:
         csv.writer(handle).writerows(trimmed)
     assert rewritten.read_text() == plain
+
+
+# -- over time: blinks, smile, head turns ------------------------------------------------
+
+
+def _blinking(times, peaks, baseline=0.05, height=0.4, frames=3):
+    """Blink scores at ``times`` (30 frames/s): ``baseline`` with a blink of ``frames``
+    frames peaking at ``height`` above it at each of ``peaks`` seconds."""
+    scores = np.full(len(times), baseline)
+    for peak in peaks:
+        index = round(peak * 30)
+        scores[index - frames // 2 : index - frames // 2 + frames] = baseline + height
+    return scores
+
+
+def test_blinks_are_counted_with_hysteresis_against_the_baseline():
+    from ferkit.inference.face_events import blink_times
+
+    times = np.arange(0, 10, 1 / 30)
+    assert blink_times(times, _blinking(times, [1, 3, 5.5])) == pytest.approx([1, 3, 5.5], abs=0.05)
+    # A face whose scores stay high (looking down, laughing) blinks above its own baseline.
+    high = _blinking(times, [2, 7], baseline=0.55, height=0.3)
+    assert len(blink_times(times, high)) == 2
+    assert blink_times(times, np.full(len(times), 0.6)) == []
+    # Jitter that crosses the onset but not back below the offset is one blink, not two.
+    jitter = _blinking(times, [4], height=0.3, frames=6)
+    jitter[120] = 0.05 + 0.15  # dips, but stays above the fall threshold
+    assert len(blink_times(times, jitter)) == 1
+    # Eyes closed for 1.5 s are not a blink; a blink cut by a gap in the track is dropped.
+    assert blink_times(times, _blinking(times, [5], frames=45)) == []
+    gapped = times.copy()
+    gapped[151:] += 1.0  # the track is lost for a second in the middle of the blink
+    assert blink_times(gapped, _blinking(times, [5])) == []
+
+
+def test_head_turns_last_long_enough_and_name_the_subjects_side():
+    from ferkit.inference.face_events import HEAD_TURN_DEGREES, head_turns
+
+    times = np.arange(0, 10, 1 / 30)
+    yaw = np.zeros(len(times))
+    yaw[60:120] = 30  # 2 s towards the image's right: the subject's own left
+    yaw[200:215] = -35  # half a second: too short
+    yaw[240:300] = -HEAD_TURN_DEGREES - 2
+    yaw[270] = -HEAD_TURN_DEGREES + 2  # within the return margin: still one turn
+    turns = head_turns(times, yaw)
+    assert [turn["direction"] for turn in turns] == ["left", "right"]
+    assert turns[0]["start_s"] == pytest.approx(2.0) and turns[0]["end_s"] == pytest.approx(4.0)
+    assert turns[0]["peak_yaw"] == 30 and turns[1]["start_s"] == pytest.approx(8.0)
+
+
+@pytest.mark.real_data
+def test_predict_video_summary_counts_the_blinks_of_woman2(tmp_path):
+    """woman2.mp4 blinks six times (frames 9, 147, 279, 308, 327 and 457, each checked by
+    eye), smiles now and then, and keeps her head within 6 degrees of frontal."""
+    video = require_shared("samples", "woman2.mp4")
+    out = tmp_path / "out"
+    assert main(["predict", str(video), "--geometry", "--quiet", "--out", str(out)]) == 0
+    [entry] = json.loads((out / "summary.json").read_text())["sources"]
+    activity = entry["geometry_per_track"]["1"]
+    frames = [9, 147, 279, 308, 327, 457]
+    assert activity["blink_times_s"] == pytest.approx([f / 29.97 for f in frames], abs=0.05)
+    assert activity["blink_rate_per_min"] == pytest.approx(6 / (464 / 29.97) * 60, abs=0.5)
+    assert 0.2 < activity["smile_mean"] < 0.45 and activity["head_turns"] == []
+    plain = tmp_path / "plain"
+    assert main(["predict", str(video), "--quiet", "--max-frames", "5", "--out", str(plain)]) == 0
+    assert (
+        "geometry_per_track" not in json.loads((plain / "summary.json").read_text())["sources"][0]
+    )
+
+
+# -- drawing -----------------------------------------------------------------------------
+
+
+def test_mesh_edges_and_contours_index_the_landmarks():
+    from ferkit.geometry import FACE_CONTOURS, mesh_edges
+
+    edges = mesh_edges()
+    assert edges.shape[1] == 2 and len(edges) > 1300 and edges.max() < 468
+    assert (edges[:, 0] < edges[:, 1]).all() and not edges.flags.writeable
+    indices = {i for chains in FACE_CONTOURS.values() for chain in chains for i in chain}
+    assert max(indices) < LANDMARK_COUNT and {"lips", "left_eye", "face_oval"} <= set(FACE_CONTOURS)
+
+
+def test_rotation_matrix_is_the_documented_convention():
+    from ferkit.geometry import rotation_matrix
+
+    for angles in [(0, 0, 0), (25, -10, 15), (-40, 20, -5)]:
+        assert np.allclose(rotation_matrix(*angles), _rotation(*angles))
+
+
+def _face_with_geometry(yaw: float = 0.0):
+    from ferkit.geometry import FaceGeometry
+    from ferkit.inference.results import FaceResult
+
+    points = _synthetic_landmarks(yaw, 0, 0)
+    geometry = FaceGeometry(points, dict.fromkeys(BLENDSHAPE_NAMES, 0.1), yaw, 0.0, 0.0, 1.0)
+    x, y = points[:, 0].min(), points[:, 1].min()
+    width, height = np.ptp(points[:, 0]), np.ptp(points[:, 1])
+    face = FaceResult(
+        box=(int(x), int(y), int(width), int(height)), detector_confidence=0.9,
+        label="happy", probabilities={"happy": 0.9, "sad": 0.1}, geometry=geometry,
+    )  # fmt: skip
+    return face
+
+
+@pytest.mark.parametrize("drawing", ["mesh", "contours", "axes"])
+def test_geometry_drawings_draw_on_the_face_and_leave_the_default_alone(drawing):
+    from ferkit.inference.annotate import draw_results
+
+    face = _face_with_geometry()
+    canvas = np.full((480, 640, 3), 60, np.uint8)
+    plain = draw_results(canvas, [face])
+    drawn = draw_results(canvas, [face], geometry=drawing)
+    changed = np.argwhere((drawn != plain).any(axis=2))
+    assert len(changed) > 200
+    x, y, w, h = face.box
+    assert (changed[:, 1] >= x - 0.5 * w).all() and (changed[:, 1] <= x + 1.5 * w).all()
+    assert (changed[:, 0] >= y - 0.5 * h).all() and (changed[:, 0] <= y + 1.5 * h).all()
+    # Faces that carry geometry are drawn as before unless a drawing is asked for.
+    bare = _face_with_geometry()
+    object.__setattr__(bare, "geometry", None)
+    assert np.array_equal(plain, draw_results(canvas, [bare]))
+    with pytest.raises(ValueError, match="geometry must be one of"):
+        draw_results(canvas, [face], geometry="wireframe")
+
+
+def test_pose_axes_point_the_way_the_head_turns():
+    from ferkit.inference.annotate import draw_results
+
+    canvas = np.zeros((480, 640, 3), np.uint8)
+    for yaw, side in [(30, 1), (-30, -1)]:
+        face = _face_with_geometry(yaw)
+        drawn = draw_results(canvas, [face], geometry="axes")
+        blue = np.argwhere((drawn[:, :, 2] > 200) & (drawn[:, :, 0] < 120) & (drawn[:, :, 1] < 160))
+        nose = face.geometry.landmarks[1]
+        # The forward (blue) axis leans towards the image's side the face turns to.
+        assert np.sign(blue[:, 1].mean() - nose[0]) == side
+
+
+@pytest.mark.real_data
+def test_annotate_geometry_draws_photos_and_videos_and_keeps_plain_annotation(justin, tmp_path):
+    path, _ = justin
+    video = require_shared("samples", "test.mp4")
+    argv = ["predict", str(path), "--quiet", "--annotate"]
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*argv, "--geometry", "--out", str(tmp_path / "with")]) == 0
+    # Computing geometry changes nothing drawn by --annotate alone.
+    plain = (tmp_path / "plain" / "annotated" / "justin.jpg").read_bytes()
+    assert plain == (tmp_path / "with" / "annotated" / "justin.jpg").read_bytes()
+    out = tmp_path / "mesh"
+    command = ["predict", str(path), str(video), "--quiet", "--max-frames", "10",
+               "--annotate-geometry", "contours", "--out", str(out)]  # fmt: skip
+    assert main(command) == 0
+    drawn = cv2.imread(str(out / "annotated" / "justin.jpg"))
+    assert drawn.shape == cv2.imread(str(tmp_path / "plain" / "annotated" / "justin.jpg")).shape
+    assert (
+        np.abs(
+            drawn.astype(int) - cv2.imread(str(tmp_path / "plain" / "annotated" / "justin.jpg"))
+        ).mean()
+        > 0.5
+    )
+    with open(out / "predictions.csv", newline="") as handle:
+        assert "bs_jawOpen" in next(csv.reader(handle))  # --annotate-geometry computes it
+    capture = cv2.VideoCapture(str(out / "annotated" / "test.webm"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) in (10, 0) or capture.read()[0]
+    capture.release()
+    with pytest.raises(SystemExit):
+        main(["predict", str(path), "--annotate-geometry", "wireframe"])

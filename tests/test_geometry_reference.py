@@ -17,6 +17,7 @@ Two comparisons, with their tolerances:
 
 from __future__ import annotations
 
+import itertools
 import math
 import zipfile
 
@@ -197,3 +198,27 @@ def test_ferkit_detector_agrees_with_the_reference(reference, estimator, name):
     if name == "justin.jpg":
         for key in ("mouthSmileRight", "mouthSmileLeft", "eyeSquintLeft"):
             assert ours.blendshapes[key] == pytest.approx(theirs["blendshapes"][key], abs=0.05)
+
+
+def test_contours_and_mesh_are_mediapipes():
+    """The outlines ferkit draws are MediaPipe's contours and irises, edge for edge; the
+    mesh (the canonical model's triangles) shares most of its edges with MediaPipe's
+    drawing tessellation (the two split some quadrilaterals along other diagonals)."""
+    from mediapipe.tasks.python.vision.face_landmarker import FaceLandmarksConnections as C
+
+    from ferkit.geometry import FACE_CONTOURS, mesh_edges
+
+    def edges(chains) -> set[tuple[int, int]]:
+        return {tuple(sorted(pair)) for chain in chains for pair in itertools.pairwise(chain)}
+
+    def theirs(connections) -> set[tuple[int, int]]:
+        return {tuple(sorted((c.start, c.end))) for c in connections}
+
+    outlines = [chain for name, chains in FACE_CONTOURS.items() if "iris" not in name for chain in chains]  # fmt: skip
+    assert edges(outlines) == theirs(C.FACE_LANDMARKS_CONTOURS)
+    assert edges(FACE_CONTOURS["left_iris"]) == theirs(C.FACE_LANDMARKS_LEFT_IRIS)
+    assert edges(FACE_CONTOURS["right_iris"]) == theirs(C.FACE_LANDMARKS_RIGHT_IRIS)
+    assert edges(FACE_CONTOURS["lips"]) == theirs(C.FACE_LANDMARKS_LIPS)
+    mesh = {tuple(edge) for edge in mesh_edges().tolist()}
+    tessellation = theirs(C.FACE_LANDMARKS_TESSELATION)
+    assert len(mesh & tessellation) > 0.8 * len(tessellation)

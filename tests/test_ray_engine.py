@@ -349,3 +349,54 @@ def test_the_local_cluster_listens_on_loopback_only():
     assert {"gcs_server", "raylet"} <= names, report
     addresses = {address.removeprefix("::ffff:") for _, address in report["listening"]}
     assert addresses <= {"127.0.0.1", "::1"}, report["listening"]
+
+
+def test_ray_engine_carries_geometry_as_the_local_engine_does(ray_local, tmp_path):
+    """``geometry=True``: Parquet gets the blendshape and pose columns and the landmarks as
+    a list column, equal at full precision to the local engine's on the sample photos and
+    the first frames of a video; without it the schema is unchanged."""
+    from ferkit.geometry import BLENDSHAPE_NAMES
+
+    samples = require_shared("samples")
+    photos = [
+        str(samples / name) for name in ("justin.jpg", "couple.jpg", "selfie-many-people.jpg")
+    ]
+    video = str(samples / "woman2.mp4")
+    frames = 12
+    predict_ray(
+        [*photos, video], tmp_path / "ray", geometry=True, max_frames=frames, progress=False
+    )
+    records = read_parts(tmp_path / "ray")
+    blendshapes = [f"bs_{name}" for name in BLENDSHAPE_NAMES]
+    assert {*blendshapes, "yaw", "pitch", "roll", "landmarks"} <= set(records.columns)
+
+    recognizer = EmotionRecognizer(geometry=True)
+    expected = []  # (source, frame, face) -> geometry of the local engine, in record order
+    for photo in photos:
+        for index, face in enumerate(recognizer.predict(photo), start=1):
+            expected.append(((photo, None, index), face))
+    for frame in recognizer.predict_video(video, max_frames=frames):
+        for index, face in enumerate(frame.faces, start=1):
+            expected.append(((video, frame.index, index), face))
+    ok = records[records.status == "ok"]
+    assert len(ok) == len(expected) >= 3 + frames
+    by_key = {
+        (row.source, None if pd.isna(row.frame) else int(row.frame), int(row.face)): row
+        for row in ok.itertuples(index=False)
+    }
+    for key, face in expected:
+        row = by_key[key]._asdict()
+        mine = np.array([row[name] for name in blendshapes])
+        theirs = np.array([face.geometry.blendshapes[name] for name in BLENDSHAPE_NAMES])
+        assert np.abs(mine - theirs).max() <= 1e-6, key
+        pose = (face.geometry.yaw, face.geometry.pitch, face.geometry.roll)
+        assert (row["yaw"], row["pitch"], row["roll"]) == pytest.approx(pose, abs=1e-6)
+        landmarks = np.array([list(point) for point in row["landmarks"]], dtype=np.float32)
+        assert landmarks.shape == (478, 3)
+        assert np.abs(landmarks - face.geometry.landmarks).max() <= 1e-3, key
+    happy = ok[ok.source == photos[0]].iloc[0]
+    assert happy.bs_mouthSmileRight > 0.7 and abs(happy.yaw) < 10
+
+    predict_ray(photos[:1], tmp_path / "plain", progress=False)
+    plain = read_parts(tmp_path / "plain")
+    assert not any(c.startswith("bs_") or c in ("yaw", "landmarks") for c in plain.columns)

@@ -901,3 +901,92 @@ def test_short_load_has_no_server_errors_and_bounded_memory():
     assert report.server_errors == 0 and report.errors == 0
     assert set(report.statuses) <= {200, 429, 503}
     assert report.memory_growth_mb < 50
+
+
+# -- face geometry (?geometry=1) --------------------------------------------------------
+
+
+def assert_geometry(face: dict) -> None:
+    """A face carries its geometry as the API documents it."""
+    from ferkit.geometry import BLENDSHAPE_NAMES
+
+    assert list(face["blendshapes"]) == list(BLENDSHAPE_NAMES)
+    assert all(0 <= score <= 1 for score in face["blendshapes"].values())
+    assert set(face["head_pose"]) == {"yaw", "pitch", "roll"}
+    assert len(face["mesh"]) == 478 and all(len(point) == 3 for point in face["mesh"])
+    x, y, w, h = face["box"]
+    inside = [x - w / 2 < px < x + 1.5 * w and y - h / 2 < py < y + 1.5 * h for px, py, _ in face["mesh"]]  # fmt: skip
+    assert all(inside)
+
+
+def test_photos_carry_geometry_when_asked_equal_to_the_librarys(client, samples):
+    from ferkit import EmotionRecognizer
+
+    data = (samples / "couple.jpg").read_bytes()
+    plain = post_file(client, "couple.jpg", data).json()
+    assert not any({"blendshapes", "head_pose", "mesh"} & set(face) for face in plain["faces"])
+    body = post_file(client, "couple.jpg", data, url="/v1/predict?geometry=1").json()
+    expected = EmotionRecognizer(geometry=True).predict(samples / "couple.jpg")
+    assert len(body["faces"]) == len(expected) == 2
+    for face, reference, before in zip(body["faces"], expected, plain["faces"], strict=True):
+        assert_geometry(face)
+        assert set(face["landmarks"]) >= {"left_eye", "right_eye"}  # the detector's, as before
+        assert face["probabilities"] == before["probabilities"]  # geometry changes no label
+        for name, score in reference.geometry.blendshapes.items():
+            assert face["blendshapes"][name] == pytest.approx(score, abs=1e-4)
+        assert face["head_pose"]["yaw"] == pytest.approx(reference.geometry.yaw, abs=0.01)
+        mesh = np.array(face["mesh"])
+        assert np.abs(mesh - reference.geometry.landmarks).max() <= 0.05 + 1e-3
+    smile = post_file(client, "j.jpg", (samples / "justin.jpg").read_bytes(),
+                      url="/v1/predict?geometry=1").json()["faces"][0]  # fmt: skip
+    assert smile["blendshapes"]["mouthSmileRight"] > 0.7 and abs(smile["head_pose"]["yaw"]) < 10
+    several = client.post(
+        "/v1/predict?geometry=true",
+        files=[("files", ("a.jpg", data)), ("files", ("b.jpg", b"not an image"))],
+    ).json()
+    assert_geometry(several["images"][0]["faces"][0])
+    assert several["images"][1]["status"] == 415
+    assert_error(
+        post_file(client, "a.jpg", data, url="/v1/predict?geometry=maybe"), 422, "geometry"
+    )
+
+
+def test_video_job_with_geometry_gives_faces_and_tracks_their_activity(client, samples):
+    data = (samples / "test.mp4").read_bytes()
+    created = post_file(client, "test.mp4", data, url="/v1/videos?geometry=1")
+    assert created.status_code == 202, created.text
+    assert created.json()["geometry"] is True
+    state = wait_for_job(client, created.json()["status_url"])
+    assert state["status"] == "done", state.get("error")
+    result = state["result"]
+    faces = [face for frame in result["frames"] for face in frame["faces"]]
+    assert len(faces) == 115
+    for face in faces[::20]:
+        assert_geometry(face)
+    activity = result["geometry_per_track"]["1"]
+    assert set(activity) >= {"blinks", "blink_rate_per_min", "smile_mean", "head_turns"}
+    assert activity["smile_mean"] == pytest.approx(
+        np.mean([(f["blendshapes"]["mouthSmileLeft"] + f["blendshapes"]["mouthSmileRight"]) / 2 for f in faces]),
+        abs=1e-3,
+    )  # fmt: skip
+
+
+def test_stream_faces_carry_geometry_when_asked(client, samples):
+    frames = frames_of(samples / "woman2.mp4", 3)
+    with client.websocket_connect("ws://localhost/v1/stream?geometry=1") as socket:
+        for frame in frames:
+            socket.send_bytes(frame)
+            answer = json.loads(socket.receive_text())
+            assert answer["type"] == "faces" and len(answer["faces"]) == 1
+            assert_geometry(answer["faces"][0])
+    with client.websocket_connect("ws://localhost/v1/stream") as socket:
+        socket.send_bytes(frames[0])
+        assert "mesh" not in json.loads(socket.receive_text())["faces"][0]
+
+
+def test_openapi_documents_the_geometry_option_everywhere(client):
+    schema = client.get("/openapi.json").json()
+    for path in ("/v1/predict", "/v1/videos"):
+        parameters = {p["name"]: p for p in schema["paths"][path]["post"]["parameters"]}
+        assert "blendshapes" in parameters["geometry"]["description"]
+        assert "head_pose" in parameters["geometry"]["description"]

@@ -128,7 +128,7 @@ def test_photo_with_a_smile_shows_one_happy_face(page, samples):
     labels = card.locator(".face-label")
     assert labels.count() == 1 and labels.first.get_attribute("data-label") == "happy"
     assert card.locator("canvas.photo-canvas").is_visible()
-    assert card.locator(".bar-row").count() == 7
+    assert card.locator(".bar-row:not(.blendshape-row)").count() == 7
     shoot(page, "photo-happy")
 
 
@@ -144,9 +144,40 @@ def test_model_picker_switches_to_the_eight_class_ferplus_model(page, samples):
     page.set_input_files("#photo-input", str(samples / "justin.jpg"))
     card = page.locator(".photo-card").first
     card.locator(".status.ok").wait_for()
-    assert card.locator(".bar-row").count() == 8  # contempt included
+    assert card.locator(".bar-row:not(.blendshape-row)").count() == 8  # contempt included
     assert card.locator(".face-label").first.get_attribute("data-label") == "happy"
     shoot(page, "photo-ferplus")
+
+
+def test_a_selected_face_shows_its_blendshapes_and_head_pose(page, samples):
+    """The page asks for every face's geometry; the face selected in the table (the first,
+    until another row is clicked) shows its top blendshapes as bars and its head pose,
+    and its mesh is drawn on the photo."""
+    page.set_input_files("#photo-input", str(samples / "justin.jpg"))
+    card = page.locator(".photo-card").first
+    card.locator(".geometry-panel").wait_for()
+    rows = card.locator(".blendshape-row")
+    assert rows.count() == 8
+    names = [rows.nth(i).get_attribute("data-name") for i in range(3)]
+    assert set(names[:2]) == {"mouthSmileRight", "mouthSmileLeft"}  # the smile, as muscles
+    assert abs(float(card.locator(".head-pose").get_attribute("data-yaw"))) < 10
+    assert "facing the camera" in card.locator(".head-pose").inner_text()
+    shoot(page, "photo-geometry")
+
+    page.locator("#photo-results").evaluate("r => r.replaceChildren()")
+    page.set_input_files("#photo-input", str(samples / "couple.jpg"))
+    card = page.locator(".photo-card").first
+    card.locator(".geometry-panel").wait_for()
+    assert card.locator(".face-row.selected").count() == 1
+    assert card.locator(".geometry-title").inner_text().startswith("Face #1")
+    first_yaw = card.locator(".head-pose").get_attribute("data-yaw")
+    before = card.locator("canvas.photo-canvas").screenshot()
+    card.locator(".face-row").nth(1).click()
+    assert card.locator(".geometry-title").inner_text().startswith("Face #2")
+    assert card.locator(".face-row").nth(1).get_attribute("aria-selected") == "true"
+    assert card.locator(".head-pose").get_attribute("data-yaw") != first_yaw
+    assert card.locator("canvas.photo-canvas").screenshot() != before  # the mesh moved
+    shoot(page, "photo-geometry-second-face")
 
 
 def test_photo_without_a_face_says_so(page, samples):
@@ -203,7 +234,23 @@ def test_video_upload_progress_chart_and_annotated_video(page, samples):
         "v => new Promise(r => { v.currentTime = 2; v.onseeked = () => r([v.readyState, v.duration, v.videoWidth]); })"
     )
     assert state[0] >= 2 and abs(state[1] - 115 / 24.7) < 0.2 and state[2] == 596
+    # Sent with geometry (the box is ticked by default): the face's activity over time.
+    assert page.locator("#activity-section").is_visible()
+    summary = page.locator("#activity-summary").inner_text()
+    assert "blink" in summary and "smile intensity" in summary and "head turn" in summary
+    assert page.locator("#activity-summary").get_attribute("data-blinks") == "0"
     shoot(page, "video")
+
+
+def test_video_activity_chart_marks_the_six_blinks_of_woman2(page, samples):
+    page.click("button[data-panel=video]")
+    page.set_input_files("#video-input", str(samples / "woman2.mp4"))
+    page.locator("#activity-section").wait_for(timeout=180_000)
+    summary = page.locator("#activity-summary")
+    assert summary.get_attribute("data-blinks") == "6", summary.inner_text()
+    assert "0 head turns" in summary.inner_text()
+    page.locator("#activity-chart").scroll_into_view_if_needed()
+    shoot(page, "video-blinks")
 
 
 def test_camera_shows_a_tracked_face_with_changing_labels(page):
@@ -223,3 +270,38 @@ def test_camera_shows_a_tracked_face_with_changing_labels(page):
     assert fps >= 3
     page.click("#camera-stop")
     assert page.locator("#camera-start").is_visible()
+
+
+def test_camera_overlays_the_mesh_when_asked(page):
+    page.click("button[data-panel=camera]")
+    page.check("#camera-mesh")
+    page.click("#camera-start")
+    page.locator(".live-face .geometry-panel").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(3_000)
+    face = page.locator(".live-face").first
+    assert face.locator(".blendshape-row").count() == 8
+    assert "yaw" in face.locator(".head-pose").inner_text()
+    # The overlay holds the mesh's dots: many pixels of its colour inside the face's box.
+    dots = page.locator("#camera-overlay").evaluate(
+        """canvas => {
+            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let count = 0;
+            for (let i = 0; i < data.length; i += 4) {
+                if (data[i] < 160 && data[i + 1] > 200 && data[i + 2] > 150 && data[i + 3] > 100) count++;
+            }
+            return count;
+        }"""
+    )
+    fps = float(page.locator("#camera-fps").get_attribute("data-fps"))
+    shoot(page, "camera-mesh")
+    print(f"camera with the mesh: {fps:.1f} frames/s answered; {dots} mesh pixels")
+    assert dots > 300
+    assert fps >= 2
+    page.uncheck("#camera-mesh")  # reconnects without geometry: the panel goes
+    page.locator(".live-face").first.wait_for()
+    for _ in range(150):  # the page's CSP allows no evaluated strings: poll from here
+        if page.locator(".live-face .geometry-panel").count() == 0:
+            break
+        page.wait_for_timeout(100)
+    assert page.locator(".live-face .geometry-panel").count() == 0
+    page.click("#camera-stop")

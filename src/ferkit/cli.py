@@ -226,6 +226,7 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
                 "serve",
                 "colour",
                 "photos",
+                "geometry",
             ]
         ),
         help="prepare: dataset preparation; models: training and inference speed per "
@@ -239,7 +240,9 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         "their label under other colour-to-grey weightings (the accuracy under every other "
         "shift is 'ferkit evaluate --corruptions'); photos: end-to-end accuracy, balanced "
         "accuracy, ECE, faces missed and faces/s of every detector on a folder of class "
-        "folders of real photos (default: the shared taiwanese photos)",
+        "folders of real photos (default: the shared taiwanese photos); geometry: faces/s "
+        "of face geometry alone (mesh, blendshapes, pose) on a video's faces, and frames/s "
+        "of 'ferkit predict VIDEO --geometry' as a whole command against the default path",
     )
     parser.add_argument(
         "source",
@@ -268,7 +271,10 @@ def _add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=0, help="prepare: processes (0: one per core)"
     )
     parser.add_argument(
-        "--video", type=Path, default=None, help="video for 'video' (default: woman2.mp4)"
+        "--video",
+        type=Path,
+        default=None,
+        help="video for 'video', 'predict-video' and 'geometry' (default: woman2.mp4)",
     )
     _model_flag(parser, "classifier, video, serve, colour: ")
     parser.add_argument("--clients", type=int, default=8, help="serve: concurrent clients")
@@ -330,10 +336,12 @@ def _run_benchmark(args: argparse.Namespace) -> int:
     if args.stage == "models":
         print(benchmark_models(repeats=args.repeats))
         return 0
-    if args.stage in ("predict-video", "crops", "ray"):
+    if args.stage in ("predict-video", "crops", "ray", "geometry"):
         from ferkit.evaluation import throughput
 
-        if args.stage == "predict-video":
+        if args.stage == "geometry":
+            print(throughput.benchmark_geometry(args.video, repeats=args.repeats))
+        elif args.stage == "predict-video":
             print(throughput.benchmark_predict_video(args.video, repeats=args.repeats))
         elif args.stage == "crops":
             backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
@@ -844,6 +852,7 @@ def _detect_every(text: str) -> int | str:
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     from ferkit.faces import DEFAULT_DETECTOR, DETECTOR_NAMES
     from ferkit.images import DEFAULT_MAX_PIXELS, FACE_MODES
+    from ferkit.inference.annotate import GEOMETRY_DRAWINGS
     from ferkit.inference.predict import ANNOTATED_VIDEO_FORMATS, OUTPUT_FORMATS, predict
     from ferkit.inference.recognizer import DEFAULT_CROP_MAX_SIDE
     from ferkit.inference.runtimes import BACKENDS
@@ -881,6 +890,15 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write images/videos with boxes, labels and probability bars, and an "
         "emotion-over-time plot per video, to OUT/annotated/",
+    )
+    parser.add_argument(
+        "--annotate-geometry",
+        default=None,
+        choices=GEOMETRY_DRAWINGS,
+        help="annotate (as --annotate), and draw each face's geometry (as --geometry) under "
+        "its box and panel: mesh (the face mesh), contours (face, eyes, brows, lips, irises) "
+        "or axes (head pose from the nose tip: red to the subject's left, green up, blue "
+        "forward; default: none)",
     )
     parser.add_argument(
         "--annotated-video",
@@ -1018,7 +1036,7 @@ def _run_predict_ray(args: argparse.Namespace, out: Path) -> int:
 
     unsupported = [f for f, on in (("--camera", args.camera is not None),
                                    ("--annotate", args.annotate),
-                                   ("--geometry", args.geometry),
+                                   ("--annotate-geometry", args.annotate_geometry),
                                    (f"--format {args.format}", args.format != "csv")) if on]  # fmt: skip
     if unsupported:
         raise ValueError(
@@ -1029,7 +1047,7 @@ def _run_predict_ray(args: argparse.Namespace, out: Path) -> int:
         args.inputs, out, address=args.address, workers=args.workers, resume=args.resume,
         overwrite=args.overwrite, model=args.model, detector=args.detector,
         backend=args.backend, faces=args.faces, max_pixels=args.max_pixels, tta=args.tta,
-        every=args.every, detect_every=args.detect_every, smoothing_s=args.smoothing,
+        geometry=args.geometry, every=args.every, detect_every=args.detect_every, smoothing_s=args.smoothing,
         max_frames=args.max_frames, progress=not args.quiet, echo=print,
     )  # fmt: skip
     return _report_predict(summary, f"{out / 'predictions'}/part-*.parquet", out)
@@ -1069,6 +1087,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         echo=print,
         annotated_video=args.annotated_video,
+        annotate_geometry=args.annotate_geometry,
     )
     return _report_predict(summary, out / f"predictions.{args.format}", out)
 

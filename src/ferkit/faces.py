@@ -314,8 +314,12 @@ _BLAZEFACE_KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth", "left_ear", "r
 BLAZEFACE_DIR = Path(__file__).resolve().parent / "assets" / "blazeface"
 
 
-def blazeface_model_path(file: str) -> Path:
-    """A BlazeFace model file shipped with ferkit, checked against its recorded SHA-256.
+def verified_asset(folder: Path, name: str, remedy: str = "reinstall ferkit") -> Path:
+    """A model file shipped with ferkit in ``folder``, checked against the SHA-256 that
+    the folder's ``checksums.json`` records for it.
+
+    Args:
+        remedy: what the error tells the user to do.
 
     Raises:
         RuntimeError: the file is missing or damaged (the install is broken).
@@ -323,20 +327,24 @@ def blazeface_model_path(file: str) -> Path:
     import hashlib
     import json
 
-    path = BLAZEFACE_DIR / file
+    path = folder / name
     try:
-        expected = json.loads((BLAZEFACE_DIR / "checksums.json").read_text())[file]
+        expected = json.loads((folder / "checksums.json").read_text())[name]
         actual = hashlib.sha256(path.read_bytes()).hexdigest()
     except (OSError, ValueError, KeyError) as error:
-        raise RuntimeError(
-            f"{path}: cannot be read ({error}); reinstall ferkit, or choose --detector haar"
-        ) from None
+        raise RuntimeError(f"{path}: cannot be read ({error}); {remedy}") from None
     if actual != expected:
-        raise RuntimeError(
-            f"{path}: damaged (its SHA-256 differs from checksums.json); reinstall ferkit, "
-            "or choose --detector haar"
-        )
+        raise RuntimeError(f"{path}: damaged (its SHA-256 differs from checksums.json); {remedy}")
     return path
+
+
+def blazeface_model_path(file: str) -> Path:
+    """A BlazeFace model file shipped with ferkit, checked against its recorded SHA-256.
+
+    Raises:
+        RuntimeError: the file is missing or damaged (the install is broken).
+    """
+    return verified_asset(BLAZEFACE_DIR, file, "reinstall ferkit, or choose --detector haar")
 
 
 def _anchor_centers(spec: _BlazeFaceSpec) -> np.ndarray:

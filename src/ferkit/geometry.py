@@ -28,6 +28,7 @@ towards the viewer; 0, 0, 0 is a face looking straight into the camera, upright.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit.extras import native_stderr_silenced
+from ferkit.faces import verified_asset
 
 MEDIAPIPE_DIR = Path(__file__).resolve().parent / "assets" / "mediapipe"
 LANDMARK_COUNT = 478
@@ -105,20 +107,7 @@ def mediapipe_model_path(file: str) -> Path:
     Raises:
         RuntimeError: the file is missing or damaged (the install is broken).
     """
-    import hashlib
-    import json
-
-    path = MEDIAPIPE_DIR / file
-    try:
-        expected = json.loads((MEDIAPIPE_DIR / "checksums.json").read_text())[file]
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    except (OSError, ValueError, KeyError) as error:
-        raise RuntimeError(f"{path}: cannot be read ({error}); reinstall ferkit") from None
-    if actual != expected:
-        raise RuntimeError(
-            f"{path}: damaged (its SHA-256 differs from checksums.json); reinstall ferkit"
-        )
-    return path
+    return verified_asset(MEDIAPIPE_DIR, file)
 
 
 def _protobuf_fields(buffer: bytes):
@@ -176,6 +165,57 @@ def canonical_face_model() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             weights.append(float(np.frombuffer(entry.get(2, b"\0\0\0\0"), "<f4")[0]))
     mesh = np.asarray(vertices, dtype=np.float64).reshape(-1, 5)[:, :3]
     return mesh, np.asarray(indices), np.asarray(weights)
+
+
+@functools.lru_cache(maxsize=1)
+def mesh_edges() -> np.ndarray:
+    """The edges of MediaPipe's face mesh, ``(E, 2)`` landmark indices: every side of the
+    canonical mesh's triangles (``geometry_pipeline_metadata_landmarks``), once each;
+    read once per process (read-only)."""
+    data = mediapipe_model_path("geometry_pipeline_metadata_landmarks.binarypb").read_bytes()
+    corners: list[int] = []
+    for number, value in _protobuf_fields(data):
+        if number == 1:  # canonical_mesh: index_buffer holds three vertices per triangle
+            corners = [item for field, item in _protobuf_fields(value) if field == 4]
+    triangles = np.asarray(corners, dtype=np.int64).reshape(-1, 3)
+    sides = np.concatenate([triangles[:, [0, 1]], triangles[:, [1, 2]], triangles[:, [2, 0]]])
+    edges = np.unique(np.sort(sides, axis=1), axis=0)
+    edges.flags.writeable = False
+    return edges
+
+
+#: The face's outlines as chains of landmark indices, by feature: the face oval, lips,
+#: eyes, brows and irises (MediaPipe's ``FaceLandmarksConnections`` contours and irises;
+#: "left" is the subject's own left, on the image's right).
+FACE_CONTOURS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "face_oval": ((10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379,
+                   378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127,
+                   162, 21, 54, 103, 67, 109, 10),),
+    "lips": ((61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291),
+             (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291),
+             (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308),
+             (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)),
+    "left_eye": ((263, 249, 390, 373, 374, 380, 381, 382, 362),
+                 (263, 466, 388, 387, 386, 385, 384, 398, 362)),
+    "left_eyebrow": ((276, 283, 282, 295, 285), (300, 293, 334, 296, 336)),
+    "right_eye": ((33, 7, 163, 144, 145, 153, 154, 155, 133),
+                  (33, 246, 161, 160, 159, 158, 157, 173, 133)),
+    "right_eyebrow": ((46, 53, 52, 65, 55), (70, 63, 105, 66, 107)),
+    "left_iris": ((474, 475, 476, 477, 474),),
+    "right_iris": ((469, 470, 471, 472, 469),),
+}  # fmt: skip
+
+
+def rotation_matrix(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The head's rotation in the camera frame (x right, y up, z towards the viewer) from
+    its pose in degrees: ``Ry(yaw) Rx(-pitch) Rz(roll)``, the module's convention. Its
+    columns are the head's own axes: to its left side (the image's right when frontal),
+    up, and forward out of the face."""
+    a, b, c = (math.radians(value) for value in (yaw, -pitch, roll))
+    turn = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    tilt = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    lean = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return turn @ tilt @ lean
 
 
 def _similarity_fit(
@@ -325,11 +365,10 @@ class FaceGeometryEstimator:
 
     def estimate_face(self, image: np.ndarray, face) -> FaceGeometry:
         """The geometry of one detected face (:class:`ferkit.faces.Face`)."""
-        landmarks, presence = self._landmarks(image, face_crop(face))
+        landmarks, presence = self.landmarks(image, face_crop(face))
         if self.refine:
-            landmarks, presence = self._landmarks(image, landmark_crop(landmarks))
-        size = (image.shape[1], image.shape[0])
-        yaw, pitch, roll = head_pose(landmarks, size, self._pose_model)
+            landmarks, presence = self.landmarks(image, landmark_crop(landmarks))
+        yaw, pitch, roll = self.pose(landmarks, (image.shape[1], image.shape[0]))
         return FaceGeometry(
             landmarks=landmarks,
             blendshapes=self.blendshapes(landmarks),
@@ -347,7 +386,13 @@ class FaceGeometryEstimator:
         scores = np.clip(self._blendshapes.get_tensor(self._blendshapes_output).ravel(), 0, 1)
         return {name: float(score) for name, score in zip(BLENDSHAPE_NAMES, scores, strict=True)}
 
-    def _landmarks(self, image: np.ndarray, crop: _Crop) -> tuple[np.ndarray, float]:
+    def pose(
+        self, landmarks: np.ndarray, image_size: tuple[int, int]
+    ) -> tuple[float, float, float]:
+        """Yaw, pitch and roll in degrees of a face's landmarks (:func:`head_pose`)."""
+        return head_pose(landmarks, image_size, self._pose_model)
+
+    def landmarks(self, image: np.ndarray, crop: _Crop) -> tuple[np.ndarray, float]:
         """The mesh network's 478 landmarks for a crop, in image pixels, and its presence."""
         import cv2
 

@@ -11,6 +11,10 @@ measured in the same run, since timings on a shared machine drift:
   folder of face crops (decoding included), per classifier runtime.
 - :func:`benchmark_ray`: faces/s of ``ferkit predict --engine ray`` for several worker
   counts on a local Ray, against the local engine on the same images.
+- :func:`benchmark_geometry`: faces/s of face geometry alone (the mesh, blendshape and
+  pose steps of :class:`ferkit.geometry.FaceGeometryEstimator`) on a video's faces, and
+  frames/s of ``ferkit predict VIDEO --geometry`` as a whole command against the default
+  path in the same run.
 """
 
 from __future__ import annotations
@@ -177,4 +181,90 @@ def benchmark_ray(
     for label, runs in rates.items():
         median = statistics.median(runs)
         lines.append(f"{label:<22}{median:>10,.0f}{median / baseline:>10.2f}")
+    return "\n".join(lines)
+
+
+def _video_faces(video: Path, limit: int) -> tuple[list[Any], list[list[Any]]]:
+    """Up to ``limit`` RGB frames of a video and the faces the default detector finds."""
+    import cv2
+
+    from ferkit.faces import DEFAULT_DETECTOR, make_detector
+
+    detector = make_detector(DEFAULT_DETECTOR)
+    capture = cv2.VideoCapture(str(video))
+    frames: list[Any] = []
+    try:
+        while len(frames) < limit:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    return frames, [detector.detect(frame) for frame in frames]
+
+
+def benchmark_geometry(
+    video: str | os.PathLike[str] | None = None, repeats: int = 3, frames: int = 200
+) -> str:
+    """Faces/s of face geometry alone, per step, on the faces of ``frames`` frames of a
+    video (one thread, in this process); then frames/s of ``ferkit predict VIDEO`` as a
+    whole command with ``--geometry`` against without (interleaved runs, medians), and
+    whether the two agree on every frame's labels."""
+    from ferkit.geometry import FaceGeometryEstimator, face_crop
+
+    video = Path(video) if video else shared_dir() / "samples" / "woman2.mp4"
+    if not video.is_file():
+        raise FileNotFoundError(f"{video}: no such video; pass one with --video")
+    images, found = _video_faces(video, frames)
+    pairs = [(image, face) for image, faces in zip(images, found, strict=True) for face in faces]
+    if not pairs:
+        raise ValueError(f"{video}: no face found in its first {frames} frames")
+    estimator = FaceGeometryEstimator()
+    meshes = [estimator.estimate_face(image, face).landmarks for image, face in pairs]
+    steps = {
+        "whole (mesh, blendshapes, pose)": lambda: [estimator.estimate_face(i, f) for i, f in pairs],
+        "face mesh network (crop included)": lambda: [
+            estimator.landmarks(i, face_crop(f)) for i, f in pairs
+        ],
+        "blendshape network": lambda: [estimator.blendshapes(m) for m in meshes],
+        "head pose fit": lambda: [
+            estimator.pose(m, (i.shape[1], i.shape[0])) for m, (i, _) in zip(meshes, pairs, strict=True)
+        ],
+    }  # fmt: skip
+    rates: dict[str, list[float]] = {step: [] for step in steps}
+    for _ in range(repeats):
+        for step, run in steps.items():
+            began = time.perf_counter()
+            run()
+            rates[step].append(len(pairs) / (time.perf_counter() - began))
+    lines = [
+        f"face geometry on the {len(pairs)} faces of {len(images)} frames of {video.name}, one "
+        f"thread, {os.cpu_count()} cores, medians of {repeats} runs",
+        f"{'step':<36}{'faces/s':>9}{'ms/face':>9}",
+    ]
+    for step, runs in rates.items():
+        median = statistics.median(runs)
+        lines.append(f"{step:<36}{median:>9.0f}{1000 / median:>9.2f}")
+    settings = {"default (no geometry, baseline)": [], "--geometry": ["--geometry"]}
+    with tempfile.TemporaryDirectory(prefix="ferkit-bench-") as scratch:
+        times: dict[str, list[float]] = {label: [] for label in settings}
+        for _ in range(repeats):  # interleaved, so drift hits both alike
+            for index, (label, extra) in enumerate(settings.items()):
+                out = Path(scratch) / f"run{index}"
+                times[label].append(_timed_predict([str(video), *extra], out))
+        labels = [_frame_labels(Path(scratch) / f"run{i}" / "predictions.csv") for i in range(2)]
+    count = len(labels[0])
+    agree = sum(labels[0].get(f) == labels[1].get(f) for f in labels[0]) / max(1, count)
+    baseline = statistics.median(times["default (no geometry, baseline)"])
+    lines += [
+        "",
+        f"ferkit predict {video.name} as a whole command ({count} frames with a face), "
+        f"{os.cpu_count()} cores, medians of {repeats} runs",
+        f"{'settings':<34}{'seconds':>9}{'frames/s':>10}{'x baseline':>12}",
+    ]
+    for label, runs in times.items():
+        median = statistics.median(runs)
+        lines.append(f"{label:<34}{median:>9.2f}{count / median:>10.1f}{baseline / median:>12.2f}")
+    lines.append(f"frames whose labels agree with the default path: {agree:.2%}")
     return "\n".join(lines)

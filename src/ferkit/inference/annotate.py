@@ -3,7 +3,8 @@
 Each face gets its box and one panel: a title row (the label and its probability, or
 the two rival labels of a near-tie) above a bar per class. Panels are laid out so that
 none covers another face or another panel (:func:`layout_panels`), and text is never
-drawn smaller than :data:`MIN_TEXT_HEIGHT` pixels.
+drawn smaller than :data:`MIN_TEXT_HEIGHT` pixels. Faces with geometry can also have it
+drawn under the boxes and panels (:data:`GEOMETRY_DRAWINGS`).
 """
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ LAYOUT_RETRIES = 2
 
 # Classes listed by a compact panel, used where a full panel has no free place.
 COMPACT_ROWS = 3
+
+
+#: What ``draw_results(..., geometry=...)`` draws of each face's geometry (``predict
+#: --annotate-geometry``): ``mesh``, the face mesh's edges; ``contours``, the outlines of
+#: the face, eyes, brows, lips and irises; ``axes``, the head's pose as three axes from
+#: the nose tip (red: to the subject's left, green: up, blue: forward out of the face).
+GEOMETRY_DRAWINGS = ("mesh", "contours", "axes")
+
+
+# Colours of the geometry drawings (RGB).
+_MESH_COLOR = (235, 235, 235)
+_CONTOUR_COLORS = {
+    "face_oval": (235, 235, 235), "lips": (255, 80, 80), "left_eye": (80, 220, 120),
+    "right_eye": (80, 220, 120), "left_eyebrow": (255, 170, 60), "right_eyebrow": (255, 170, 60),
+    "left_iris": (60, 200, 255), "right_iris": (60, 200, 255),
+}  # fmt: skip
+_AXIS_COLORS = ((230, 40, 40), (40, 200, 60), (50, 110, 255))
 
 
 _PANEL_COLOR = (30, 30, 30)
@@ -382,6 +400,7 @@ def draw_results(
     *,
     min_side: int = 0,
     margin: float = UNCERTAIN_MARGIN,
+    geometry: str | None = None,
 ) -> np.ndarray:
     """A copy of an RGB image with each face's box and its panel of probabilities drawn.
 
@@ -393,12 +412,16 @@ def draw_results(
             keeps its size, which video writers need.
             :data:`STILL_IMAGE_MIN_SIDE` suits still images.
         margin: near-tie margin, see :func:`is_uncertain`.
+        geometry: also draw each face's geometry, where it has one: one of
+            :data:`GEOMETRY_DRAWINGS` (None: not drawn).
 
     Returns:
         The drawn ``uint8`` RGB image, the size of ``image`` unless ``min_side`` enlarged it.
     """
     import cv2
 
+    if geometry is not None and geometry not in GEOMETRY_DRAWINGS:
+        raise ValueError(f"geometry must be one of {GEOMETRY_DRAWINGS}, not {geometry!r}")
     canvas = np.ascontiguousarray(image).copy()
     height, width = canvas.shape[:2]
     scale = 1.0
@@ -411,6 +434,10 @@ def draw_results(
         canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_CUBIC)
     panels = layout_panels(canvas.shape, faces, margin=margin, scale=scale)
     style = panel_style(canvas.shape[0], canvas.shape[1])
+    if geometry is not None:  # under the boxes and panels
+        for face in faces:
+            if getattr(face, "geometry", None) is not None:
+                draw_geometry(canvas, face.geometry, geometry, scale)
     # All boxes and leaders first, so that no line is drawn over a panel.
     for face, panel in zip(faces, panels, strict=True):
         x, y, w, h = panel.face_box
@@ -426,6 +453,43 @@ def draw_results(
     for face, panel in zip(faces, panels, strict=True):
         _draw_panel(canvas, face, panel, style)
     return canvas
+
+
+def draw_geometry(canvas: np.ndarray, geometry: Any, drawing: str, scale: float = 1.0) -> None:
+    """Draw one face's geometry (:class:`ferkit.geometry.FaceGeometry`) onto an RGB
+    canvas in place: ``drawing`` is one of :data:`GEOMETRY_DRAWINGS`; ``scale`` maps the
+    geometry's pixels to the canvas's."""
+    import cv2
+
+    from ferkit.geometry import FACE_CONTOURS, mesh_edges, rotation_matrix
+
+    points = geometry.landmarks[:, :2].astype(np.float64) * scale
+    face_size = float(np.ptp(points[:, 0]) + np.ptp(points[:, 1])) / 2.0
+    # Lines in whole pixels, with 4 bits of sub-pixel precision (OpenCV's shift).
+    fixed = np.round(points * 16).astype(np.int32)
+    thickness = max(1, round(face_size / 250))
+    if drawing == "mesh":
+        # Thin lines half blended into the picture, so the face shows through.
+        layer = canvas.copy()
+        edges = fixed[mesh_edges()]
+        cv2.polylines(layer, list(edges), False, _MESH_COLOR, thickness, cv2.LINE_AA, shift=4)
+        cv2.addWeighted(layer, 0.55, canvas, 0.45, 0, dst=canvas)
+    elif drawing == "contours":
+        for feature, chains in FACE_CONTOURS.items():
+            lines = [fixed[list(chain)] for chain in chains]
+            color = _CONTOUR_COLORS[feature]
+            cv2.polylines(canvas, lines, False, color, thickness + 1, cv2.LINE_AA, shift=4)
+    else:
+        rotation = rotation_matrix(geometry.yaw, geometry.pitch, geometry.roll)
+        nose = points[1]
+        length = 0.45 * face_size
+        for axis, color in zip(rotation.T, _AXIS_COLORS, strict=True):
+            # The camera's y points up, the image's down.
+            tip = nose + length * np.array([axis[0], -axis[1]])
+            cv2.arrowedLine(
+                canvas, tuple(np.round(nose).astype(int)), tuple(np.round(tip).astype(int)),
+                color, thickness + 2, cv2.LINE_AA, tipLength=0.15,
+            )  # fmt: skip
 
 
 def _dashed_rectangle(

@@ -12,10 +12,11 @@ without ``address`` a local one is started on this machine):
   (memory per worker stays flat) and writes one Parquet file.
 
 Outputs under ``out``: ``predictions/part-*.parquet`` (the columns of
-``predictions.csv``, probabilities at full precision; every input has at least one row,
-its status), ``summary.json`` and ``run.json`` (the settings). Each Parquet file is
-written under a temporary name and renamed when complete, and carries the summary
-entries of its inputs in its metadata, so ``resume=True`` skips every input already
+``predictions.csv``, probabilities at full precision; with ``geometry``, the blendshape
+and head-pose columns too and each face's 478 landmarks as a list column; every input
+has at least one row, its status), ``summary.json`` and ``run.json`` (the settings).
+Each Parquet file is written under a temporary name and renamed when complete, and
+carries the summary entries of its inputs in its metadata, so ``resume=True`` skips every input already
 written: a killed job loses only the files in flight. A worker that dies is restarted
 by Ray and its batch retried.
 
@@ -99,8 +100,9 @@ def _require_ray() -> Any:
     return ray
 
 
-def record_schema(classes: list[str]) -> Any:
-    """The Arrow schema of the prediction records (the columns of ``predictions.csv``)."""
+def record_schema(classes: list[str], geometry: bool = False) -> Any:
+    """The Arrow schema of the prediction records: the columns of ``predictions.csv``
+    and, with ``geometry``, ``landmarks`` (per face, 478 ``[x, y, z]`` lists)."""
     import pyarrow as pa
 
     types = {
@@ -109,7 +111,10 @@ def record_schema(classes: list[str]) -> Any:
         "frame": pa.int64(), "face": pa.int64(), "track_id": pa.int64(), "x": pa.int64(),
         "y": pa.int64(), "width": pa.int64(), "height": pa.int64(),
     }  # fmt: skip
-    return pa.schema([(name, types.get(name, pa.float64())) for name in record_columns(classes)])
+    fields = [(name, types.get(name, pa.float64())) for name in record_columns(classes, geometry)]
+    if geometry:
+        fields.append(("landmarks", pa.list_(pa.list_(pa.float32()))))
+    return pa.schema(fields)
 
 
 def _publish(temporary: Path, target: Path) -> None:
@@ -148,10 +153,11 @@ class ParquetRecordWriter:
     digits = None  # full precision
     ROW_GROUP = 4096
 
-    def __init__(self, folder: Path, name: str, classes: list[str]) -> None:
+    def __init__(self, folder: Path, name: str, classes: list[str], geometry: bool = False) -> None:
         import pyarrow.parquet as pq
 
-        self.folder, self.name, self.schema = folder, name, record_schema(classes)
+        self.folder, self.name = folder, name
+        self.schema = record_schema(classes, geometry)
         self.temporary = folder / f".{name}.tmp-{os.getpid()}"
         self._writer = pq.ParquetWriter(self.temporary, self.schema)
         self._rows: list[dict[str, Any]] = []
@@ -202,8 +208,48 @@ def _recognizer(settings_json: str) -> Any:
         kwargs["max_pixels"] = settings["max_pixels"]
     return EmotionRecognizer(
         settings["model"], backend=settings["backend"], faces=settings["faces"], threads=1,
-        tta=settings.get("tta", False), **kwargs,
+        tta=settings.get("tta", False), geometry=settings.get("geometry", False), **kwargs,
     )  # fmt: skip
+
+
+def encode_geometries(geometries: list[Any]) -> bytes:
+    """The geometry of an image's faces as bytes, to pass from the task that sees the
+    image to the actor that classifies its faces: per face, its landmarks (float32) then
+    its blendshapes, pose and presence (float64), at full precision."""
+    from ferkit.geometry import LANDMARK_COUNT
+
+    parts = []
+    for geometry in geometries:
+        if geometry is None:
+            continue
+        values = [*geometry.blendshapes.values(), geometry.yaw, geometry.pitch, geometry.roll,
+                  geometry.presence]  # fmt: skip
+        landmarks = np.ascontiguousarray(geometry.landmarks, np.float32).reshape(LANDMARK_COUNT, 3)
+        parts += [landmarks.tobytes(), np.asarray(values, np.float64).tobytes()]
+    return b"".join(parts)
+
+
+def decode_geometries(data: bytes, count: int) -> list[Any]:
+    """:func:`encode_geometries`' faces back (``count`` Nones when it holds none)."""
+    from ferkit.geometry import BLENDSHAPE_NAMES, LANDMARK_COUNT, FaceGeometry
+
+    if not data:
+        return [None] * count
+    landmark_bytes = LANDMARK_COUNT * 3 * 4
+    value_bytes = (len(BLENDSHAPE_NAMES) + 4) * 8
+    found = []
+    for index in range(count):
+        start = index * (landmark_bytes + value_bytes)
+        landmarks = np.frombuffer(data, np.float32, LANDMARK_COUNT * 3, start)
+        values = np.frombuffer(data, np.float64, len(BLENDSHAPE_NAMES) + 4, start + landmark_bytes)
+        *scores, yaw, pitch, roll, presence = values.tolist()
+        blendshapes = dict(zip(BLENDSHAPE_NAMES, scores, strict=True))
+        found.append(
+            FaceGeometry(
+                landmarks.reshape(LANDMARK_COUNT, 3).copy(), blendshapes, yaw, pitch, roll, presence
+            )
+        )
+    return found
 
 
 def _copy_uri(uri: str, target: Path) -> Path:
@@ -258,10 +304,11 @@ def decode_and_detect(batch: dict[str, np.ndarray], settings: str) -> dict[str, 
     """Ray Data task: read and decode each image of ``batch`` and find its faces.
 
     Each row comes out with its status (``error`` with the reason when the image cannot
-    be used), the face mode, the boxes (JSON) and the face crops (bytes)."""
+    be used), the face mode, the boxes (JSON), the face crops (bytes) and, where the
+    recogniser computes it, the faces' geometry (:func:`encode_geometries`)."""
     recognizer = _recognizer(settings)
     columns = ("index", "source", "kind", "path", "status", "reason", "face_mode", "faces")
-    rows: dict[str, list[Any]] = {name: [] for name in (*columns, "crops")}
+    rows: dict[str, list[Any]] = {name: [] for name in (*columns, "crops", "geometry")}
     with tempfile.TemporaryDirectory(prefix="ferkit-ray-") as scratch:
         for position in range(len(batch["source"])):
             item = {name: batch[name][position] for name in batch}
@@ -274,13 +321,14 @@ def decode_and_detect(batch: dict[str, np.ndarray], settings: str) -> dict[str, 
                 logger.debug("%s failed", source.name, exc_info=True)
                 rgb, reason = None, f"failed: {type(error).__name__}: {error}"
             faces: list[list[Any]] = []
-            crops = b""
+            crops = geometry = b""
             mode = ""
             if rgb is not None:
                 try:
                     mode, found, cut = recognizer.find_faces(rgb)
                     faces = [[*map(int, f.box), f.confidence] for f in found]
                     crops = np.ascontiguousarray(cut).tobytes()
+                    geometry = encode_geometries(recognizer.face_geometry(rgb, found))
                 except Exception as error:  # a detector failing on one odd image
                     logger.debug("%s failed", source.name, exc_info=True)
                     reason = detection_failure(error)
@@ -294,6 +342,7 @@ def decode_and_detect(batch: dict[str, np.ndarray], settings: str) -> dict[str, 
             for name, value in zip(columns, values, strict=True):
                 rows[name].append(value)
             rows["crops"].append(crops)
+            rows["geometry"].append(geometry)
     return rows
 
 
@@ -304,7 +353,7 @@ class FaceClassifier:
     def __init__(self, settings: str, parts: str) -> None:
         self.recognizer = _recognizer(settings)
         self.parts = Path(parts)
-        self.schema = record_schema(self.recognizer.classes)
+        self.schema = record_schema(self.recognizer.classes, self.recognizer.geometry)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         import pyarrow as pa
@@ -345,8 +394,10 @@ class FaceClassifier:
                 entries.append(with_exact_name(record, source))
                 continue
             faces = found[position]
+            geometries = decode_geometries(bytes(batch["geometry"][position]), len(faces))
             result = ImageResult(face_mode=batch["face_mode"][position])
-            result.extend(recognizer.face_results(faces, probabilities[start : start + len(faces)]))
+            scores = probabilities[start : start + len(faces)]
+            result.extend(recognizer.face_results(faces, scores, geometries))
             start += len(faces)
             rows, entry = image_records(name, result, digits=None)
             records.extend(rows)
@@ -368,7 +419,7 @@ def predict_video_task(item: dict[str, Any], settings: str, parts: str) -> dict[
     options = json.loads(settings)["video"]
     source = _source(item)
     name = _part_name("video", [f"{item['index']}:{source.name}"])
-    writer = ParquetRecordWriter(Path(parts), name, recognizer.classes)
+    writer = ParquetRecordWriter(Path(parts), name, recognizer.classes, recognizer.geometry)
     try:
         with tempfile.TemporaryDirectory(prefix="ferkit-ray-") as scratch:
             if source.kind in ("url", "uri") and source.error is None:
@@ -596,6 +647,7 @@ def predict_ray(
     faces: str = "auto",
     max_pixels: int | None = None,
     tta: bool = False,
+    geometry: bool = False,
     every: int = 1,
     detect_every: int | str = "auto",
     smoothing_s: float = 0.5,
@@ -653,6 +705,8 @@ def predict_ray(
                   "max_frames": max_frames},
         "inputs_sha256": hashlib.sha256(keys.encode("utf-8", "surrogateescape")).hexdigest(),
     }  # fmt: skip
+    if geometry:  # only when on: a run without it resumes as before
+        settings["geometry"] = True
     with locked(out):
         _prepare_out(out, settings, resume, overwrite)
         parts = out / PARTS
@@ -756,20 +810,21 @@ def _run(
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             entries.extend(json.loads(text) for text in batch["entry"])
     bar = tqdm(total=len(pending), desc="videos", unit="video", disable=not progress or not pending)
-    classes = json.loads(settings)["classes"]
+    options = json.loads(settings)
+    schema = record_schema(options["classes"], options.get("geometry", False))
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         try:
             entries.append(ray.get(ready[0]))
         except ray.exceptions.RayError as error:  # crashed on every attempt: recorded
-            entries.append(_failed_video(launched[ready[0]], error, parts, classes))
+            entries.append(_failed_video(launched[ready[0]], error, parts, schema))
         bar.update(1)
     bar.close()
     return entries
 
 
 def _failed_video(
-    item: dict[str, Any], error: BaseException, parts: Path, classes: list[str]
+    item: dict[str, Any], error: BaseException, parts: Path, schema: Any
 ) -> dict[str, Any]:
     """The error entry (and Parquet file) of a video whose task failed every attempt."""
     import pyarrow as pa
@@ -782,6 +837,6 @@ def _failed_video(
     source = _source(item)
     record = {"source": source.name, "kind": "video", "status": "error", "reason": reason}
     entry = {**with_exact_name(record, source), "index": int(item["index"])}
-    table = pa.Table.from_pylist([record], schema=record_schema(classes))
+    table = pa.Table.from_pylist([record], schema=schema)
     _write_part(parts, _part_name("video", [f"{item['index']}:{source.name}"]), table, [entry])
     return entry

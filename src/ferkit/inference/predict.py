@@ -9,7 +9,8 @@ image or video, missing), ``partial`` (a video whose stream ends before the fram
 announces: its results cover the frames read) or ``skipped``. Those rows go into the same
 file, and ``summary.json`` repeats them with per-video shares of time per emotion, so a
 batch never loses work on one bad file. ``--annotate`` writes images and videos with
-boxes, labels and probability bars, and an emotion-over-time plot per video.
+boxes, labels and probability bars, and an emotion-over-time plot per video;
+``--annotate-geometry`` draws each face's mesh, contours or pose axes under them.
 
 The output folder follows :mod:`ferkit.outputs` (refused if it holds results, unless
 ``overwrite``; written whole or not at all; one writer at a time). http(s) URLs are
@@ -512,6 +513,7 @@ def predict(
     echo: Any = None,
     annotated_video: str = "webm",
     on_frame: Callable[[str, int, int | None], None] | None = None,
+    annotate_geometry: str | None = None,
 ) -> PredictSummary:
     """Run recognition over inputs and write the records.
 
@@ -537,6 +539,10 @@ def predict(
         on_frame: called after each video frame is read with the input's name, the
             frames read so far and the frames expected (None when unknown), for progress
             reports.
+        annotate_geometry: annotate, and draw each face's geometry under its box and
+            panel: ``mesh``, ``contours`` or ``axes`` (see
+            :data:`ferkit.inference.annotate.GEOMETRY_DRAWINGS`); turns ``annotate`` and
+            ``geometry`` on.
 
     Returns:
         What happened to every input; :meth:`PredictSummary.exit_status` tells a script
@@ -555,6 +561,17 @@ def predict(
             f"{annotated_video!r}"
         )
     check_options(faces, every, detect_every, smoothing_s, max_frames, max_pixels)
+    if annotate_geometry is not None:
+        from ferkit.inference.annotate import GEOMETRY_DRAWINGS
+
+        if annotate_geometry not in GEOMETRY_DRAWINGS:
+            raise ValueError(
+                f"annotate_geometry must be one of {GEOMETRY_DRAWINGS}, not {annotate_geometry!r}"
+            )
+        if recognizer is not None and not recognizer.geometry:
+            raise ValueError("annotate_geometry needs a recognizer made with geometry=True")
+        # From here on, annotate names the drawing (a str) or is a bool.
+        annotate, geometry = annotate_geometry, True
     if camera is not None and camera < 0:
         raise ValueError(f"camera index must be 0 or more (0 is the first), not {camera}")
     sources = expand_inputs(list(inputs))
@@ -610,7 +627,7 @@ def _predict_all(
     out_dir: Path | None,
     *,
     fmt: str,
-    annotate: bool,
+    annotate: bool | str,
     camera: int | None,
     model: Any,
     detector: str | None,
@@ -686,7 +703,7 @@ def _run_sources(
     sources: list[Source],
     fmt: str,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     progress: bool,
     echo: Any,
     options: dict[str, Any],
@@ -748,7 +765,7 @@ def _entries(
     sources: list[Source],
     writer: RecordWriter | None,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     used_names: set[str],
     progress: bool,
     downloads: Path,
@@ -806,7 +823,7 @@ def _predict_images(
     sources: list[Source],
     writer: RecordWriter | None,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     used_names: set[str],
 ) -> Iterator[dict[str, Any]]:
     """Image files in batches: decoding and face finding on a thread of their own (PIL,
@@ -835,7 +852,7 @@ def _classified(
     batch: list[tuple[Source, np.ndarray | None, str, Any]],
     writer: RecordWriter | None,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     used_names: set[str],
 ) -> Iterator[dict[str, Any]]:
     from ferkit.inference.results import ImageResult
@@ -860,7 +877,9 @@ def _classified(
             result.extend(recognizer.face_results(boxes, rows, geometries))
             records, entry = image_records(source.name, result)
             if annotate and out_dir is not None:
-                entry["annotated"] = _annotate_image(source, rgb, result, out_dir, used_names)
+                entry["annotated"] = _annotate_image(
+                    source, rgb, result, out_dir, used_names, _drawing(annotate)
+                )
         except (KeyboardInterrupt, SystemExit, MemoryError):
             raise
         except Exception as error:  # this image is recorded as failed, the run goes on
@@ -874,10 +893,21 @@ def _classified(
         yield with_exact_name(entry, source)
 
 
+def _drawing(annotate: bool | str) -> str | None:
+    """The geometry drawing that ``annotate`` names (``--annotate-geometry``), if any."""
+    return annotate if isinstance(annotate, str) else None
+
+
 def _annotate_image(
-    source: Source, rgb: np.ndarray, faces: Any, out_dir: Path, used_names: set[str]
+    source: Source,
+    rgb: np.ndarray,
+    faces: Any,
+    out_dir: Path,
+    used_names: set[str],
+    drawing: str | None = None,
 ) -> str:
-    """Draw an image's faces into ``annotated/``; returns the file's path in ``out_dir``."""
+    """Draw an image's faces (and their geometry: ``drawing``) into ``annotated/``;
+    returns the file's path in ``out_dir``."""
     from PIL import Image
 
     from ferkit.inference.annotate import STILL_IMAGE_MIN_SIDE, draw_results
@@ -886,7 +916,7 @@ def _annotate_image(
     folder.mkdir(exist_ok=True)
     suffix = ".jpg" if source.path.suffix.lower() in (".jpg", ".jpeg") else ".png"
     target = _unique_name(folder, path_text(source.path.stem), suffix, used_names)
-    drawn = draw_results(rgb, faces, min_side=STILL_IMAGE_MIN_SIDE)
+    drawn = draw_results(rgb, faces, min_side=STILL_IMAGE_MIN_SIDE, geometry=drawing)
     Image.fromarray(drawn).save(target, quality=92)
     return f"annotated/{target.name}"
 
@@ -939,7 +969,7 @@ def predict_source(
     source: Source,
     writer: RecordWriter | None,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     used_names: set[str],
     progress: bool,
     downloads: Path,
@@ -998,7 +1028,7 @@ def _predict_image(
     source: Source,
     writer: RecordWriter | None,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     used_names: set[str],
 ) -> dict[str, Any]:
 
@@ -1016,7 +1046,9 @@ def _predict_image(
         for record in records:
             writer.write(record)
     if annotate and out_dir is not None:
-        entry["annotated"] = _annotate_image(source, rgb, faces, out_dir, used_names)
+        entry["annotated"] = _annotate_image(
+            source, rgb, faces, out_dir, used_names, _drawing(annotate)
+        )
     return entry
 
 
@@ -1066,7 +1098,7 @@ def _predict_video(
     source: Source,
     writer: RecordWriter | None,
     out_dir: Path | None,
-    annotate: bool,
+    annotate: bool | str,
     used_names: set[str],
     progress: bool,
     *,
@@ -1091,7 +1123,9 @@ def _predict_video(
     tally = _VideoTally(source, recognizer.classes, writer)
     try:
         annotated = (
-            _AnnotatedVideo.open(source, info, out_dir, used_names, annotated_video)
+            _AnnotatedVideo.open(
+                source, info, out_dir, used_names, annotated_video, _drawing(annotate)
+            )
             if annotate
             else None
         )
@@ -1138,7 +1172,10 @@ class _VideoTally:
     per track the times, smoothed probabilities and labels seen."""
 
     def __init__(self, source: Source, classes: list[str], writer: RecordWriter | None) -> None:
+        from ferkit.inference.face_events import ActivityTally
+
         self.source, self.classes, self.writer = source, classes, writer
+        self.activity = ActivityTally()  # blinks, smile, head turns: faces with geometry
         self.times: dict[int, list[float]] = defaultdict(list)
         self.smoothed: dict[int, list[np.ndarray]] = defaultdict(list)
         self.labels: dict[int, Counter] = defaultdict(Counter)
@@ -1159,6 +1196,8 @@ class _VideoTally:
                 np.array([face.probabilities[c] for c in self.classes], np.float32)
             )
             self.labels[face.track_id][face.label] += 1
+            if face.geometry is not None:
+                self.activity.add(face.track_id, frame.time_s, face.geometry)
             if self.writer is not None:
                 self.writer.write(
                     {"source": self.source.name, "kind": self.source.kind, "status": "ok",
@@ -1200,6 +1239,8 @@ class _VideoTally:
                 for track, share in self.shares().items()
             },
         }
+        if self.activity.samples:  # with geometry: blinks, smile and head turns per track
+            entry["geometry_per_track"] = self.activity.summary()
         wanted = min(info.frame_count, max_frames or info.frame_count) if info.frame_count else 0
         if self.frames_read < wanted and not interrupted:
             # Truncated or corrupt: what was read is kept, and the video is not called ok.
@@ -1225,8 +1266,8 @@ class _AnnotatedVideo:
     """``annotated/NAME.mp4``: every frame with the last faces drawn, and afterwards the
     emotion-over-time plot beside it."""
 
-    def __init__(self, path: Path, writer: Any) -> None:
-        self.path, self.writer = path, writer
+    def __init__(self, path: Path, writer: Any, drawing: str | None = None) -> None:
+        self.path, self.writer, self.drawing = path, writer, drawing
 
     @classmethod
     def open(
@@ -1236,6 +1277,7 @@ class _AnnotatedVideo:
         out_dir: Path | None,
         used_names: set[str],
         container: str = "mp4",
+        drawing: str | None = None,
     ) -> _AnnotatedVideo | None:
         import cv2
 
@@ -1255,14 +1297,15 @@ class _AnnotatedVideo:
                 f"this OpenCV build cannot write {container} videos; annotate as "
                 f"{'webm' if container == 'mp4' else 'mp4'} instead"
             )
-        return cls(path, writer)
+        return cls(path, writer, drawing)
 
     def write(self, rgb: np.ndarray, faces: list[Any]) -> None:
         import cv2
 
         from ferkit.inference.annotate import draw_results
 
-        self.writer.write(cv2.cvtColor(draw_results(rgb, faces), cv2.COLOR_RGB2BGR))
+        drawn = draw_results(rgb, faces, geometry=self.drawing)
+        self.writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     def close(self) -> None:
         self.writer.release()

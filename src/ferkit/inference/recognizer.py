@@ -124,15 +124,20 @@ class EmotionRecognizer:
             )
         return self._frame_model
 
-    def with_detector(self, detector: str | None = None) -> EmotionRecognizer:
+    def with_detector(
+        self, detector: str | None = None, *, geometry: bool | None = None
+    ) -> EmotionRecognizer:
         """A recogniser that shares this one's classifier and settings and finds faces
         with a new ``detector`` instance (default: one like its own). Detectors keep
         state between calls, so each thread needs its own; the classifier runtimes are
-        safe to share.
+        safe to share. ``geometry``: whether it computes face geometry (default: as this
+        one does).
         """
         twin = copy.copy(self)
         twin.detector = make_detector(detector or self.detector.name)
         twin._geometry_estimator = None  # LiteRT interpreters are not shared across threads
+        if geometry is not None:
+            twin.geometry = bool(geometry)
         return twin
 
     def with_model(self, model: str | os.PathLike[str] | None) -> EmotionRecognizer:
@@ -278,10 +283,12 @@ class EmotionRecognizer:
             for face, row, geometry in zip(faces, probabilities, geometries, strict=True)
         ]
 
-    def face_geometry(self, rgb: np.ndarray, faces: list[Face]) -> list[Any]:
+    def face_geometry(
+        self, rgb: np.ndarray, faces: list[Face], geometry: bool | None = None
+    ) -> list[Any]:
         """The geometry of each face (:class:`ferkit.geometry.FaceGeometry`) when the
-        recogniser computes it, else a None for each."""
-        if not self.geometry:
+        recogniser computes it (``geometry`` overrides its setting), else a None for each."""
+        if not (self.geometry if geometry is None else geometry):
             return [None] * len(faces)
         if self._geometry_estimator is None:
             from ferkit.geometry import FaceGeometryEstimator
@@ -296,6 +303,7 @@ class EmotionRecognizer:
         color_order: str = "RGB",
         faces: str | None = None,
         tta: bool | None = None,
+        geometry: bool | None = None,
     ) -> ImageResult:
         """Results for every face in one image (an empty list when there is none).
 
@@ -304,6 +312,7 @@ class EmotionRecognizer:
                 OpenCV gives), or a PIL image.
             faces: override the recogniser's ``faces`` mode for this call.
             tta: override the recogniser's test-time augmentation for this call.
+            geometry: override whether the recogniser computes face geometry.
 
         Raises:
             FileNotFoundError, ImageReadError: the file is missing or cannot be decoded.
@@ -311,8 +320,9 @@ class EmotionRecognizer:
                 to pass).
         """
         return self.predict_batch(
-            [image], color_order=color_order, faces=faces, errors="raise", tta=tta
-        )[0]
+            [image], color_order=color_order, faces=faces, errors="raise", tta=tta,
+            geometry=geometry,
+        )[0]  # fmt: skip
 
     def predict_batch(
         self,
@@ -322,6 +332,7 @@ class EmotionRecognizer:
         faces: str | None = None,
         errors: str = "record",
         tta: bool | None = None,
+        geometry: bool | None = None,
     ) -> list[ImageResult]:
         """Like :meth:`predict` for several images, classifying all their faces in one batch.
 
@@ -367,7 +378,7 @@ class EmotionRecognizer:
                     ImageResult(error=f"face detection failed: {type(error).__name__}: {error}")
                 )
                 continue
-            detections.append((found, crops, self.face_geometry(rgb, found)))
+            detections.append((found, crops, self.face_geometry(rgb, found, geometry)))
             height, width = rgb.shape[:2]
             results.append(ImageResult(face_mode=mode, width=width, height=height))
         all_crops = [detection[1] for detection in detections if detection is not None]

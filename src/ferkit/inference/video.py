@@ -438,9 +438,22 @@ class FrameStream:
         detect_every: run the detector on every N-th frame and reuse the tracked boxes in
             between.
         smoothing_s: time constant of the smoothing of each track's probabilities.
+        geometry: whether faces get their geometry (default: when the recogniser
+            computes it).
+        geometry_thread: compute the geometry of each frame's faces on a thread of its
+            own while the same faces are classified (ONNX Runtime releases the GIL as it
+            classifies), rather than after; :meth:`close` ends the thread. For a video's
+            frames, where a core may be free for it; a server's streams share its cores.
     """
 
-    def __init__(self, *, detect_every: int = 1, smoothing_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        *,
+        detect_every: int = 1,
+        smoothing_s: float = 0.5,
+        geometry: bool | None = None,
+        geometry_thread: bool = False,
+    ) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be at least 1, not {detect_every}")
         if not math.isfinite(smoothing_s) or smoothing_s < 0:
@@ -450,6 +463,9 @@ class FrameStream:
         self.detect_every = detect_every
         self.tracker = IoUTracker(smoothing_s=smoothing_s)
         self.frames = 0
+        self.geometry = geometry
+        self.geometry_thread = geometry_thread
+        self._worker: Any = None  # the geometry thread, made when first needed
 
     def process(
         self,
@@ -470,16 +486,28 @@ class FrameStream:
         if detected is None and not reuse:
             detected = recognizer.detector.detect(rgb)
         faces = self.tracker.current_faces() if reuse else detected
-        faces, crops = recognizer.crop_faces(rgb, faces)
-        model = getattr(recognizer, "frame_model", recognizer.model)
-        raw = model.predict_proba(crops, batch_size=max(1, len(crops)))
+        wanted = getattr(recognizer, "geometry", False) if self.geometry is None else self.geometry
+        pending = None
+        if wanted and faces and self.geometry_thread:
+            if self._worker is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._worker = ThreadPoolExecutor(1, thread_name_prefix="ferkit-geometry")
+            pending = self._worker.submit(recognizer.face_geometry, rgb, faces, True)
+        try:
+            faces, crops = recognizer.crop_faces(rgb, faces)
+            model = getattr(recognizer, "frame_model", recognizer.model)
+            raw = model.predict_proba(crops, batch_size=max(1, len(crops)))
+        finally:
+            geometries = pending.result() if pending is not None else None
         tracked = self.tracker.update(faces, raw, time_s)
         self.frames += 1
-        geometries = (
-            recognizer.face_geometry(rgb, faces)
-            if getattr(recognizer, "geometry", False)
-            else [None] * len(faces)
-        )
+        if geometries is None:
+            geometries = (
+                recognizer.face_geometry(rgb, faces, geometry=True)
+                if wanted
+                else [None] * len(faces)
+            )
         return [
             FaceResult.of(
                 face, recognizer.classes, row, raw=raw_row, track_id=track_id, geometry=geometry
@@ -488,6 +516,12 @@ class FrameStream:
                 faces, raw, tracked, geometries, strict=True
             )
         ]
+
+    def close(self) -> None:
+        """End the geometry thread, if one was started."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
 
 
 def _generate_results(
@@ -499,7 +533,7 @@ def _generate_results(
     keep_frames: bool,
     include_skipped: bool,
 ) -> Iterator[FrameResult]:
-    stream = FrameStream(smoothing_s=smoothing_s)
+    stream = FrameStream(smoothing_s=smoothing_s, geometry_thread=True)
     plan = DetectionPlan(detect_every)
     ahead = _ahead(frames, recognizer.detector, every, plan)
     try:
@@ -516,3 +550,4 @@ def _generate_results(
     finally:
         plan.close()
         ahead.close()
+        stream.close()

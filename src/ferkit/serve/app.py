@@ -61,6 +61,14 @@ _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="the server's API key, when it has one"
 )
 
+#: ``?geometry=1``: what each face gains (in every route that takes it).
+GEOMETRY_HELP = (
+    "each face's geometry too: `blendshapes` (MediaPipe's 52 ARKit-style scores in [0, 1] "
+    "by name), `head_pose` ({yaw, pitch, roll} in degrees; yaw > 0: turned towards the "
+    "image's right, pitch > 0: chin up, roll > 0: counter-clockwise in the image) and "
+    "`mesh` (478 [x, y, z] landmarks in the image's pixels); about 7 ms a face"
+)
+
 #: Seconds a client is asked to wait when the server or its video slots are full.
 RETRY_AFTER_BUSY_S = 1
 RETRY_AFTER_JOBS_S = 10
@@ -262,6 +270,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 "their mirror images, probabilities averaged (slower, a little more accurate)"
             ),
         ] = False,
+        geometry: Annotated[bool, Query(description=GEOMETRY_HELP)] = False,
     ) -> Any:
         check_model(model)
         uploads = ([file] if file is not None else []) + list(files or [])
@@ -278,8 +287,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             # counts until its work is done.
             with pool.admit(), pool.lend(detector, model) as lent:
                 return predict_uploads(
-                    lent, named, faces, config.max_pixels, tta, budget=pool.decode_budget
-                )
+                    lent, named, faces, config.max_pixels, tta, budget=pool.decode_budget,
+                    geometry=geometry,
+                )  # fmt: skip
 
         entries = await run_in_threadpool(work)
         used = model or served_name
@@ -300,13 +310,20 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         file: Annotated[UploadFile, File(description="one video (MP4, WebM, AVI, MOV...)")],
         detector: Annotated[DetectorName | None, Query(description="face detector")] = None,
         model: str | None = model_query(),
+        geometry: Annotated[
+            bool,
+            Query(
+                description=GEOMETRY_HELP + "; the result also gains, per track, the blink "
+                "rate, smile intensity and head turns (`geometry_per_track`)"
+            ),
+        ] = False,
     ) -> JSONResponse:
         check_model(model)
         if not isinstance(file, StarletteUpload):
             raise HTTPException(400, "'file' must be a file upload, not a text field")
         await run_in_threadpool(pool.base_for, model)  # a model that cannot load: 503 now
         name = _display_name(file.filename, 0)
-        state = await run_in_threadpool(jobs.submit, file.file, name, detector, model)
+        state = await run_in_threadpool(jobs.submit, file.file, name, detector, model, geometry)
         job_url = str(request.url_for("video_status", job_id=state["id"]).path)
         return JSONResponse(
             {**state, "status_url": job_url, "annotated_url": job_url + "/annotated"},
@@ -347,6 +364,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         smoothing: float = 0.5,
         api_key: str | None = None,
         model: str | None = None,
+        geometry: bool = False,
     ) -> None:
         # Accepted first, then closed with a reason: a browser sees the code and reason of
         # a close, but not the status of a refused handshake.
@@ -371,7 +389,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             await serve_stream(
                 websocket, pool, detector=detector, smoothing_s=smoothing,
                 max_frame_bytes=config.ws_max_frame_kb * 1024, max_fps=config.ws_max_fps,
-                max_pixels=config.max_pixels, model=model,
+                max_pixels=config.max_pixels, model=model, geometry=geometry,
             )  # fmt: skip
         finally:
             streams["open"] -= 1

@@ -195,9 +195,26 @@ class RecognizerPool:
                 self._returned.notify()
 
 
+def geometry_json(
+    blendshapes: dict[str, float], yaw: float, pitch: float, roll: float, mesh: Any
+) -> dict[str, Any]:
+    """A face's geometry as the API returns it: ``blendshapes`` (name: score, 4
+    decimals), ``head_pose`` (degrees, 2 decimals) and ``mesh`` (478 ``[x, y, z]``
+    landmarks in pixels, 0.1 px)."""
+    return {
+        "blendshapes": {name: round(float(score), 4) for name, score in blendshapes.items()},
+        "head_pose": {
+            "yaw": round(float(yaw), 2),
+            "pitch": round(float(pitch), 2),
+            "roll": round(float(roll), 2),
+        },
+        "mesh": [[round(float(value), 1) for value in point] for point in mesh],
+    }
+
+
 def face_json(face: Any) -> dict[str, Any]:
     """One face as the API returns it (video faces also carry their track and raw
-    values)."""
+    values; faces with geometry, :func:`geometry_json`'s fields)."""
     record: dict[str, Any] = {
         "box": [int(v) for v in face.box],
         "label": face.label,
@@ -218,6 +235,17 @@ def face_json(face: Any) -> dict[str, Any]:
         record["raw_probabilities"] = {
             name: round(p, 6) for name, p in (face.raw_probabilities or {}).items()
         }
+    geometry = getattr(face, "geometry", None)
+    if geometry is not None:
+        record.update(
+            geometry_json(
+                geometry.blendshapes,
+                geometry.yaw,
+                geometry.pitch,
+                geometry.roll,
+                geometry.landmarks.tolist(),
+            )
+        )
     return record
 
 
@@ -244,6 +272,7 @@ def predict_uploads(
     max_pixels: int,
     tta: bool = False,
     budget: DecodeBudget | None = None,
+    geometry: bool = False,
 ) -> list[dict[str, Any]]:
     """Decode and classify each uploaded image in turn (one decoded image in memory at
     a time, whatever the number of uploads).
@@ -253,6 +282,7 @@ def predict_uploads(
         tta: test-time augmentation of each face (``?tta=1``).
         budget: the process's decoding budget, held by each image from its decoding
             until it is classified (None: none).
+        geometry: each face's blendshapes, head pose and mesh too (``?geometry=1``).
 
     Raises:
         Saturated: the budget had no room for an image in time.
@@ -270,7 +300,9 @@ def predict_uploads(
             except ImageReadError as error:
                 entries.append({"filename": name, "error": error.reason, "status": error_status(error)})  # fmt: skip
                 continue
-            (result,) = recognizer.predict_batch([rgb], faces=faces, errors="record", tta=tta)
+            (result,) = recognizer.predict_batch(
+                [rgb], faces=faces, errors="record", tta=tta, geometry=geometry
+            )
             del rgb
         if result.error is not None:  # the detector failed on this image: no detail out
             logger.warning("%s: %s", name, result.error)

@@ -36,7 +36,7 @@ from ferkit.extras import native_stderr_silenced
 from ferkit.images import VIDEO_EXTENSIONS, sniff_format
 from ferkit.inference.results import FaceResult
 from ferkit.outputs import write_atomic
-from ferkit.serve.engine import ModelUnavailable, face_json
+from ferkit.serve.engine import ModelUnavailable, face_json, geometry_json
 
 try:
     import fcntl
@@ -202,8 +202,11 @@ class VideoJobs:
         filename: str,
         detector: str | None = None,
         model: str | None = None,
+        geometry: bool = False,
     ) -> dict[str, Any]:
-        """Check an uploaded video and queue it.
+        """Check an uploaded video and queue it (``geometry``: its faces get their
+        blendshapes, head pose and mesh, and its tracks their blinks, smile and head
+        turns).
 
         Raises:
             TooManyJobs: every job slot is taken.
@@ -236,6 +239,7 @@ class VideoJobs:
                 "pid": os.getpid(),
                 "detector": detector,
                 "model": model,
+                "geometry": bool(geometry),
                 "video": {
                     "fps": round(info.fps, 3),
                     "frames": info.frame_count,
@@ -296,21 +300,22 @@ class VideoJobs:
 
     # -- running a job --------------------------------------------------------------
 
-    def _thread_recognizer(self, model: str | None = None) -> Any:
-        """This job thread's own recogniser of ``model`` (``None``: the served one)."""
+    def _thread_recognizer(self, model: str | None = None, geometry: bool = False) -> Any:
+        """This job thread's own recogniser of ``model`` (``None``: the served one),
+        computing face geometry or not."""
         made = self._local.__dict__.setdefault("recognizers", {})
-        if model not in made:
+        if (model, geometry) not in made:
             if model is not None and self.recognizer_for is None:
                 raise ValueError(f"model {model!r} is not offered here")
             base = self.recognizer if model is None else self.recognizer_for(model)
-            made[model] = base.with_detector()
-        return made[model]
+            made[model, geometry] = base.with_detector(geometry=geometry)
+        return made[model, geometry]
 
     def _run(self, folder: Path, video: Path, state: dict[str, Any], max_frames: int) -> None:
         from ferkit.inference.predict import predict
 
         try:
-            recognizer = self._thread_recognizer(state.get("model"))
+            recognizer = self._thread_recognizer(state.get("model"), state.get("geometry", False))
             if state["detector"]:
                 recognizer = recognizer.with_detector(state["detector"])
             state.update(status="running", updated=time.time())
@@ -465,7 +470,14 @@ def _result_document(out: Path, entry: dict[str, Any], max_frames: int) -> dict[
             frame = frames.setdefault(
                 record["frame"], {"index": record["frame"], "time_s": record["time_s"], "faces": []}
             )
-            frame["faces"].append(face_json(_record_face(record, classes)))
+            face = face_json(_record_face(record, classes))
+            if "landmarks" in record:  # the job asked for geometry
+                blendshapes = {
+                    key[3:]: value for key, value in record.items() if key.startswith("bs_")
+                }
+                pose = record["yaw"], record["pitch"], record["roll"]
+                face.update(geometry_json(blendshapes, *pose, record["landmarks"]))
+            frame["faces"].append(face)
     return {
         "classes": classes,
         "frames_read": entry.get("frames", 0),
@@ -475,6 +487,11 @@ def _result_document(out: Path, entry: dict[str, Any], max_frames: int) -> dict[
         "tracks": entry.get("tracks", 0),
         "share_of_time": entry.get("share_of_time", {}),
         "share_of_time_per_track": entry.get("share_of_time_per_track", {}),
+        **(
+            {"geometry_per_track": entry["geometry_per_track"]}
+            if "geometry_per_track" in entry
+            else {}
+        ),
         "cut_at_limit": entry.get("frames", 0) >= max_frames,
         "note": entry.get("reason"),
         "frames": [frames[index] for index in sorted(frames)],

@@ -84,11 +84,13 @@ async def serve_stream(
     max_fps: float,
     max_pixels: int,
     model: str | None = None,
+    geometry: bool = False,
 ) -> None:
     """Run one accepted camera session until the client leaves (``model``: an offered
-    installed model's name; ``None``: the served model)."""
+    installed model's name; ``None``: the served model; ``geometry``: faces carry their
+    blendshapes, head pose and mesh)."""
     session = _Session(max_fps)
-    stream = FrameStream(smoothing_s=smoothing_s)
+    stream = FrameStream(smoothing_s=smoothing_s, geometry=geometry)
     sending = asyncio.Lock()
     receiver = asyncio.ensure_future(_receive(websocket, session, max_frame_bytes, sending))
     try:

@@ -11,6 +11,9 @@ const COLORS = {
 const UNCERTAIN_MARGIN = 0.10; // top two probabilities closer than this: too close to call
 const CAMERA_WIDTH = 640; // frames sent over the socket are at most this wide
 const CAMERA_IN_FLIGHT = 2; // frames sent and not yet answered
+const TOP_BLENDSHAPES = 8; // blendshapes shown as bars for a selected face
+const BLENDSHAPE_COLOR = "rgb(37,99,235)";
+const MESH_COLOR = "rgba(120,255,200,0.85)";
 
 const $ = (id) => document.getElementById(id);
 let health = null;
@@ -122,6 +125,62 @@ function barRow(name, share, digits, className = "bar-row") {
   return row;
 }
 
+// ---- face geometry ------------------------------------------------------------------
+
+// A face's strongest blendshapes (the model's own "_neutral" left out), highest first.
+function topBlendshapes(face, count = TOP_BLENDSHAPES) {
+  return Object.entries(face.blendshapes || {})
+    .filter(([name]) => !name.startsWith("_"))
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, count);
+}
+
+// Head pose in words: yaw > 0 turns the face towards the image's right (the subject's
+// own left), pitch > 0 raises the chin, roll > 0 turns it counter-clockwise.
+function poseText(pose) {
+  const turn = Math.abs(pose.yaw) < 5 ? "facing the camera" : `turned to their ${pose.yaw > 0 ? "left" : "right"}`;
+  const tilt = Math.abs(pose.pitch) < 5 ? "" : `, chin ${pose.pitch > 0 ? "up" : "down"}`;
+  return `yaw ${pose.yaw.toFixed(1)}°, pitch ${pose.pitch.toFixed(1)}°, roll ${pose.roll.toFixed(1)}° (${turn}${tilt})`;
+}
+
+// The selected face's geometry: its head pose, and its top blendshapes as bars.
+function geometryPanel(face, title) {
+  const panel = element("div", "geometry-panel");
+  panel.append(element("h4", "geometry-title", title));
+  const pose = element("p", "head-pose", `Head pose: ${poseText(face.head_pose)}`);
+  pose.dataset.yaw = face.head_pose.yaw;
+  panel.append(pose);
+  const list = element("div", "bars blendshape-bars");
+  for (const [name, score] of topBlendshapes(face)) {
+    const row = element("div", "bar-row blendshape-row");
+    row.dataset.name = name;
+    row.append(element("span", "bar-name", name));
+    const track = element("span", "bar-track");
+    const fill = element("span", "bar-fill");
+    fill.style.width = `${(score * 100).toFixed(1)}%`;
+    fill.style.background = BLENDSHAPE_COLOR;
+    track.append(fill);
+    row.append(track, element("span", "bar-value", score.toFixed(2)));
+    list.append(row);
+  }
+  panel.append(list);
+  panel.append(element("p", "muted", "Blendshapes: MediaPipe's scores in [0, 1] of how far each part of the face moves (eyes, brows, mouth, jaw); close to, but not, FACS action units."));
+  return panel;
+}
+
+// A face's 478 mesh landmarks as dots, at `scale`.
+function drawMesh(context, face, scale, color = MESH_COLOR) {
+  if (!face.mesh) return;
+  const radius = Math.max(0.8, Math.min(2, (face.box[2] * scale) / 160));
+  context.fillStyle = color;
+  context.beginPath();
+  for (const [x, y] of face.mesh) {
+    context.moveTo(x * scale + radius, y * scale);
+    context.arc(x * scale, y * scale, radius, 0, 2 * Math.PI);
+  }
+  context.fill();
+}
+
 // A face's probabilities as bars, likeliest first.
 function probabilityBars(face) {
   const list = element("div", "bars");
@@ -147,7 +206,8 @@ async function predictPhoto(file) {
   form.append("file", file, file.name);
   let response;
   try {
-    response = await fetch(`/v1/predict${modelQuery()}`, { method: "POST", body: form, headers: authHeaders() });
+    // Every face's geometry too: the page shows it for the face selected in the table.
+    response = await fetch(`/v1/predict?geometry=1${modelQuery("&")}`, { method: "POST", body: form, headers: authHeaders() });
   } catch (error) {
     showStatus(status, `The server could not be reached (${error.message}).`, "error");
     card.classList.add("failed");
@@ -168,6 +228,8 @@ async function predictPhoto(file) {
     // The server read it, the browser cannot (TIFF, say): show the results without it.
   }
   const canvas = element("canvas", "photo-canvas");
+  // Draws the photo, its faces, and the selected face's mesh (index, or -1 for none).
+  let redraw = () => {};
   if (image.naturalWidth) {
     const scale = Math.min(1, 900 / image.naturalWidth);
     // The server applied the EXIF orientation; so does the browser when drawing.
@@ -175,18 +237,41 @@ async function predictPhoto(file) {
     canvas.width = Math.round(image.naturalWidth * scale);
     canvas.height = Math.round(image.naturalHeight * scale);
     const context = canvas.getContext("2d");
-    context.drawImage(image, 0, 0, canvas.width, canvas.height);
-    drawFaces(context, result.faces, scale * fit);
+    redraw = (selected) => {
+      context.drawImage(image, 0, 0, canvas.width, canvas.height);
+      if (selected >= 0) drawMesh(context, result.faces[selected], scale * fit);
+      drawFaces(context, result.faces, scale * fit);
+    };
+    redraw(-1);
     body.append(canvas);
   }
-  URL.revokeObjectURL(url);
   if (result.faces.length === 0) {
+    URL.revokeObjectURL(url);
     showStatus(status, "No face found in this photo.", "no-face");
     return;
   }
   const count = result.faces.length;
   showStatus(status, `${count} face${count > 1 ? "s" : ""} found.`, "ok");
-  body.append(facesTable(result.faces));
+  const table = facesTable(result.faces);
+  const detail = element("div", "face-detail");
+  body.append(table, detail);
+  const select = (index) => {
+    table.querySelectorAll(".face-row").forEach((row, i) => {
+      row.classList.toggle("selected", i === index);
+      row.setAttribute("aria-selected", String(i === index));
+    });
+    const face = result.faces[index];
+    detail.replaceChildren();
+    if (face.blendshapes) detail.append(geometryPanel(face, `Face #${index + 1}: its geometry`));
+    redraw(index);
+  };
+  table.querySelectorAll(".face-row").forEach((row, index) => {
+    row.tabIndex = 0;
+    row.addEventListener("click", () => select(index));
+    row.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") { event.preventDefault(); select(index); } });
+  });
+  select(0);
+  URL.revokeObjectURL(url);
 }
 
 function facesTable(faces) {
@@ -225,7 +310,8 @@ function setProgress(bar, label, fraction) {
 function uploadVideo(file) {
   return new Promise((resolve, reject) => {
     const request = new XMLHttpRequest();
-    request.open("POST", `/v1/videos${modelQuery()}`);
+    const geometry = $("video-geometry").checked ? "?geometry=1" : "";
+    request.open("POST", `/v1/videos${geometry}${modelQuery(geometry ? "&" : "?")}`);
     for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
     request.upload.onprogress = (event) => {
       if (event.lengthComputable) setProgress($("upload-bar"), $("upload-percent"), event.loaded / event.total);
@@ -316,6 +402,7 @@ async function showVideoResult(job, state) {
   );
   $("video-result").hidden = false;
   drawTimeline($("video-chart"), result);
+  drawActivity($("activity-chart"), result);
   drawShares($("video-shares"), result.share_of_time);
   const player = $("video-player");
   if (player.src) URL.revokeObjectURL(player.src);
@@ -392,6 +479,91 @@ function drawTimeline(canvas, result) {
   }
 }
 
+// The main face's smile intensity and head turn (yaw) over time, its blinks as ticks and
+// its head turns as shaded spans, under the expressions chart (videos sent with
+// geometry).
+function drawActivity(canvas, result) {
+  const section = $("activity-section");
+  const tracks = result.geometry_per_track || {};
+  const counts = {};
+  for (const frame of result.frames) for (const face of frame.faces) counts[face.track_id] = (counts[face.track_id] || 0) + 1;
+  const main = Object.keys(counts).sort((a, b) => counts[b] - counts[a])[0];
+  const activity = tracks[main];
+  section.hidden = !activity;
+  if (!activity) return;
+  const points = [];
+  for (const frame of result.frames) {
+    const face = frame.faces.find((f) => String(f.track_id) === main);
+    if (face && face.blendshapes) {
+      const smile = (face.blendshapes.mouthSmileLeft + face.blendshapes.mouthSmileRight) / 2;
+      points.push([frame.time_s, smile, face.head_pose.yaw]);
+    }
+  }
+  const width = canvas.clientWidth || canvas.width;
+  canvas.width = width * (window.devicePixelRatio || 1);
+  canvas.height = Math.round(canvas.width * 0.28);
+  const context = canvas.getContext("2d");
+  const ratio = canvas.width / width;
+  context.scale(ratio, ratio);
+  const h = canvas.height / ratio;
+  const left = 40;
+  const bottom = 24;
+  const end = points.length ? points[points.length - 1][0] || 1 : 1;
+  const xOf = (time) => left + (width - left - 8) * (time / end);
+  const yOf = (level) => (h - bottom) * (1 - level) + 4;
+  context.clearRect(0, 0, width, h);
+  context.font = "12px system-ui, sans-serif";
+  for (const turn of activity.head_turns) { // shaded: the head turned away
+    context.fillStyle = "rgba(108,113,196,0.18)";
+    context.fillRect(xOf(turn.start_s), 4, xOf(turn.end_s) - xOf(turn.start_s), h - bottom);
+  }
+  context.strokeStyle = "#ddd";
+  context.fillStyle = "#666";
+  for (const level of [0, 0.5, 1]) {
+    context.beginPath();
+    context.moveTo(left, yOf(level));
+    context.lineTo(width, yOf(level));
+    context.stroke();
+    context.fillText(String(level), 4, Math.max(12, yOf(level) + 4)); // smile
+    const yaw = `${level === 0.5 ? "" : level > 0.5 ? "+" : "−"}${Math.abs(level - 0.5) * 90}°`;
+    context.fillText(yaw, width - 34, Math.max(12, yOf(level) + (level === 1 ? 12 : -4))); // yaw
+  }
+  context.fillText("0 s", left, h - 14);
+  context.fillText(`${end.toFixed(1)} s`, width - 80, h - 14);
+  const line = (color, valueOf, dash) => {
+    context.strokeStyle = color;
+    context.lineWidth = 2;
+    context.setLineDash(dash);
+    context.beginPath();
+    points.forEach((point, index) => {
+      const x = xOf(point[0]);
+      const y = yOf(valueOf(point));
+      if (index === 0) context.moveTo(x, y); else context.lineTo(x, y);
+    });
+    context.stroke();
+    context.setLineDash([]);
+  };
+  line("rgb(255,170,0)", (p) => p[1], []); // smile intensity, 0 to 1
+  line("rgb(108,113,196)", (p) => 0.5 + Math.max(-45, Math.min(45, p[2])) / 90, [5, 3]); // yaw, ±45°
+  context.strokeStyle = "rgb(38,139,210)"; // blinks: a tick at each
+  context.lineWidth = 2;
+  for (const time of activity.blink_times_s) {
+    context.beginPath();
+    context.moveTo(xOf(time), h - bottom + 4);
+    context.lineTo(xOf(time), h - bottom - 14);
+    context.stroke();
+  }
+  const turns = activity.head_turns.length;
+  const summary = $("activity-summary");
+  summary.textContent =
+    `Face ${main}: ${activity.blinks} blink${activity.blinks === 1 ? "" : "s"}` +
+    (activity.blink_rate_per_min === null ? "" : ` (${activity.blink_rate_per_min} a minute)`) +
+    `; smile intensity ${activity.smile_mean.toFixed(2)} on average, smiling ${Math.round(activity.smile_share * 100)}% of the time; ` +
+    `${turns} head turn${turns === 1 ? "" : "s"}` +
+    (turns ? ` (${activity.head_turns.map((t) => `${t.direction} at ${t.start_s.toFixed(1)} s`).join(", ")})` : "") + ".";
+  summary.dataset.blinks = activity.blinks;
+}
+
 function drawShares(target, shares) {
   target.textContent = "";
   const entries = Object.entries(shares).sort((a, b) => b[1] - a[1]);
@@ -433,9 +605,19 @@ async function startCamera() {
   $("camera-stop").hidden = false;
   camera.labels = new Set();
   camera.answers = [];
+  openSocket();
+  camera.timer = setInterval(showRate, 500);
+}
+
+// The live socket; with the mesh on, its faces carry their geometry (?geometry=1).
+function openSocket() {
+  const status = $("camera-status");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const key = apiKey();
-  const query = (key ? `?api_key=${encodeURIComponent(key)}` : "") + modelQuery(key ? "&" : "?");
+  const options = [];
+  if (key) options.push(`api_key=${encodeURIComponent(key)}`);
+  if ($("camera-mesh").checked) options.push("geometry=1");
+  const query = (options.length ? `?${options.join("&")}` : "") + modelQuery(options.length ? "&" : "?");
   const socket = new WebSocket(`${scheme}://${location.host}/v1/stream${query}`);
   socket.binaryType = "arraybuffer";
   camera.socket = socket;
@@ -449,7 +631,18 @@ async function startCamera() {
     }
   };
   socket.onerror = () => showStatus(status, "The live connection to the server failed.", "error");
-  camera.timer = setInterval(showRate, 500);
+}
+
+// The mesh checkbox: a live session reconnects, asking for geometry or not.
+function toggleMesh() {
+  if (!camera.socket) return;
+  const old = camera.socket;
+  camera.socket = null;
+  old.close(1000);
+  camera.inFlight = 0;
+  if (camera.pending) clearTimeout(camera.pending);
+  camera.pending = null;
+  openSocket();
 }
 
 // Keeps CAMERA_IN_FLIGHT frames on their way, no faster than the server's frame-rate
@@ -506,7 +699,9 @@ function drawCameraFaces(answer) {
   overlay.height = video.clientHeight;
   const context = overlay.getContext("2d");
   context.clearRect(0, 0, overlay.width, overlay.height);
-  drawFaces(context, answer.faces, overlay.width / answer.width);
+  const scale = overlay.width / answer.width;
+  if ($("camera-mesh").checked) for (const face of answer.faces) drawMesh(context, face, scale);
+  drawFaces(context, answer.faces, scale);
   const list = $("camera-faces");
   list.textContent = "";
   for (const face of answer.faces) {
@@ -516,6 +711,7 @@ function drawCameraFaces(answer) {
     item.dataset.label = face.label;
     item.append(element("strong", "face-label", `face ${face.track_id}: ${faceTitle(face)}`));
     item.append(probabilityBars(face));
+    if (face.blendshapes) item.append(geometryPanel(face, "Geometry"));
     list.append(item);
   }
   list.dataset.labelsSeen = [...camera.labels].sort().join(",");
@@ -597,6 +793,7 @@ function start() {
   });
   $("camera-start").addEventListener("click", startCamera);
   $("camera-stop").addEventListener("click", () => { stopCamera(); showStatus($("camera-status"), "Stopped."); });
+  $("camera-mesh").addEventListener("change", toggleMesh);
   loadHealth();
 }
 
