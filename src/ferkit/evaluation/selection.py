@@ -70,14 +70,13 @@ class ValidationMeasures:
         detector: str | None = None,
         progress: bool = True,
     ) -> None:
-        from tqdm.auto import tqdm
-
         from ferkit.classes import canonical_name
         from ferkit.data.dataset import PreparedDataset
         from ferkit.data.matching import matched_votes
         from ferkit.evaluation.framing_fit import labelled_photos
         from ferkit.faces import DEFAULT_DETECTOR, make_detector
         from ferkit.images import read_image
+        from ferkit.outputs import progress_bar
 
         faces = PreparedDataset(data).split(split)
         self.classes = list(faces.classes)
@@ -95,7 +94,9 @@ class ValidationMeasures:
         self.photo_labels = np.array([index[canonical_name(label)] for _, label in pairs])
         self.detector = make_detector(detector or DEFAULT_DETECTOR)
         self._photos: list[tuple[np.ndarray, Any]] = []
-        for path in tqdm(self.photo_paths, desc="detect", unit="photo", disable=not progress):
+        for path in progress_bar(
+            self.photo_paths, desc="detect", unit="photo", disable=not progress
+        ):
             rgb = read_image(path, color=True)
             found_faces = self.detector.detect(rgb, thorough=True)
             self._photos.append((rgb, found_faces[0] if found_faces else None))

@@ -778,7 +778,7 @@ def _run(
 ) -> list[dict[str, Any]]:
     """Images through Ray Data, videos as Ray tasks (each waits for a free CPU); their
     entries."""
-    from tqdm import tqdm
+    from ferkit.outputs import progress_bar
 
     items = [
         {"index": i, "source": s.name, "kind": s.kind,
@@ -809,7 +809,9 @@ def _run(
         )  # fmt: skip
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             entries.extend(json.loads(text) for text in batch["entry"])
-    bar = tqdm(total=len(pending), desc="videos", unit="video", disable=not progress or not pending)
+    bar = progress_bar(
+        total=len(pending), desc="videos", unit="video", disable=not progress or not pending
+    )
     options = json.loads(settings)
     schema = record_schema(options["classes"], options.get("geometry", False))
     while pending:

@@ -712,7 +712,7 @@ def _run_sources(
     of a video) records the inputs left as skipped."""
     import tempfile
 
-    from tqdm import tqdm
+    from ferkit.outputs import progress_bar
 
     columns = record_columns(recognizer.classes, getattr(recognizer, "geometry", False))
     writer = RecordWriter(out_dir / f"predictions.{fmt}", fmt, columns) if out_dir else None
@@ -721,7 +721,7 @@ def _run_sources(
     started = time.perf_counter()
     downloads = tempfile.TemporaryDirectory(prefix="ferkit-download-")
     try:
-        bar = tqdm(
+        bar = progress_bar(
             total=len(sources), desc="predict", unit="input",
             disable=not progress or len(sources) < 2,
         )  # fmt: skip
@@ -1110,9 +1110,8 @@ def _predict_video(
     with ``annotate`` the annotated video (``annotated_video`` container) and its
     emotion-over-time plot. The source is opened once (a camera already was, up front)
     and released whatever happens; ``on_frame`` hears of every frame read."""
-    from tqdm import tqdm
-
     from ferkit.inference.video import iter_video_results, open_video
+    from ferkit.outputs import progress_bar
 
     target = source.camera if source.kind == "camera" else source.path
     try:
@@ -1134,7 +1133,7 @@ def _predict_video(
         raise
     limits = [n for n in (info.frame_count, options.get("max_frames")) if n is not None]
     expected = min(limits) if limits else None
-    bar = tqdm(total=expected, desc=Path(source.name).name, unit="frame",
+    bar = progress_bar(total=expected, desc=Path(source.name).name, unit="frame",
                disable=not progress, leave=False)  # fmt: skip
     interrupted = False
     frames = None

@@ -465,11 +465,11 @@ def _load_checkpoint(keras: Any, path: Path, state: dict[str, Any]) -> Any:
 
 def _batch_bar(keras: Any, steps: int, description: str, show: bool) -> Any:
     """A Keras callback drawing one epoch's progress over its batches (tqdm)."""
-    from tqdm import tqdm
+    from ferkit.outputs import progress_bar
 
     class BatchBar(keras.callbacks.Callback):
         def on_train_begin(self, logs: Any = None) -> None:
-            self.bar = tqdm(total=steps, desc=description, unit="batch", leave=False,
+            self.bar = progress_bar(total=steps, desc=description, unit="batch", leave=False,
                             disable=not show)  # fmt: skip
 
         def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
