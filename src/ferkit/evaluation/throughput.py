@@ -78,16 +78,32 @@ def benchmark_predict_video(
     shared = set(labels[0]) | set(labels[1])
     agreement = sum(labels[0].get(f) == labels[1].get(f) for f in shared) / max(1, len(shared))
     baseline = statistics.median(times["--detect-every 1 (baseline)"])
+    lines = _whole_command_rows(video, count, repeats, times, baseline, width=32)
+    lines.append(f"frames whose labels agree with detection on every frame: {agreement:.2%}")
+    return "\n".join(lines)
+
+
+def _whole_command_rows(
+    video: Path,
+    count: int,
+    repeats: int,
+    times: dict[str, list[float]],
+    baseline: float,
+    width: int,
+) -> list[str]:
+    """The header and one row per setting of a whole-command video benchmark: median
+    seconds, frames/s and speed against ``baseline`` (a median in seconds)."""
     lines = [
         f"ferkit predict {video.name} as a whole command ({count} frames with a face), "
         f"{os.cpu_count()} cores, medians of {repeats} runs",
-        f"{'settings':<32}{'seconds':>9}{'frames/s':>10}{'x baseline':>12}",
+        f"{'settings':<{width}}{'seconds':>9}{'frames/s':>10}{'x baseline':>12}",
     ]
     for label, runs in times.items():
         median = statistics.median(runs)
-        lines.append(f"{label:<32}{median:>9.2f}{count / median:>10.1f}{baseline / median:>12.2f}")
-    lines.append(f"frames whose labels agree with detection on every frame: {agreement:.2%}")
-    return "\n".join(lines)
+        lines.append(
+            f"{label:<{width}}{median:>9.2f}{count / median:>10.1f}{baseline / median:>12.2f}"
+        )
+    return lines
 
 
 def _crop_folder(source: str | os.PathLike[str] | None) -> Path:
@@ -257,14 +273,6 @@ def benchmark_geometry(
     count = len(labels[0])
     agree = sum(labels[0].get(f) == labels[1].get(f) for f in labels[0]) / max(1, count)
     baseline = statistics.median(times["default (no geometry, baseline)"])
-    lines += [
-        "",
-        f"ferkit predict {video.name} as a whole command ({count} frames with a face), "
-        f"{os.cpu_count()} cores, medians of {repeats} runs",
-        f"{'settings':<34}{'seconds':>9}{'frames/s':>10}{'x baseline':>12}",
-    ]
-    for label, runs in times.items():
-        median = statistics.median(runs)
-        lines.append(f"{label:<34}{median:>9.2f}{count / median:>10.1f}{baseline / median:>12.2f}")
+    lines += ["", *_whole_command_rows(video, count, repeats, times, baseline, width=34)]
     lines.append(f"frames whose labels agree with the default path: {agree:.2%}")
     return "\n".join(lines)
