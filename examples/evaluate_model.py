@@ -2,7 +2,8 @@
 Title: Evaluate a model on a dataset
 Description: Score the bundled model (or a run, bundle or export folder) on a prepared
     dataset: accuracy, macro-F1, per-class figures, calibration, and an HTML report.
-Install: `pip install -e .` (the core install; with the `train` extra the report adds Grad-CAM maps).
+Install: `pip install -e .` (the core install; with the `report` extra the report adds its
+    plots, with the `train` extra Grad-CAM maps too).
 Run: python examples/evaluate_model.py [--data PREPARED_OR_RAW] [--model MODEL] [--out DIR]
 
 Without `--data` it draws a few cartoon faces per class (ferkit.data.synthetic) and

@@ -2,7 +2,8 @@
 Title: Recognise expressions in photos
 Description: Find every face in a few photos and read its expression with the bundled
     model, then show the results as a table (one row per face).
-Install: the core install (`pip install -e .`); no TensorFlow needed.
+Install: `pip install -e '.[report]'` (the core install and pandas for the table); no
+    TensorFlow needed.
 Run: python examples/predict_photos.py [PHOTO ...] [--detector NAME] [--out DIR]
 
 Without photos it reads the two sample photos that ship inside ferkit: a portrait of a

@@ -19,7 +19,7 @@ fi
 stamp=$venv/.ferkit-setup
 files=$(cat pyproject.toml requirements.txt | sha256sum | cut -d' ' -f1)
 # The extras an extra stands for ("all" is every runtime extra; see pyproject.toml).
-expand() { sed -e 's/\ball\b/train,torch,serve,ray,openvino/g' <<< "$1" | tr ',' '\n' | sed '/^$/d' | sort -u; }
+expand() { sed -e 's/\ball\b/report,train,torch,serve,ray,openvino/g' <<< "$1" | tr ',' '\n' | sed '/^$/d' | sort -u; }
 had_files="" had_extras=""
 [ -f "$stamp" ] && read -r had_files had_extras < "$stamp" || true
 missing=$(comm -23 <(expand "$extras") <(expand "$had_extras"))

@@ -42,16 +42,18 @@ def native_stderr_silenced() -> Iterator[None]:
 _STDERR_LOCK = threading.RLock()
 
 
-#: What each extra adds to the core install (``pip install ferkit``, which predicts,
-#: evaluates and compares with ONNX Runtime and LiteRT).
+#: What each extra adds to the core install (``pip install ferkit``, which predicts on
+#: photos and videos and evaluates with ONNX Runtime and LiteRT).
 EXTRAS = {
+    "report": "pandas and Matplotlib: DataFrames, Parquet manifests, plots (evaluation "
+    "reports, the emotion chart of an annotated video, compare) and dataset exploration",
     "train": "TensorFlow, Keras and MTCNN: train, finish, bundle, export, soft labels, the "
     "Keras runtime and the mtcnn detector",
     "torch": "PyTorch: the torch training engine",
     "serve": "FastAPI and Uvicorn: ferkit serve, the REST API and web page",
     "ray": "Ray Data: ferkit predict --engine ray, on this machine's cores or a cluster",
     "openvino": "OpenVINO: --backend openvino and openvino-int8, the fastest int8 runtime here",
-    "all": "train, torch, serve, ray and openvino",
+    "all": "report, train, torch, serve, ray and openvino",
 }
 
 
@@ -100,6 +102,27 @@ def import_keras(purpose: str = "this command") -> ModuleType:
     except ImportError as error:
         raise missing_extra("Keras", "train", purpose) from error
     return keras
+
+
+def import_pandas(purpose: str = "this command") -> ModuleType:
+    """Import and return ``pandas``.
+
+    Raises:
+        MissingExtraError: pandas is not installed (``ferkit[report]`` installs it).
+    """
+    try:
+        import pandas
+    except ImportError as error:
+        raise missing_extra("pandas", "report", purpose) from error
+    return pandas
+
+
+def has_matplotlib() -> bool:
+    """Whether Matplotlib (``ferkit[report]``) is installed, for the callers that skip a
+    plot, with a note, rather than fail."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def require_serve(purpose: str = "ferkit serve") -> None:

@@ -16,6 +16,10 @@ def subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[
     shows inline."""
     import sys
 
+    from ferkit.extras import has_matplotlib, missing_extra
+
+    if not has_matplotlib():
+        raise missing_extra("Matplotlib", "report", "a plot")
     if "ipykernel" in sys.modules:
         import matplotlib.pyplot as plt
 
@@ -121,7 +125,9 @@ def plot_reliability(
 
 def plot_training_curves(history_csv: str | os.PathLike[str]) -> Any:
     """Loss and accuracy per epoch, train against validation, from a run's history.csv."""
-    import pandas as pd
+    from ferkit.extras import import_pandas
+
+    pd = import_pandas("the training curves plot")
 
     history = pd.read_csv(history_csv)
     fig, axes = subplots(1, 2, figsize=(11, 4))

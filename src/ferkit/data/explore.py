@@ -30,7 +30,9 @@ def ensure_prepared(
 
 def class_balance(dataset: Any) -> Any:
     """Faces per class (rows) and split (columns), with each class's share of train."""
-    import pandas as pd
+    from ferkit.extras import import_pandas
+
+    pd = import_pandas("dataset exploration")
 
     splits = dataset.manifest["splits"]
     table = pd.DataFrame(
@@ -46,7 +48,9 @@ def pixel_statistics(split: Any) -> Any:
     """Per class: mean and spread of brightness, mean per-face contrast, and the share
     of nearly flat faces (per-face standard deviation under 10 grey levels: often blank
     or broken images)."""
-    import pandas as pd
+    from ferkit.extras import import_pandas
+
+    pd = import_pandas("dataset exploration")
 
     images = split.images.reshape(len(split.images), -1).astype(np.float32)
     brightness = images.mean(axis=1)
@@ -91,7 +95,9 @@ def label_agreement(a_split: Any, b_split: Any, **match_settings: Any) -> tuple[
         A crosstab (rows: ``a``'s labels, columns: ``b``'s) of the matched faces, and a
         summary: faces matched and the share with the same class name.
     """
-    import pandas as pd
+    from ferkit.extras import import_pandas
+
+    pd = import_pandas("dataset exploration")
 
     from ferkit.data.matching import match_faces
 

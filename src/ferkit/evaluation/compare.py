@@ -56,8 +56,9 @@ def compare(
     """A DataFrame with one row per evaluation (indexed by folder name); with ``out``,
     also ``comparison.csv``, ``comparison.md`` and ``comparison.png`` there (``out`` must
     not hold results already unless ``overwrite``; see :mod:`ferkit.outputs`)."""
-    import pandas as pd
+    from ferkit.extras import import_pandas
 
+    pd = import_pandas("ferkit compare")
     from ferkit.outputs import output_folder
     from ferkit.plots import plot_comparison
 

@@ -556,9 +556,17 @@ def _write_plots(
     folder, model, classifier, metrics, images, labels, probabilities, classes,
     saliency_per_class, n_mistakes, progress=False,
 ) -> dict[str, Path]:  # fmt: skip
-    """Draw and save every figure of the report, with a progress bar over them."""
+    """Draw and save every figure of the report, with a progress bar over them; without
+    Matplotlib (the core install), none, with the reason in ``metrics["plots_skipped"]``."""
     from ferkit import plots
+    from ferkit.extras import has_matplotlib, missing_extra
     from ferkit.outputs import progress_bar
+
+    if not has_matplotlib():
+        reason = str(missing_extra("Matplotlib", "report", "the report's plots"))
+        logger.warning("skipping plots: %s", reason)
+        metrics["plots_skipped"] = reason
+        return {}
 
     matrix = metrics["confusion_matrix"]
     predicted = probabilities.argmax(axis=1)
@@ -718,6 +726,8 @@ def render_report(metrics: dict[str, Any], figures: dict[str, Path]) -> str:
         f"<figure><figcaption>{escape(name.replace('_', ' '))}</figcaption>{_embed(path)}</figure>"
         for name, path in figures.items()
     )
+    if "plots_skipped" in metrics:
+        plots = f"<p>No plots: {escape(metrics['plots_skipped'])}.</p>"
     summary = "".join(
         f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in summary_rows
     )

@@ -589,12 +589,17 @@ def plot_emotions_over_time(
     classes: list[str],
     shares: dict[int, dict[str, float]],
     title: str = "",
+    activity: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
     """Smoothed probability of each class over time for each track, and time shares.
 
     Args:
         times, probabilities: per track id, the timestamps and smoothed probabilities.
         shares: per track id, the share of its frames spent in each label.
+        activity: with face geometry, per track id (as text) the blinks, smile and head
+            turns of :func:`ferkit.inference.face_events.track_activity`: blinks are
+            drawn as ticks under the curves, head turns as shaded spans, and the counts
+            go in the track's title.
 
     Returns:
         The Matplotlib figure.
@@ -629,10 +634,34 @@ def plot_emotions_over_time(
         line_ax.set_ylim(0, 1)
         line_ax.set_xlabel("time (s)")
         line_ax.set_ylabel("probability (smoothed)")
-        line_ax.set_title(f"{title} track {track}" if track >= 0 else f"{title}: no faces")
+        heading = f"{title} track {track}" if track >= 0 else f"{title}: no faces"
+        events = (activity or {}).get(str(track))
+        if events:
+            heading += _draw_activity(line_ax, events)
+        line_ax.set_title(heading)
         bar_ax.set_xlim(0, 1)
         bar_ax.set_title("share of time")
         if row == 0:
             line_ax.legend(loc="upper right", fontsize=7, ncol=4)
     fig.tight_layout()
     return fig
+
+
+def _draw_activity(ax: Any, events: dict[str, Any]) -> str:
+    """Blinks as ticks along the bottom and head turns as shaded spans on ``ax``; returns
+    the words for the track's title."""
+    for turn in events.get("head_turns", []):
+        ax.axvspan(turn["start_s"], turn["end_s"], color="0.5", alpha=0.15, lw=0)
+        ax.text(
+            turn["start_s"], 0.97, f"turn {turn['direction']}", fontsize=7, va="top", color="0.3"
+        )
+    blinks = events.get("blink_times_s", [])
+    if blinks:
+        ax.plot(blinks, [0.02] * len(blinks), "|", color="black", markersize=9, label="blink")
+    words = [f"{events.get('blinks', 0)} blinks"]
+    if events.get("blink_rate_per_min") is not None:
+        words[0] += f" ({events['blink_rate_per_min']:g}/min)"
+    if events.get("smile_mean") is not None:
+        words.append(f"smile {events['smile_mean']:.2f}")
+    words.append(f"{len(events.get('head_turns', []))} head turns")
+    return "  |  " + ", ".join(words)

@@ -67,7 +67,7 @@ class EmotionRecognizer:
             classifies on several threads at once runs faster with fewer each.
         geometry: also give each detected face its 478 landmarks, 52 blendshape scores
             and head pose (``FaceResult.geometry``, see :mod:`ferkit.geometry`): MediaPipe's
-            face mesh and blendshape networks on LiteRT, about 6 ms a face.
+            face mesh and blendshape networks on LiteRT, about 7 ms a face.
     """
 
     def __init__(
@@ -172,7 +172,7 @@ class EmotionRecognizer:
                 )
             if path.is_dir():
                 raise ValueError(
-                    f"{path}: is a folder; pass its image files (ferkit.inference.predict.expand_inputs "
+                    f"{path}: is a folder; pass its image files (ferkit.inference.sources.expand_inputs "
                     "lists a folder's files)"
                 )
             if path.suffix.lower() in VIDEO_EXTENSIONS:

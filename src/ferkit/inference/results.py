@@ -164,7 +164,9 @@ def results_to_dataframe(results: dict[str, list[FaceResult]] | list[Any]) -> An
     predict_video` (``frame`` and ``time_s`` columns are added; consume the generator
     into a list first, or pass a slice of it).
     """
-    import pandas as pd
+    from ferkit.extras import import_pandas
+
+    pd = import_pandas("a DataFrame of results")
 
     if isinstance(results, dict):
         rows = []
