@@ -254,7 +254,7 @@ def test_upscaling_for_legibility_is_bounded():
 def test_still_faces_are_numbered_from_one_as_in_the_records():
     """The annotated image numbers a still image's faces as the records' ``face`` column
     and the web page do (from 1); video faces keep their track's number."""
-    from ferkit.inference.predict import image_records
+    from ferkit.inference.records import image_records
     from ferkit.inference.results import ImageResult
 
     faces = ImageResult([face((20, 30, 80, 80), happy=0.9), face((300, 30, 80, 80), sad=0.8)])

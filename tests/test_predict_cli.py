@@ -13,7 +13,7 @@ from conftest import require_shared, write_truncated_video
 from PIL import Image
 
 from ferkit.cli import main
-from ferkit.inference.predict import expand_inputs
+from ferkit.inference.sources import expand_inputs
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 

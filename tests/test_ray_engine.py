@@ -20,8 +20,9 @@ import pytest
 from conftest import require_shared
 
 from ferkit.inference.distributed import _copy_uri, predict_ray
-from ferkit.inference.predict import expand_inputs, predict, read_manifest, read_uri
+from ferkit.inference.predict import predict
 from ferkit.inference.recognizer import EmotionRecognizer
+from ferkit.inference.sources import expand_inputs, read_manifest, read_uri
 from ferkit.outputs import OutputExistsError
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]

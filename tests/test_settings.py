@@ -8,7 +8,8 @@ import dataclasses
 
 import pytest
 
-from ferkit.cli import TRAIN_FLAGS, build_parser
+from ferkit.cli import build_parser
+from ferkit.cli.train import TRAIN_FLAGS
 from ferkit.data.prepare import PrepareConfig
 from ferkit.settings import add_option, check_choices, choices_of, default_of, setting
 from ferkit.training.config import TrainConfig

@@ -9,5 +9,7 @@ and a live camera. Needs only the core install (ONNX Runtime or LiteRT; no Tenso
 - :mod:`~ferkit.inference.video`: video and webcam frames, face tracking and smoothing.
 - :mod:`~ferkit.inference.annotate`: boxes, labels and probability bars drawn on images.
 - :mod:`~ferkit.inference.predict`: ``ferkit predict``: a batch of inputs into a results
-  folder.
+  folder, with :mod:`~ferkit.inference.sources` (files, folders, globs, manifests, URLs),
+  :mod:`~ferkit.inference.records` (the records, ``summary.json`` and exit status) and
+  :mod:`~ferkit.inference.video_loop` (one video or webcam, frame by frame).
 """

@@ -46,21 +46,20 @@ import numpy as np
 from ferkit.faces import DEFAULT_DETECTOR
 from ferkit.images import DEFAULT_MAX_PIXELS, VIDEO_EXTENSIONS, decode_image
 from ferkit.inference.predict import (
-    PredictSummary,
-    Source,
     check_options,
-    describe,
     detection_failure,
-    expand_inputs,
+    predict_source,
+    read_source_image,
+)
+from ferkit.inference.records import (
+    PredictSummary,
+    describe,
     hints_for,
     image_records,
-    predict_source,
-    read_paths,
-    read_source_image,
-    read_uri,
     record_columns,
     with_exact_name,
 )
+from ferkit.inference.sources import Source, expand_inputs, read_paths, read_uri
 from ferkit.outputs import (
     MARKER,
     OutputExistsError,
@@ -279,7 +278,7 @@ def _source(item: dict[str, Any]) -> Source:
 def _read_image(source: Source, max_pixels: int, scratch: Path) -> tuple[Any, str]:
     """As the local engine reads an input it takes for an image (downloads included)."""
     from ferkit.images import ImageReadError
-    from ferkit.inference.predict import download
+    from ferkit.inference.sources import download
 
     if source.kind == "url" and source.error is None:
         try:
@@ -413,7 +412,7 @@ class FaceClassifier:
 def predict_video_task(item: dict[str, Any], settings: str, parts: str) -> dict[str, Any]:
     """Ray task: one video, frame by frame as the local engine reads it, into one Parquet
     file; returns its summary entry."""
-    from ferkit.inference.predict import download
+    from ferkit.inference.sources import download
 
     recognizer = _recognizer(settings)
     options = json.loads(settings)["video"]

@@ -114,7 +114,7 @@ def add_evaluations_to_bundle(
 ) -> Path:
     """Record ``ferkit evaluate`` figures in an existing bundle, leaving its model alone.
 
-    Each evaluation (as :func:`ferkit.cli` reads it from an evaluate folder: name, faces,
+    Each evaluation (as :mod:`ferkit.cli.models` reads it from an evaluate folder: name, faces,
     accuracy, ..., and optionally ``robustness`` and ``votes``) replaces one of the same
     name in ``metrics.json`` or is added; the model card's further-evaluation sections
     are written again, before its "## Training" section (at its end without one). The
