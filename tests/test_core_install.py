@@ -184,3 +184,22 @@ def test_a_wheel_built_from_the_checkout_installs_and_predicts(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     where, labels = json.loads(result.stdout.strip().splitlines()[-1])
     assert where.startswith(str(target)) and labels == ["happy"]
+
+
+@pytest.mark.real_data
+def test_core_install_reads_csv_manifests_and_annotates_video_without_the_report_extra(tmp_path):
+    """A .csv manifest needs no pandas; an annotated video is written, and its emotion
+    chart, which needs Matplotlib, is skipped with the extra named."""
+    video = require_shared("samples") / "woman2.mp4"
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"id,path\n1,{ROOT / 'src/ferkit/assets/samples/justin.jpg'}\n2,{video}\n")
+    out = tmp_path / "out"
+    result = core("ferkit", "predict", str(manifest), "--annotate", "--max-frames", "10",
+                  "--out", str(out), "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {Path(entry["source"]).name: entry for entry in summary["sources"]}
+    assert by_name["justin.jpg"]["labels"] == ["happy"]
+    clip = by_name["woman2.mp4"]
+    assert (out / clip["annotated"]).is_file() and "emotion_plot" not in clip
+    assert "'.[report]'" in clip["emotion_plot_skipped"]

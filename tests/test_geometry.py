@@ -280,6 +280,32 @@ def test_head_turns_last_long_enough_and_name_the_subjects_side():
     assert turns[0]["peak_yaw"] == 30 and turns[1]["start_s"] == pytest.approx(8.0)
 
 
+def test_the_emotion_chart_marks_blinks_and_head_turns():
+    from ferkit.inference.annotate import plot_emotions_over_time
+    from ferkit.inference.face_events import track_activity
+
+    classes = ["happy", "neutral"]
+    times = np.arange(0, 10, 1 / 30)
+    blink = np.zeros(len(times))
+    for start in (30, 120, 240):  # three blinks of 0.2 s
+        blink[start : start + 6] = 0.9
+    yaw = np.zeros(len(times))
+    yaw[60:120] = 30
+    activity = {"1": track_activity(times, blink, np.full(len(times), 0.3), yaw)}
+    assert activity["1"]["blinks"] == 3 and len(activity["1"]["head_turns"]) == 1
+    probabilities = {1: [np.array([0.7, 0.3])] * len(times)}
+    figure = plot_emotions_over_time(
+        {1: list(times)}, probabilities, classes, {1: {}}, "v", activity
+    )
+    line_ax = figure.axes[0]
+    assert "3 blinks" in line_ax.get_title() and "1 head turns" in line_ax.get_title()
+    [ticks] = [line for line in line_ax.get_lines() if line.get_label() == "blink"]
+    assert list(ticks.get_xdata()) == pytest.approx(activity["1"]["blink_times_s"])
+    assert len(line_ax.patches) == 1  # the head turn's span
+    plain = plot_emotions_over_time({1: list(times)}, probabilities, classes, {1: {}}, "v")
+    assert "blinks" not in plain.axes[0].get_title() and not plain.axes[0].patches
+
+
 @pytest.mark.real_data
 def test_predict_video_summary_counts_the_blinks_of_woman2(tmp_path):
     """woman2.mp4 blinks six times (frames 9, 147, 279, 308, 327 and 457, each checked by

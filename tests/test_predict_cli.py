@@ -211,6 +211,23 @@ def test_a_text_manifest_line_that_is_not_utf8_is_one_bad_entry(tmp_path):
     assert all(source.listed for source in found)
 
 
+def test_csv_manifests_with_and_without_a_header_row(tmp_path):
+    from ferkit.inference.sources import read_manifest
+
+    named = tmp_path / "named.csv"  # BOM, the path in a named column that is not first
+    named.write_bytes(b'\xef\xbb\xbfid,Path\r\n1,a.jpg\r\n2,"b, c.jpg"\r\n3,\r\n')
+    assert read_manifest(named) == [str(tmp_path / "a.jpg"), str(tmp_path / "b, c.jpg")]
+    bare = tmp_path / "bare.csv"  # no header: the first row is an entry
+    bare.write_text("x/a.jpg,1\n/abs/b.png,2\n")
+    assert read_manifest(bare) == [str(tmp_path / "x" / "a.jpg"), "/abs/b.png"]
+    other = tmp_path / "other.csv"  # a header of other names: its first column is read
+    other.write_text("image,label\nc.jpg,happy\n")
+    assert read_manifest(other) == [str(tmp_path / "c.jpg")]
+    (tmp_path / "none.csv").write_text("\n\n")
+    with pytest.raises(ValueError, match="has no column"):
+        read_manifest(tmp_path / "none.csv")
+
+
 class _StandInCapture:
     """One capture of :class:`StandInCameras`: forwards to a real ``cv2.VideoCapture``
     until released; a refused one (busy device) is never opened."""

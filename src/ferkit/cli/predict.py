@@ -128,7 +128,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "--geometry",
         action="store_true",
         help="each face's 52 blendshape scores (bs_<name>) and head pose (yaw, pitch, roll "
-        "in degrees), and in JSON/JSONL its 478 landmarks: MediaPipe's face mesh, about 6 ms "
+        "in degrees), and in JSON/JSONL its 478 landmarks: MediaPipe's face mesh, about 7 ms "
         "a face",
     )
     parser.add_argument(

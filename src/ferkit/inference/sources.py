@@ -102,6 +102,27 @@ def _text_lines(data: bytes) -> list[str]:
     return [line.decode("utf-8", "surrogateescape") for line in data.splitlines()]
 
 
+def _csv_entries(data: bytes) -> list[str]:
+    """The entries of a CSV manifest: the first column named one of
+    :data:`MANIFEST_COLUMNS`, else the first column; a first row whose first cell reads
+    as a path is an entry, not a header."""
+    import csv
+    import io
+
+    text = data.decode("utf-8-sig")
+    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError("it has no column")
+    header = [cell.strip().lower() for cell in rows[0]]
+    named = [index for index, name in enumerate(header) if name in MANIFEST_COLUMNS]
+    if named:
+        column, body = named[0], rows[1:]
+    else:
+        column = 0
+        body = rows if _looks_like_path(rows[0][0].strip()) else rows[1:]
+    return [row[column].strip() for row in body if len(row) > column and row[column].strip()]
+
+
 def read_manifest(path: str | os.PathLike[str]) -> list[str]:
     """The entries of a manifest file or URI (see :data:`MANIFEST_SUFFIXES`), relative
     paths made relative to the manifest's folder. A CSV without a header row (its first
@@ -120,16 +141,12 @@ def read_manifest(path: str | os.PathLike[str]) -> list[str]:
         if suffix == ".txt":
             entries = [line.strip() for line in _text_lines(data)]
             entries = [e for e in entries if e and not e.startswith("#")]
+        elif suffix == ".csv":
+            entries = _csv_entries(data)
         else:
-            import pandas as pd
+            from ferkit.extras import import_pandas
 
-            if suffix == ".parquet":
-                table = pd.read_parquet(io.BytesIO(data))
-            else:
-                table = pd.read_csv(io.BytesIO(data), dtype=str)
-                named = any(str(c).strip().lower() in MANIFEST_COLUMNS for c in table.columns)
-                if len(table.columns) and not named and _looks_like_path(str(table.columns[0])):
-                    table = pd.read_csv(io.BytesIO(data), dtype=str, header=None)
+            table = import_pandas("a .parquet manifest").read_parquet(io.BytesIO(data))
             if table.columns.empty:
                 raise ValueError("it has no column")
             named = [c for c in table.columns if str(c).strip().lower() in MANIFEST_COLUMNS]

@@ -246,14 +246,19 @@ class _AnnotatedVideo:
         self.writer.release()
 
     def finish(self, tally: _VideoTally, classes: list[str], title: str) -> dict[str, str]:
+        from ferkit.extras import has_matplotlib, missing_extra
         from ferkit.inference.annotate import plot_emotions_over_time
 
+        written = {"annotated": f"annotated/{self.path.name}"}
+        if not has_matplotlib():  # the video is written; its chart needs the report extra
+            written["emotion_plot_skipped"] = str(
+                missing_extra("Matplotlib", "report", "the emotion chart")
+            )
+            return written
+        activity = tally.activity.summary() if tally.activity.samples else None
         figure = plot_emotions_over_time(
-            tally.times, tally.smoothed, classes, tally.shares(), title
+            tally.times, tally.smoothed, classes, tally.shares(), title, activity
         )
         plot_path = self.path.with_name(self.path.stem + "_emotions.png")
         figure.savefig(plot_path, dpi=100)
-        return {
-            "annotated": f"annotated/{self.path.name}",
-            "emotion_plot": f"annotated/{plot_path.name}",
-        }
+        return {**written, "emotion_plot": f"annotated/{plot_path.name}"}
