@@ -12,6 +12,10 @@ the chosen epoch, its figures and the baseline's) into the run folder. ``--insta
 copies the chosen epoch over ``checkpoints/best.keras`` (the previous best kept as
 ``best_by_val.keras``) and records it as the run's best epoch in ``state.json``, so
 ``ferkit train --finish`` calibrates it and ``ferkit bundle`` packages it.
+
+``--recalibrate-bn N``: each epoch's batch-norm statistics are re-estimated on N clean
+FER2013 train faces first (:mod:`ferkit.training.batchnorm`); those are the candidates,
+and each epoch as trained is scored too, for the record (``candidate`` false).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
-def load_checkpoint(path: Path, classes: list[str]):
+def load_checkpoint(path: Path, classes: list[str], recalibrate_on=None):
     """A kept epoch as a teacher of :mod:`ferkit.training.distill` (temperature 1: the
-    measures are accuracies)."""
+    measures are accuracies); with ``recalibrate_on`` (clean train faces), its batch-norm
+    statistics re-estimated on them."""
     from ferkit.extras import import_keras
     from ferkit.models.folder import LoadedModel
     from ferkit.models.keras_nets import custom_layers
@@ -38,6 +44,10 @@ def load_checkpoint(path: Path, classes: list[str]):
     keras = import_keras()
     custom_layers()
     model = keras.models.load_model(path, compile=False)
+    if recalibrate_on is not None:
+        from ferkit.training.batchnorm import recalibrate_batchnorm
+
+        recalibrate_batchnorm(model, recalibrate_on, max_images=len(recalibrate_on))
     shape = tuple(int(d) for d in model.input_shape[1:])
     loaded = LoadedModel(model, list(classes), 1.0, path, shape)
     return Teacher(loaded, path.name, list(range(len(classes))), [])
@@ -52,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", type=float, default=0.705, help="FER2013 val floor")
     parser.add_argument("--baseline", default="default", help="model to compare (default)")
     parser.add_argument("--install", action="store_true", help="make the chosen epoch best.keras")
+    parser.add_argument(
+        "--recalibrate-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-estimate batch-norm statistics on N clean train faces (default: 0, no)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -64,19 +81,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     classes = json.loads((args.run / "labels.json").read_text())
     measures = ValidationMeasures(args.data, args.votes, args.photos)
-    rows = [{"model": args.baseline, **measures.score(measures.probabilities(args.baseline))}]
+    baseline_scores = measures.score(measures.probabilities(args.baseline))
+    rows = [{"model": args.baseline, "candidate": False, **baseline_scores}]
+    clean = None
+    if args.recalibrate_bn:
+        from ferkit.data.dataset import PreparedDataset
+
+        train = PreparedDataset(args.data).split("train").images
+        clean = train[
+            np.sort(np.random.default_rng(0).permutation(len(train)))[: args.recalibrate_bn]
+        ]
     for path in checkpoints:
-        probabilities = measures.probabilities(load_checkpoint(path, classes))
-        rows.append({"model": path.name, **measures.score(probabilities)})
-        print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)
+        variants = [(path.name, None)] + ([(f"{path.name}+bn", clean)] if clean is not None else [])
+        for name, faces in variants:
+            probabilities = measures.probabilities(load_checkpoint(path, classes, faces))
+            candidate = clean is None or faces is not None
+            rows.append({"model": name, "candidate": candidate, **measures.score(probabilities)})
+            print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.run / "selection.csv", index=False)
     print(table.to_string(index=False, float_format="%.4f"))
-    epochs = table.iloc[1:]
+    epochs = table[table["candidate"]]
     eligible = epochs[epochs["fer2013_val"] >= args.floor]
+    recalibrated = (
+        f" (batch-norm statistics re-estimated on {args.recalibrate_bn} clean train faces)"
+        if clean is not None
+        else ""
+    )
     rule = (
-        f"best mean of {', '.join(MEASURES)} among epochs with fer2013_val >= {args.floor}; "
-        "replaces the baseline only if that mean beats the baseline's"
+        f"best mean of {', '.join(MEASURES)} among epochs{recalibrated} with fer2013_val >= "
+        f"{args.floor}; replaces the baseline only if that mean beats the baseline's"
     )
     chosen = None if eligible.empty else eligible.sort_values("mean").iloc[-1].to_dict()
     baseline = table.iloc[0].to_dict()
@@ -88,11 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         best = args.run / "checkpoints" / "best.keras"
         if best.exists() and not (args.run / "checkpoints" / "best_by_val.keras").exists():
             shutil.copy2(best, args.run / "checkpoints" / "best_by_val.keras")
-        shutil.copy2(args.run / "checkpoints" / chosen["model"], best)
+        if chosen["model"].endswith("+bn"):
+            load_checkpoint(
+                args.run / "checkpoints" / chosen["model"][:-3], classes, clean
+            ).model.model.save(best)
+        else:
+            shutil.copy2(args.run / "checkpoints" / chosen["model"], best)
         # The run's best epoch is now the chosen one: --finish records it in metrics.json.
         state_file = args.run / "state.json"
         state = json.loads(state_file.read_text())
         state["best_epoch"] = int(chosen["model"].split("_")[1].split(".")[0])
+        if clean is not None:
+            state["batchnorm_recalibrated_on"] = f"{len(clean)} FER2013 train faces (seed 0)"
         state["selected_by"] = f"scripts/select_epoch.py: {rule} (selection.json)"
         state_file.write_text(json.dumps(state, indent=2) + "\n")
         print(f"{best}: now {chosen['model']}; run 'ferkit train --finish --out {args.run}'")
