@@ -2,7 +2,8 @@
 Title: Expressions over time in a video
 Description: Stream a video through the bundled model frame by frame, follow each face
     with a track id, and report the share of time each face spends in each expression.
-Install: the core install (`pip install -e .`); no TensorFlow needed.
+Install: the core install (`pip install -e .`); no TensorFlow needed; `--out` writes its
+    table with pandas (`pip install -e '.[report]'`).
 Run: python examples/predict_video.py [VIDEO] [--max-frames N] [--every N] [--out DIR]
 
 Without a video it reads `woman2.mp4` from the shared sample folder:
@@ -46,6 +47,13 @@ def main() -> None:
     source: str | int = int(args.video) if args.video.isdigit() else args.video
     if isinstance(source, str) and not Path(source).is_file():
         sys.exit(f"{source}: no such video; pass a video file (or set FERKIT_SHARED)")
+    if args.out:  # checked before the frames are read, not after
+        from ferkit.extras import import_pandas
+
+        try:
+            import_pandas("--out")
+        except ImportError as error:
+            sys.exit(str(error))
 
     from ferkit import EmotionRecognizer, results_to_dataframe
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create a virtual environment (./.venv, or FERKIT_VENV) and install ferkit into it,
 # editable, with the extras in FERKIT_EXTRAS (default: none, the core install that
-# predicts; "train", "torch", "all", "dev" add to it). With the torch extra, PyTorch is
+# predicts; "report", "train", "torch", "serve", "ray", "openvino", "all", "dev" add to it). With the torch extra, PyTorch is
 # installed first as FERKIT_TORCH (default torch==2.13.0, a CPU build on this project's
 # machines; an unpinned torch pulls several GB of CUDA packages).
 # Safe to run again: it reinstalls only when pyproject.toml or requirements.txt changed,

@@ -193,13 +193,18 @@ def test_core_install_reads_csv_manifests_and_annotates_video_without_the_report
     video = require_shared("samples") / "woman2.mp4"
     manifest = tmp_path / "list.csv"
     manifest.write_text(f"id,path\n1,{ROOT / 'src/ferkit/assets/samples/justin.jpg'}\n2,{video}\n")
+    (tmp_path / "list.parquet").write_bytes(b"PAR1")  # read with pandas: the report extra
     out = tmp_path / "out"
-    result = core("ferkit", "predict", str(manifest), "--annotate", "--max-frames", "10",
-                  "--out", str(out), "--quiet")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = core("ferkit", "predict", str(manifest), str(tmp_path / "list.parquet"), "--annotate",
+                  "--max-frames", "10", "--out", str(out))  # fmt: skip
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "no emotion-over-time chart for 1 video(s)" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     by_name = {Path(entry["source"]).name: entry for entry in summary["sources"]}
     assert by_name["justin.jpg"]["labels"] == ["happy"]
     clip = by_name["woman2.mp4"]
     assert (out / clip["annotated"]).is_file() and "emotion_plot" not in clip
     assert "'.[report]'" in clip["emotion_plot_skipped"]
+    parquet = by_name["list.parquet"]
+    assert parquet["status"] == "error" and "needs pandas" in parquet["reason"]
+    assert "with a column named" not in parquet["reason"]  # not a malformed file

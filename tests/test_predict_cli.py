@@ -223,9 +223,18 @@ def test_csv_manifests_with_and_without_a_header_row(tmp_path):
     other = tmp_path / "other.csv"  # a header of other names: its first column is read
     other.write_text("image,label\nc.jpg,happy\n")
     assert read_manifest(other) == [str(tmp_path / "c.jpg")]
+    mac = tmp_path / "mac.csv"  # Excel for Mac: bare carriage returns
+    mac.write_bytes(b'path\rd.jpg\r"e\rf.jpg"\r')
+    assert read_manifest(mac) == [str(tmp_path / "d.jpg"), str(tmp_path / "e\rf.jpg")]
     (tmp_path / "none.csv").write_text("\n\n")
     with pytest.raises(ValueError, match="has no column"):
         read_manifest(tmp_path / "none.csv")
+    (tmp_path / "open.csv").write_text('path\n"/a.jpg\n/b.jpg\n')  # a quote never closed
+    with pytest.raises(ValueError, match="not a well-formed CSV file"):
+        read_manifest(tmp_path / "open.csv")
+    found = expand_inputs([str(tmp_path / "open.csv"), str(named)])  # one bad entry, not fatal
+    assert found[0].kind == "unknown" and "well-formed" in found[0].error
+    assert [Path(s.name).name for s in found[1:]] == ["a.jpg", "b, c.jpg"]
 
 
 class _StandInCapture:

@@ -125,11 +125,16 @@ def plot_reliability(
 
 def plot_training_curves(history_csv: str | os.PathLike[str]) -> Any:
     """Loss and accuracy per epoch, train against validation, from a run's history.csv."""
-    from ferkit.extras import import_pandas
+    import csv
 
-    pd = import_pandas("the training curves plot")
-
-    history = pd.read_csv(history_csv)
+    with open(history_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    drawn = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+    history = {
+        name: np.array([float(row[name] or "nan") for row in rows])
+        for name in drawn
+        if rows and name in rows[0]
+    }
     fig, axes = subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for column, style in ((metric, "-"), (f"val_{metric}", "--")):

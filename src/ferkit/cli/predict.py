@@ -72,7 +72,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "--annotate",
         action="store_true",
         help="also write images/videos with boxes, labels and probability bars, and an "
-        "emotion-over-time plot per video, to OUT/annotated/",
+        "emotion-over-time plot per video (with the report extra), to OUT/annotated/",
     )
     parser.add_argument(
         "--annotate-geometry",
@@ -196,6 +196,10 @@ def _report_predict(summary: Any, records: Any, out: Path) -> int:
     print(f"results: {records} and {out / 'summary.json'}")
     if (out / "annotated").is_dir():
         print(f"annotated images and videos: {out / 'annotated'}")
+    no_chart = [entry for entry in summary.sources if "emotion_plot_skipped" in entry]
+    if no_chart:
+        print(f"no emotion-over-time chart for {len(no_chart)} video(s): "
+              f"{no_chart[0]['emotion_plot_skipped']}")  # fmt: skip
     if summary.skipped:
         names = [Path(entry["source"]).name for entry in summary.skipped]
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -324,7 +328,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         "\nNext, try:\n"
         "  ferkit predict YOUR_PHOTO.jpg --annotate      your own photos, folders or URLs\n"
         "  ferkit predict YOUR_VIDEO.mp4 --annotate      videos: tracked faces, smoothed labels"
-        " and an emotion-over-time plot (or --camera 0 for a webcam)\n"
+        " and, with the report extra, an emotion-over-time plot (or --camera 0 for a webcam)\n"
         "  ferkit predict YOUR_PHOTO.jpg --model ferplus eight expressions, contempt too"
         " ('ferkit models' lists the installed models)\n"
         "  ferkit evaluate --data LABELLED_FOLDER --out results/eval\n"

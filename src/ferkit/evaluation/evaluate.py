@@ -361,7 +361,6 @@ def _evaluate_into(
 
         metrics["robustness"] = robustness(classifier, images, labels, progress=progress)
         write_robustness_csv(metrics["robustness"], out / "robustness.csv")
-    (out / "plots").mkdir(exist_ok=True)
     _write_tables(out, metrics, paths, labels, probabilities, classes)
     figures = _write_plots(
         out / "plots", model, classifier, metrics, images, labels, probabilities, classes,
@@ -563,10 +562,11 @@ def _write_plots(
     from ferkit.outputs import progress_bar
 
     if not has_matplotlib():
-        reason = str(missing_extra("Matplotlib", "report", "the report's plots"))
+        reason = str(missing_extra("Matplotlib", "report", "drawing the report's plots"))
         logger.warning("skipping plots: %s", reason)
         metrics["plots_skipped"] = reason
         return {}
+    folder.mkdir(exist_ok=True)
 
     matrix = metrics["confusion_matrix"]
     predicted = probabilities.argmax(axis=1)

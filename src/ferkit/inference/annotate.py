@@ -655,13 +655,15 @@ def _draw_activity(ax: Any, events: dict[str, Any]) -> str:
         ax.text(
             turn["start_s"], 0.97, f"turn {turn['direction']}", fontsize=7, va="top", color="0.3"
         )
-    blinks = events.get("blink_times_s", [])
-    if blinks:
-        ax.plot(blinks, [0.02] * len(blinks), "|", color="black", markersize=9, label="blink")
-    words = [f"{events.get('blinks', 0)} blinks"]
+    times = events.get("blink_times_s", [])
+    if times:
+        ax.plot(times, [0.02] * len(times), "|", color="black", markersize=9, label="blink")
+    blinks = events.get("blinks", 0)
+    words = [f"{blinks} blink{'' if blinks == 1 else 's'}"]
     if events.get("blink_rate_per_min") is not None:
         words[0] += f" ({events['blink_rate_per_min']:g}/min)"
     if events.get("smile_mean") is not None:
         words.append(f"smile {events['smile_mean']:.2f}")
-    words.append(f"{len(events.get('head_turns', []))} head turns")
+    turns = len(events.get("head_turns", []))
+    words.append(f"{turns} head turn{'' if turns == 1 else 's'}")
     return "  |  " + ", ".join(words)

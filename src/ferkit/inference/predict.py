@@ -10,7 +10,8 @@ image or video, missing), ``partial`` (a video whose stream ends before the fram
 announces: its results cover the frames read) or ``skipped``. Those rows go into the same
 file, and ``summary.json`` repeats them with per-video shares of time per emotion, so a
 batch never loses work on one bad file. ``--annotate`` writes images and videos with
-boxes, labels and probability bars, and an emotion-over-time plot per video;
+boxes, labels and probability bars, and an emotion-over-time plot per video (which
+needs Matplotlib, the report extra);
 ``--annotate-geometry`` draws each face's mesh, contours or pose axes under them.
 
 Runs of image files are handled here, in batches: decoded and their faces found on a

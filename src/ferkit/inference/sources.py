@@ -110,7 +110,11 @@ def _csv_entries(data: bytes) -> list[str]:
     import io
 
     text = data.decode("utf-8-sig")
-    rows = [row for row in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in row)]
+    try:  # newline="": any line ending (Excel for Mac writes bare CRs), quoted ones kept
+        rows = csv.reader(io.StringIO(text, newline=""), strict=True)
+        rows = [row for row in rows if any(cell.strip() for cell in row)]
+    except csv.Error as error:  # an unterminated quote, a cell over the module's limit
+        raise ValueError(f"not a well-formed CSV file ({error})") from None
     if not rows:
         raise ValueError("it has no column")
     header = [cell.strip().lower() for cell in rows[0]]
@@ -144,15 +148,22 @@ def read_manifest(path: str | os.PathLike[str]) -> list[str]:
         elif suffix == ".csv":
             entries = _csv_entries(data)
         else:
-            from ferkit.extras import import_pandas
+            import importlib.util
 
-            table = import_pandas("a .parquet manifest").read_parquet(io.BytesIO(data))
+            from ferkit.extras import import_pandas, missing_extra
+
+            pd = import_pandas("a .parquet manifest")
+            if importlib.util.find_spec("pyarrow") is None:
+                raise missing_extra("pyarrow", "ray", "a .parquet manifest")
+            table = pd.read_parquet(io.BytesIO(data))
             if table.columns.empty:
                 raise ValueError("it has no column")
             named = [c for c in table.columns if str(c).strip().lower() in MANIFEST_COLUMNS]
             column = named[0] if named else table.columns[0]
             entries = [str(v).strip() for v in table[column].dropna() if str(v).strip()]
-    except (OSError, UnicodeDecodeError, ValueError, ImportError) as error:
+    except ImportError as error:  # a library of an extra: its message says which
+        raise ValueError(f"manifest {path_text(given)}: cannot be read: {error}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ValueError(
             f"manifest {path_text(given)}: cannot be read ({type(error).__name__}: {error}); a "
             "manifest is a .txt file with one path or URI per line, or a .csv/.parquet file "
