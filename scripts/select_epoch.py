@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         from ferkit.data.dataset import PreparedDataset
 
         train = PreparedDataset(args.data).split("train").images
-        clean = train[
-            np.sort(np.random.default_rng(0).permutation(len(train)))[: args.recalibrate_bn]
-        ]
+        clean = train[np.random.default_rng(0).permutation(len(train))[: args.recalibrate_bn]]
     for path in checkpoints:
         variants = [(path.name, None)] + ([(f"{path.name}+bn", clean)] if clean is not None else [])
         for name, faces in variants:

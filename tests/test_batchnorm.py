@@ -37,7 +37,7 @@ def test_statistics_are_those_of_the_clean_faces_and_nothing_else_changes():
     weights = [w.numpy().copy() for w in model.trainable_weights]
 
     assert recalibrate_batchnorm(model, faces, max_images=512, batch_size=100) == 1
-    used = faces[np.sort(np.random.default_rng(0).permutation(1000)[:512])]
+    used = faces[np.random.default_rng(0).permutation(1000)[:512]]
     batches = [used[i : i + 100] for i in range(0, 512, 100)]
     assert float(bn.moving_mean.numpy()[0]) == pytest.approx(
         np.mean([b.mean() for b in batches]), rel=1e-4
@@ -50,6 +50,17 @@ def test_statistics_are_those_of_the_clean_faces_and_nothing_else_changes():
         np.testing.assert_array_equal(before, after.numpy())
     # the augmentation works again afterwards
     assert float(model.get_layer("augmentation")(faces[:1], training=True).numpy().mean()) > 100
+
+
+def test_faces_sorted_by_class_are_drawn_in_random_order():
+    """Two groups far apart, stored one after the other (as prepared splits are, by
+    class): the variance is the whole set's, not that of batches of one group."""
+    model = model_with_augmentation()
+    faces = np.concatenate([np.full((400, 4, 4, 1), 0.0), np.full((400, 4, 4, 1), 10.0)])
+    faces += np.random.default_rng(1).normal(0, 1, faces.shape)
+    recalibrate_batchnorm(model, faces.astype(np.float32), batch_size=100)
+    variance = float(model.get_layer("bn").moving_variance.numpy()[0])
+    assert variance == pytest.approx(faces.var(), rel=0.1)  # about 26, not about 1
 
 
 def test_no_images_is_an_error():

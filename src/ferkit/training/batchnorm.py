@@ -61,8 +61,10 @@ def recalibrate_batchnorm(
         raise ValueError("recalibrate_batchnorm needs at least one image")
     if not layers:
         return 0
+    # In random order: a batch of one class (prepared splits are often sorted by class)
+    # would have too small a variance.
     chosen = np.random.default_rng(seed).permutation(len(images))[:max_images]
-    faces = np.asarray(images)[np.sort(chosen)].astype(np.float32)
+    faces = np.asarray(images)[chosen].astype(np.float32)
     momenta = [layer.momentum for layer in layers]
     try:
         with _augmentation_off(model):
