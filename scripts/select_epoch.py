@@ -16,6 +16,10 @@ copies the chosen epoch over ``checkpoints/best.keras`` (the previous best kept 
 ``--recalibrate-bn N``: each epoch's batch-norm statistics are re-estimated on N clean
 FER2013 train faces first (:mod:`ferkit.training.batchnorm`); those are the candidates,
 and each epoch as trained is scored too, for the record (``candidate`` false).
+
+``--interpolate MODEL --alphas A,B,...``: the candidates are the last epoch's weights
+interpolated with MODEL's, the one it was fine-tuned from (:mod:`ferkit.training.
+interpolate`), at each alpha; written to ``selection-interpolated.csv|json``.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="re-estimate batch-norm statistics on N clean train faces (default: 0, no)",
     )
+    parser.add_argument("--interpolate", metavar="MODEL", help="the model fine-tuned from")
+    parser.add_argument("--alphas", default="0.25,0.5,0.75", help="weights of the last epoch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -89,15 +95,35 @@ def main(argv: list[str] | None = None) -> int:
 
         train = PreparedDataset(args.data).split("train").images
         clean = train[np.random.default_rng(0).permutation(len(train))[: args.recalibrate_bn]]
-    for path in checkpoints:
-        variants = [(path.name, None)] + ([(f"{path.name}+bn", clean)] if clean is not None else [])
-        for name, faces in variants:
-            probabilities = measures.probabilities(load_checkpoint(path, classes, faces))
-            candidate = clean is None or faces is not None
-            rows.append({"model": name, "candidate": candidate, **measures.score(probabilities)})
-            print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)
+    builders = {}  # name: (candidate, build)
+    if args.interpolate:
+        from ferkit.models.folder import load_model
+        from ferkit.training.interpolate import interpolate_weights
+
+        start = load_model(args.interpolate).model
+        last = checkpoints[-1]
+
+        def interpolated(alpha: float):
+            teacher = load_checkpoint(last, classes)
+            interpolate_weights(teacher.model.model, start, alpha)
+            return teacher
+
+        for alpha in [float(a) for a in args.alphas.split(",")]:
+            builders[f"{last.name}@{alpha:g}"] = (True, lambda a=alpha: interpolated(a))
+    else:
+        for path in checkpoints:
+            builders[path.name] = (clean is None, lambda p=path: load_checkpoint(p, classes))
+            if clean is not None:
+                builders[f"{path.name}+bn"] = (
+                    True, lambda p=path: load_checkpoint(p, classes, clean)
+                )  # fmt: skip
+    for name, (candidate, build) in builders.items():
+        probabilities = measures.probabilities(build())
+        rows.append({"model": name, "candidate": candidate, **measures.score(probabilities)})
+        print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(args.run / "selection.csv", index=False)
+    stem = "selection-interpolated" if args.interpolate else "selection"
+    table.to_csv(args.run / f"{stem}.csv", index=False)
     print(table.to_string(index=False, float_format="%.4f"))
     epochs = table[table["candidate"]]
     eligible = epochs[epochs["fer2013_val"] >= args.floor]
@@ -106,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         if clean is not None
         else ""
     )
+    if args.interpolate:
+        recalibrated = (
+            f" (the last epoch's weights interpolated with {args.interpolate}'s at alphas "
+            f"{args.alphas})"
+        )
     rule = (
         f"best mean of {', '.join(MEASURES)} among epochs{recalibrated} with fer2013_val >= "
         f"{args.floor}; replaces the baseline only if that mean beats the baseline's"
@@ -114,24 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     baseline = table.iloc[0].to_dict()
     verdict = chosen is not None and chosen["mean"] > baseline["mean"]
     summary = {"rule": rule, "chosen": chosen, "baseline": baseline, "replaces_baseline": verdict}
-    (args.run / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (args.run / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     if args.install and chosen is not None:
         best = args.run / "checkpoints" / "best.keras"
         if best.exists() and not (args.run / "checkpoints" / "best_by_val.keras").exists():
             shutil.copy2(best, args.run / "checkpoints" / "best_by_val.keras")
-        if chosen["model"].endswith("+bn"):
-            load_checkpoint(
-                args.run / "checkpoints" / chosen["model"][:-3], classes, clean
-            ).model.model.save(best)
-        else:
-            shutil.copy2(args.run / "checkpoints" / chosen["model"], best)
+        builders[chosen["model"]][1]().model.model.save(best)
         # The run's best epoch is now the chosen one: --finish records it in metrics.json.
         state_file = args.run / "state.json"
         state = json.loads(state_file.read_text())
         state["best_epoch"] = int(chosen["model"].split("_")[1].split(".")[0])
         if clean is not None:
             state["batchnorm_recalibrated_on"] = f"{len(clean)} FER2013 train faces (seed 0)"
+        if args.interpolate:
+            state["interpolated_with"] = (
+                f"{args.interpolate}, alpha {chosen['model'].split('@')[1]}"
+            )
         state["selected_by"] = f"scripts/select_epoch.py: {rule} (selection.json)"
         state_file.write_text(json.dumps(state, indent=2) + "\n")
         print(f"{best}: now {chosen['model']}; run 'ferkit train --finish --out {args.run}'")
