@@ -45,7 +45,7 @@ def installs(log: Path) -> list[str]:
 def test_the_demo_reuses_the_test_environment_and_keeps_it_editable(checkout):
     root, log = checkout
     setup(root, "dev,all")
-    assert installs(log) == [".[dev,openvino,ray,serve,torch,train]"]
+    assert installs(log) == [".[dev,openvino,ray,report,serve,torch,train]"]
     setup(root, "")  # the demo's core install: the environment already has more
     setup(root, "train")
     assert len(installs(log)) == 1
