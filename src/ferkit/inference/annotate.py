@@ -657,7 +657,7 @@ def _draw_activity(ax: Any, events: dict[str, Any]) -> str:
         )
     times = events.get("blink_times_s", [])
     if times:
-        ax.plot(times, [0.02] * len(times), "|", color="black", markersize=9, label="blink")
+        ax.plot(times, [0.05] * len(times), "|", color="black", markersize=16, mew=2, label="blink")
     blinks = events.get("blinks", 0)
     words = [f"{blinks} blink{'' if blinks == 1 else 's'}"]
     if events.get("blink_rate_per_min") is not None:
