@@ -28,7 +28,7 @@ from ferkit.evaluation.benchmark import shared_dir
 from ferkit.training.config import TrainConfig
 
 SHARED = shared_dir()
-TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64]}
+TINY_MODEL = {"arch": "ferkit_cnn", "widths": [8, 16, 32, 64], "blocks_per_stage": 1}
 
 #: Faces per class of the shared drawn dataset (``drawn``).
 DRAWN_PER_CLASS = 60
@@ -40,17 +40,44 @@ DRAWN_PER_CLASS = 60
 LONG_MODULES = (
     "test_train.py",
     "test_torch_engine.py",
-    "test_bundle.py",
-    "test_examples.py",
     "test_ray_engine.py",
     "test_train_safety.py",
-    "test_notebooks.py",
-    "test_installed_models.py",
-    "test_bundled_model.py",
+    "test_examples.py",
+    "test_serve_browser.py",
     "test_train_init_pipeline.py",
+    "test_bundled_model.py",
     "test_serve.py",
+    "test_notebooks.py",
+    "test_bundle.py",
+    "test_installed_models.py",
+    "test_robustness.py",
     "test_entry_points.py",
+    "test_framing.py",
+    "test_export.py",
+    "test_serve_process.py",
 )
+
+
+def _share_the_cores_between_workers() -> None:
+    """Under xdist, give each worker's TensorFlow, PyTorch and OpenMP (and the processes
+    its tests start, which inherit the environment) its share of the cores: left at their
+    defaults, every worker's thread pools take all cores, and on a machine with as many
+    cores as workers the pools fight over them (training ran about a fifth slower)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if "PYTEST_XDIST_WORKER" not in os.environ or workers < 2:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Share the cores between xdist workers, and hand modules to the workers in the
+    order of ``LONG_MODULES`` below (xdist would otherwise reorder them by their number
+    of tests, which is not their length)."""
+    _share_the_cores_between_workers()
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -206,20 +233,39 @@ def ferplus_val_prepared(tmp_path_factory):
     _check_unchanged(result.out_dir, before)
 
 
+@pytest.fixture(scope="session")
+def bundled_onnx_on_fer2013_val(fer2013_prepared, tmp_path_factory) -> np.ndarray:
+    """The bundled model's probabilities on every FER2013 val face, run by ONNX Runtime
+    (what ``ferkit predict`` uses by default) once per session: the reference that the
+    other runtimes and exports are compared with."""
+    from ferkit.data.dataset import load_split
+    from ferkit.inference.runtimes import load_classifier
+
+    _, result = fer2013_prepared
+
+    def build(folder: Path) -> None:
+        images = load_split(result.out_dir, "val").images
+        np.save(folder / "probabilities.npy", load_classifier(None, "onnx").predict_proba(images))
+
+    folder = built_once(tmp_path_factory, "bundled_onnx_val", build)
+    return np.load(folder / "probabilities.npy")
+
+
 #: Faces per class of the small real subset (``fer2013_subset``): train, and at most
 #: this many of val (FER2013 has 56 disgust faces in val).
-SUBSET_TRAIN_PER_CLASS = 150
+SUBSET_TRAIN_PER_CLASS = 80
 SUBSET_VAL_PER_CLASS = 50
 
 
 @pytest.fixture(scope="session")
 def fer2013_subset(fer2013_prepared, ferplus_val_prepared, tmp_path_factory):
     """A small real subset, for the notebooks and the evaluation report: FER2013 with
-    150 train faces per class and up to 50 val faces per class, chosen (seeded) among the
+    80 train faces per class and up to 50 val faces per class, chosen (seeded) among the
     val faces that FER+ relabelled, and FER+'s val holding exactly those faces.
 
-    Both are prepared by ``ferkit prepare`` from folders of links to the shared files.
-    Returns a namespace: ``fer2013`` and ``ferplus`` (PrepareResult each).
+    Both are prepared by ``ferkit prepare`` from folders of links to the shared files,
+    once per session. Returns a namespace: ``fer2013`` and ``ferplus`` (PrepareResult
+    each).
     """
     from ferkit.data.dataset import PreparedDataset
     from ferkit.data.matching import match_faces
@@ -227,44 +273,48 @@ def fer2013_subset(fer2013_prepared, ferplus_val_prepared, tmp_path_factory):
 
     fer_source, fer_result = fer2013_prepared
     plus_source, plus_result = ferplus_val_prepared
-    fer = PreparedDataset(fer_result.out_dir)
-    plus_val = PreparedDataset(plus_result.out_dir).split("val")
-    rng = np.random.default_rng(0)
-    root = tmp_path_factory.mktemp("subset")
 
-    chosen: list[str] = []
-    train = fer.split("train")
-    for label in range(len(fer.classes)):
-        members = np.flatnonzero(train.labels == label)
-        chosen += train.paths[rng.choice(members, SUBSET_TRAIN_PER_CLASS, replace=False)].tolist()
-    val = fer.split("val")
-    in_fer, in_plus = match_faces(val.images, plus_val.images)
-    plus_names = []
-    for label in range(len(fer.classes)):
-        matched = np.flatnonzero(val.labels[in_fer] == label)
-        take = rng.choice(matched, min(SUBSET_VAL_PER_CLASS, len(matched)), replace=False)
-        chosen += val.paths[in_fer[take]].tolist()
-        plus_names += [Path(path).name for path in plus_val.paths[in_plus[take]]]
-    for relative in chosen:
-        link = root / "fer2013" / relative
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(fer_source / relative)
-    plus = root / "ferplus" / "FER2013Valid"
-    plus.mkdir(parents=True)
-    wanted = set(plus_names)
-    rows = [
-        line
-        for line in (plus_source / "label.csv").read_text().splitlines()
-        if line.split(",", 1)[0] in wanted
-    ]
-    assert len(rows) == len(wanted)
-    (plus / "label.csv").write_text("\n".join(rows) + "\n")
-    for name in wanted:
-        (plus / name).symlink_to(plus_source / name)
+    def build(root: Path) -> None:
+        fer = PreparedDataset(fer_result.out_dir)
+        plus_val = PreparedDataset(plus_result.out_dir).split("val")
+        rng = np.random.default_rng(0)
+        chosen: list[str] = []
+        train = fer.split("train")
+        for label in range(len(fer.classes)):
+            members = np.flatnonzero(train.labels == label)
+            picked = rng.choice(members, SUBSET_TRAIN_PER_CLASS, replace=False)
+            chosen += train.paths[picked].tolist()
+        val = fer.split("val")
+        in_fer, in_plus = match_faces(val.images, plus_val.images)
+        plus_names = []
+        for label in range(len(fer.classes)):
+            matched = np.flatnonzero(val.labels[in_fer] == label)
+            take = rng.choice(matched, min(SUBSET_VAL_PER_CLASS, len(matched)), replace=False)
+            chosen += val.paths[in_fer[take]].tolist()
+            plus_names += [Path(path).name for path in plus_val.paths[in_plus[take]]]
+        for relative in chosen:
+            link = root / "fer2013" / relative
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(fer_source / relative)
+        plus = root / "ferplus" / "FER2013Valid"
+        plus.mkdir(parents=True)
+        wanted = set(plus_names)
+        rows = [
+            line
+            for line in (plus_source / "label.csv").read_text().splitlines()
+            if line.split(",", 1)[0] in wanted
+        ]
+        assert len(rows) == len(wanted)
+        (plus / "label.csv").write_text("\n".join(rows) + "\n")
+        for name in wanted:
+            (plus / name).symlink_to(plus_source / name)
+        prepare(root / "fer2013", root / "prepared" / "fer2013", progress=False)
+        prepare(plus, root / "prepared" / "ferplus", progress=False)
 
+    root = built_once(tmp_path_factory, "subset", build)
     subset = SimpleNamespace(
-        fer2013=prepare(root / "fer2013", root / "prepared" / "fer2013", progress=False),
-        ferplus=prepare(plus, root / "prepared" / "ferplus", progress=False),
+        fer2013=_read_prepared(root / "prepared" / "fer2013"),
+        ferplus=_read_prepared(root / "prepared" / "ferplus"),
     )
     before = _snapshot(root / "prepared")
     yield subset

@@ -58,7 +58,7 @@ def test_int8_needs_calibration_and_onnx(tmp_path):
 
 
 @pytest.mark.real_data
-def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, tmp_path):
+def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, bundled_onnx_on_fer2013_val, tmp_path):
     """int8 from a fresh calibration, and the bundled int8 file, track float32 on val."""
     from ferkit.data.dataset import load_split
 
@@ -68,7 +68,7 @@ def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, tmp_path):
     assert main([*argv, "--calibration-data", str(result.out_dir)]) == 0
     val = load_split(result.out_dir, "val")
     images, labels = val.images[:1500], val.labels[:1500]
-    reference = load_classifier(None, "onnx").predict_proba(images).argmax(axis=1)
+    reference = bundled_onnx_on_fer2013_val[:1500].argmax(axis=1)
     for model in (load_classifier(out), load_classifier(None, "onnx-int8")):
         predicted = model.predict_proba(images).argmax(axis=1)
         assert (predicted == reference).mean() > 0.93

@@ -31,7 +31,7 @@ def test_notebook_executes(path, fer2013_subset, tmp_path, monkeypatch):
 
     # The notebooks prepare into $FERKIT_DATA/prepared/ when a dataset is missing. A
     # small real subset prepared once for this session is linked there instead: FER2013
-    # (150 train faces per class, ~50 val) and FER+'s val of the same val faces.
+    # (80 train faces per class, ~50 val) and FER+'s val of the same val faces.
     prepared = tmp_path / "data" / "prepared"
     prepared.mkdir(parents=True)
     os.symlink(fer2013_subset.fer2013.out_dir, prepared / "fer2013")

@@ -163,7 +163,7 @@ def test_resume_after_killed_run(ray_local, tmp_path):
     """A run killed (every process of it, SIGKILL) after its first Parquet file is
     finished by --resume: each input written once, the same records as a whole run."""
     val = require_shared("datasets", "fer2013", "val")
-    files = sorted(val.glob("*/*.jpg"))[:1200]
+    files = sorted(val.glob("*/*.jpg"))[:600]
     (tmp_path / "inputs.txt").write_text("\n".join(map(str, files)) + "\n")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "ferkit", "predict", "--engine", "ray", "--workers", "1",

@@ -174,7 +174,7 @@ def test_resume_refuses_changed_settings(stopped_run, capsys):
     assert json.loads((stopped_run / STATE_NAME).read_text())["epoch"] == 1
 
 
-def test_overwrite_replaces_the_run_and_keeps_the_users_files(drawn, tmp_path, capsys):
+def test_overwrite_replaces_the_run_and_keeps_the_users_files(drawn, drawn_run, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.md").write_text("my notes")
@@ -188,8 +188,7 @@ def test_overwrite_replaces_the_run_and_keeps_the_users_files(drawn, tmp_path, c
     assert "holds files but no ferkit run" in capsys.readouterr().err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.md"]
 
-    run = tmp_path / "run"
-    train(tiny_train_config(drawn, epochs=1), run, verbose=0)
+    run = _copy(drawn_run, tmp_path)  # a finished run of tiny_train_config(drawn, seed=7)
     (run / "notes.md").write_text("my notes")
     assert main(["train", "--out", str(run), "--data", str(drawn), "--epochs", "1"]) == 2
     assert "--overwrite" in capsys.readouterr().err
