@@ -20,6 +20,18 @@ and each epoch as trained is scored too, for the record (``candidate`` false).
 ``--interpolate MODEL --alphas A,B,...``: the candidates are the last epoch's weights
 interpolated with MODEL's, the one it was fine-tuned from (:mod:`ferkit.training.
 interpolate`), at each alpha; written to ``selection-interpolated.csv|json``.
+
+``--last N`` scores only the last N epochs; ``--mean-of`` names the measures whose mean
+picks the epoch (default: all three); ``--replaces-within P``: the chosen epoch replaces
+the baseline only if each of those measures is within P of the baseline's (default: only
+if its mean beats the baseline's). The fast model's rule, for example::
+
+    python scripts/select_epoch.py ~/ferkit-runs/fast --data ~/ferkit-runs/data/fer2013 \
+        --votes ~/ferkit-runs/data/ferplus --photos ../shared/datasets/taiwanese \
+        --last 5 --floor 0 --mean-of fer2013_val,photos --replaces-within 0.003
+
+Torch-engine runs keep ``epoch_NNN.weights.npz``; they are scored as the Keras model
+that ``ferkit train --finish`` would build from them.
 """
 
 from __future__ import annotations
@@ -39,7 +51,8 @@ import pandas as pd
 def load_checkpoint(path: Path, classes: list[str], recalibrate_on=None):
     """A kept epoch as a teacher of :mod:`ferkit.training.distill` (temperature 1: the
     measures are accuracies); with ``recalibrate_on`` (clean train faces), its batch-norm
-    statistics re-estimated on them."""
+    statistics re-estimated on them. ``path``: a ``.keras`` file, or a torch-engine run's
+    ``.weights.npz``."""
     from ferkit.extras import import_keras
     from ferkit.models.folder import LoadedModel
     from ferkit.models.keras_nets import custom_layers
@@ -47,7 +60,12 @@ def load_checkpoint(path: Path, classes: list[str], recalibrate_on=None):
 
     keras = import_keras()
     custom_layers()
-    model = keras.models.load_model(path, compile=False)
+    if path.name.endswith(".weights.npz"):
+        from ferkit.training.finish import keras_model_from_run
+
+        model = keras_model_from_run(path.parents[1], path)
+    else:
+        model = keras.models.load_model(path, compile=False)
     if recalibrate_on is not None:
         from ferkit.training.batchnorm import recalibrate_batchnorm
 
@@ -75,6 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--interpolate", metavar="MODEL", help="the model fine-tuned from")
     parser.add_argument("--alphas", default="0.25,0.5,0.75", help="weights of the last epoch")
+    parser.add_argument("--last", type=int, default=0, help="score the last N epochs only")
+    parser.add_argument(
+        "--mean-of",
+        default="fer2013_val,ferplus_plurality,photos",
+        help="the measures whose mean picks the epoch (default: all three)",
+    )
+    parser.add_argument(
+        "--replaces-within",
+        type=float,
+        default=None,
+        metavar="P",
+        help="replace the baseline only if each --mean-of measure is within P of its "
+        "(default: only if the mean beats the baseline's)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -85,10 +117,28 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoints:
         print(f"{args.run}: no checkpoints/epoch_*.keras; train with keep_epoch_checkpoints")
         return 2
+    if args.last:
+        checkpoints = checkpoints[-args.last :]
+    mean_of = [name.strip() for name in args.mean_of.split(",") if name.strip()]
+    if not mean_of or set(mean_of) - set(MEASURES):
+        print(f"--mean-of: choose among {', '.join(MEASURES)}")
+        return 2
     classes = json.loads((args.run / "labels.json").read_text())
     measures = ValidationMeasures(args.data, args.votes, args.photos)
-    baseline_scores = measures.score(measures.probabilities(args.baseline))
-    rows = [{"model": args.baseline, "candidate": False, **baseline_scores}]
+
+    def scored(probabilities) -> dict:
+        scores = measures.score(probabilities)
+        if mean_of != list(MEASURES):
+            scores["mean"] = float(np.mean([scores[name] for name in mean_of]))
+        return scores
+
+    rows = [
+        {
+            "model": args.baseline,
+            "candidate": False,
+            **scored(measures.probabilities(args.baseline)),
+        }
+    ]
     clean = None
     if args.recalibrate_bn:
         from ferkit.data.dataset import PreparedDataset
@@ -119,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
     for name, (candidate, build) in builders.items():
         probabilities = measures.probabilities(build())
-        rows.append({"model": name, "candidate": candidate, **measures.score(probabilities)})
+        rows.append({"model": name, "candidate": candidate, **scored(probabilities)})
         print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format="%.4f"), flush=True)
     table = pd.DataFrame(rows)
     stem = "selection-interpolated" if args.interpolate else "selection"
@@ -137,13 +187,24 @@ def main(argv: list[str] | None = None) -> int:
             f" (the last epoch's weights interpolated with {args.interpolate}'s at alphas "
             f"{args.alphas})"
         )
+    last = f"the last {len(checkpoints)} " if args.last else ""
+    replaces = (
+        f"replaces the baseline only if each is within {args.replaces_within} of the baseline's"
+        if args.replaces_within is not None
+        else "replaces the baseline only if that mean beats the baseline's"
+    )
     rule = (
-        f"best mean of {', '.join(MEASURES)} among epochs{recalibrated} with fer2013_val >= "
-        f"{args.floor}; replaces the baseline only if that mean beats the baseline's"
+        f"best mean of {', '.join(mean_of)} among {last}epochs{recalibrated} with "
+        f"fer2013_val >= {args.floor}; {replaces}"
     )
     chosen = None if eligible.empty else eligible.sort_values("mean").iloc[-1].to_dict()
     baseline = table.iloc[0].to_dict()
-    verdict = chosen is not None and chosen["mean"] > baseline["mean"]
+    if args.replaces_within is not None:
+        verdict = chosen is not None and all(
+            chosen[name] >= baseline[name] - args.replaces_within for name in mean_of
+        )
+    else:
+        verdict = chosen is not None and chosen["mean"] > baseline["mean"]
     summary = {"rule": rule, "chosen": chosen, "baseline": baseline, "replaces_baseline": verdict}
     (args.run / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

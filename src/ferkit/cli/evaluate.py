@@ -223,7 +223,13 @@ def add_benchmark(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--address", default=None, help="ray: the cluster (default: a local Ray on this machine)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is shown")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs; the median is shown (default: 5 for classifier, crops and "
+        "predict-video, else 3)",
+    )
     parser.add_argument(
         "--workers", type=int, default=0, help="prepare: processes (0: one per core)"
     )
@@ -233,7 +239,7 @@ def add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="video for 'video', 'predict-video' and 'geometry' (default: woman2.mp4)",
     )
-    model_flag(parser, "classifier, video, serve, colour: ")
+    model_flag(parser, "classifier, video, crops, serve, colour: ")
     parser.add_argument("--clients", type=int, default=8, help="serve: concurrent clients")
     parser.add_argument("--duration", type=float, default=60.0, help="serve: seconds of load")
     parser.add_argument(
@@ -277,14 +283,17 @@ def add_benchmark(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_benchmark(args: argparse.Namespace) -> int:
     from ferkit.evaluation.benchmark import (
-        benchmark_classifier,
         benchmark_models,
         benchmark_prepare,
         benchmark_video,
         shared_dir,
     )
 
+    if args.repeats is None:
+        args.repeats = 5 if args.stage in ("classifier", "crops", "predict-video") else 3
     if args.stage == "classifier":
+        from ferkit.evaluation.classifier_speed import benchmark_classifier
+
         print(benchmark_classifier(repeats=args.repeats, model=args.model, data=args.source))
         return 0
     if args.stage == "video":
@@ -302,7 +311,7 @@ def _run_benchmark(args: argparse.Namespace) -> int:
             print(throughput.benchmark_predict_video(args.video, repeats=args.repeats))
         elif args.stage == "crops":
             backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
-            print(throughput.benchmark_crops(args.source, args.repeats, backends))
+            print(throughput.benchmark_crops(args.source, args.repeats, backends, args.model))
         else:
             counts = tuple(int(w) for w in args.ray_workers.split(",") if w.strip())
             print(

@@ -129,63 +129,6 @@ def benchmark_models(
     return "\n".join(lines)
 
 
-def benchmark_classifier(
-    repeats: int = 3,
-    n_faces: int = 2048,
-    model: str | os.PathLike[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
-) -> str:
-    """Faces/s of a classifier (``model``: default, the bundled one) on each runtime at
-    batch sizes 1, 64 (what ``predict`` uses for image files) and 256, and with ``data``
-    (a prepared dataset) each runtime's accuracy on its val split.
-
-    Medians of ``repeats`` timed passes over random 48x48 faces (the model's cost does
-    not depend on the pixel values); runtimes whose package is not installed are
-    skipped; returns a printable table.
-    """
-    import importlib.util
-
-    import numpy as np
-
-    from ferkit.inference.runtimes import TFLiteModel, load_classifier
-    from ferkit.release.export import export_tflite
-
-    names = ["keras", "onnx", "onnx-int8"]
-    if importlib.util.find_spec("openvino") is not None:
-        names += ["openvino", "openvino-int8"]
-    models = {name: load_classifier(model, name) for name in names}
-    val = None
-    if data is not None:
-        from ferkit.data.dataset import PreparedDataset
-
-        val = PreparedDataset(data).split("val")
-    with tempfile.TemporaryDirectory() as scratch:
-        keras_model = models["keras"]
-        path = export_tflite(keras_model.model, Path(scratch) / "model.tflite")
-        models["tflite"] = TFLiteModel(path, keras_model.classes, keras_model.temperature)
-        shape = keras_model.image_shape
-        faces = np.random.default_rng(0).integers(0, 256, (n_faces, *shape)).astype(np.uint8)
-        lines = [
-            f"{'bundled' if model is None else model} classifier on {os.cpu_count()} cores, {shape[0]}x{shape[1]} faces, "
-            f"medians of {repeats} runs",
-            f"{'runtime':<15}{'b=1 faces/s':>13}{'b=64 faces/s':>14}{'b=256 faces/s':>15}"
-            + (f"{'val accuracy':>14}" if val is not None else ""),
-        ]
-        for name, runtime in models.items():
-            runtime.predict_logits(faces[:256], batch_size=256)  # warm up
-            single = _median_rate(lambda m=runtime: m.predict_logits(faces[:200], 1), 200, repeats)
-            rates = [
-                _median_rate(lambda m=runtime, b=b: m.predict_logits(faces, b), n_faces, repeats)
-                for b in (64, 256)
-            ]
-            line = f"{name:<15}{single:>13,.0f}{rates[0]:>14,.0f}{rates[1]:>15,.0f}"
-            if val is not None:
-                predicted = runtime.predict_proba(val.images, batch_size=64).argmax(axis=1)
-                line += f"{float(np.mean(predicted == val.labels)):>14.2%}"
-            lines.append(line)
-    return "\n".join(lines)
-
-
 VIDEO_PIPELINES = (
     # (label, detector, backend, detect_every, max_frames)
     ("blazeface-full + onnx (default)", "blazeface-full", "onnx", 1, None),

@@ -164,5 +164,7 @@ def passes(scores: dict[str, float], floor: float) -> bool:
 
 
 def epoch_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The per-epoch checkpoints of a run (``keep_epoch_checkpoints``), in epoch order."""
-    return sorted(Path(run_dir, "checkpoints").glob("epoch_*.keras"))
+    """The per-epoch checkpoints of a run (``keep_epoch_checkpoints``), in epoch order:
+    ``epoch_NNN.keras`` (Keras engine) or ``epoch_NNN.weights.npz`` (torch engine)."""
+    folder = Path(run_dir, "checkpoints")
+    return sorted([*folder.glob("epoch_*.keras"), *folder.glob("epoch_*.weights.npz")])

@@ -170,6 +170,43 @@ def _model_folder(model: Path | None) -> Path:
     return model if model.is_dir() else model.parent
 
 
+def _runtime_files() -> dict[str, str]:
+    """Each backend but Keras, and the file of a model folder that it runs."""
+    from ferkit.models.folder import RUNTIME_FILES
+
+    names = {b: name for b, name in RUNTIME_FILES.items() if b != "keras"}
+    names.update({b: RUNTIME_FILES[onnx] for b, onnx in OPENVINO_FILES.items()})
+    return names
+
+
+def _auto_backend(folder: Path) -> str:
+    """The runtime ``auto`` picks in a model folder: the one its ``metrics.json`` names
+    as ``default_runtime`` (a bundle whose int8 file kept its accuracy) where that file is
+    there, else the first of ONNX, int8 ONNX and LiteRT whose file is there, else Keras."""
+    import json
+
+    names = _runtime_files()
+    try:
+        chosen = json.loads((folder / "metrics.json").read_text()).get("default_runtime")
+    except (OSError, ValueError, AttributeError):
+        chosen = None
+    if chosen in names and chosen not in OPENVINO_FILES and (folder / names[chosen]).is_file():
+        return chosen
+    return next((b for b, name in names.items() if (folder / name).is_file()), "keras")
+
+
+def default_backend(model: str | os.PathLike[str] | None = None) -> str:
+    """The runtime that ``load_classifier(model)`` (``backend="auto"``) uses: what
+    ``predict`` runs unless ``--backend`` says otherwise."""
+    from ferkit.models.folder import resolve_model
+
+    resolved = resolve_model(model)
+    path = None if resolved is None else Path(resolved)
+    if path is not None and path.is_file() and path.suffix in (".onnx", ".tflite"):
+        return {".onnx": "onnx", ".tflite": "tflite"}[path.suffix]  # the file decides
+    return _auto_backend(_model_folder(path))
+
+
 def load_classifier(
     model: str | os.PathLike[str] | None = None,
     backend: str = "auto",
@@ -194,7 +231,6 @@ def load_classifier(
             ``labels.json``.
     """
     from ferkit.models.folder import (
-        RUNTIME_FILES,
         load_model,
         resolve_model,
         verify_or_warn,
@@ -218,10 +254,9 @@ def load_classifier(
             backend = {".onnx": "onnx", ".tflite": "tflite"}[given_file.suffix]  # the file decides
         file = given_file
     else:
-        names = {b: name for b, name in RUNTIME_FILES.items() if b != "keras"}
-        names.update({b: RUNTIME_FILES[onnx] for b, onnx in OPENVINO_FILES.items()})
-        if backend == "auto":  # the first runtime whose file is there, else Keras
-            backend = next((b for b, name in names.items() if (folder / name).is_file()), "keras")
+        names = _runtime_files()
+        if backend == "auto":
+            backend = _auto_backend(folder)
         if backend == "keras":
             return load_model(model, verify=verify)
         file = folder / names[backend]

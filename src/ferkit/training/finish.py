@@ -104,8 +104,9 @@ def finish_run(
     return metrics
 
 
-def keras_model_from_run(run_dir: str | Path) -> Any:
-    """Build the Keras model of a torch-engine run and load its best weights."""
+def keras_model_from_run(run_dir: str | Path, weights: str | Path | None = None) -> Any:
+    """Build the Keras model of a torch-engine run and load its best weights (or
+    ``weights``: another of its ``.weights.npz`` files, such as a kept epoch's)."""
     from ferkit.models.keras_nets import (  # Keras: only after training
         ModelConfig,
         build_model,
@@ -115,7 +116,7 @@ def keras_model_from_run(run_dir: str | Path) -> Any:
     run_dir = Path(run_dir)
     config = TrainConfig.from_yaml(run_dir / CONFIG_NAME)
     model = build_model(ModelConfig(**config.model))
-    load_keras_weights(model, run_dir / BEST_WEIGHTS)
+    load_keras_weights(model, weights or run_dir / BEST_WEIGHTS)
     return model
 
 

