@@ -83,7 +83,9 @@ def test_core_install_lists_and_runs_the_installed_ferplus_model(tmp_path):
     listed = core("ferkit", "models", "--json")
     assert listed.returncode == 0, listed.stderr[-2000:]
     models = {entry["name"]: entry for entry in json.loads(listed.stdout)}
-    assert set(models) == {"default", "ferplus"} and "contempt" in models["ferplus"]["classes"]
+    assert (
+        set(models) == {"default", "fast", "ferplus"} and "contempt" in models["ferplus"]["classes"]
+    )
     justin = require_shared("samples") / "justin.jpg"
     out = tmp_path / "out"
     result = core("ferkit", "predict", str(justin), "--model", "ferplus", "--out", str(out), "--quiet")  # fmt: skip

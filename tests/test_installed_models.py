@@ -51,7 +51,7 @@ def _evaluation(folder: Path, words: str) -> dict:
 
 
 def test_ferplus_model_is_installed_intact_and_within_the_size_budget():
-    assert list(installed_models()) == ["default", "ferplus"]
+    assert list(installed_models()) == ["default", "fast", "ferplus"]
     verify_checksums(FERPLUS_DIR)
     assert json.loads((FERPLUS_DIR / "labels.json").read_text()) == EIGHT
     metrics = _metrics(FERPLUS_DIR)

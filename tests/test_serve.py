@@ -220,7 +220,7 @@ EIGHT = ["angry", "contempt", "disgust", "fear", "happy", "neutral", "sad", "sur
 
 def test_healthz_lists_the_models_a_request_may_pick(client):
     models = client.get("/healthz").json()["models"]
-    assert list(models) == ["default", "ferplus"]
+    assert list(models) == ["default", "fast", "ferplus"]
     assert models["ferplus"]["classes"] == EIGHT and len(models["default"]["classes"]) == 7
     assert models["ferplus"]["selected_on"] == "FER+ val, plurality labels"
 

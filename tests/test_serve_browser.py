@@ -137,6 +137,7 @@ def test_model_picker_switches_to_the_eight_class_ferplus_model(page, samples):
     assert page.locator("#model-row").is_visible()
     assert picker.locator("option").all_inner_texts() == [
         "default: 7 expressions",
+        "fast: 7 expressions",
         "ferplus: 8 expressions",
     ]
     picker.select_option("ferplus")

@@ -117,3 +117,29 @@ def test_benchmark_crops_prints_the_baseline_and_the_target(tmp_path):
     met = [rate >= CROPS_TARGET for rate in rates]
     assert lines[-1].startswith(f"target: >= {CROPS_TARGET:,} faces/s as a whole command: ")
     assert ("NOT met" in lines[-1]) == (not any(met))
+
+
+def test_a_bundle_takes_int8_as_its_default_only_where_int8_keeps_accuracy(tmp_path):
+    from ferkit.models.folder import verify_checksums
+    from ferkit.release.bundle import set_default_runtime
+
+    folder = _copy_of_default(tmp_path)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    runtimes = metrics["runtimes"]
+    assert (
+        runtimes["model.int8.onnx"]["val_accuracy"]
+        >= runtimes["model.onnx"]["val_accuracy"] - 0.003
+    )
+    set_default_runtime(folder, "onnx-int8")
+    verify_checksums(folder)  # renewed after metrics.json changed
+    assert default_backend(folder) == "onnx-int8"
+
+    worse = {
+        **runtimes,
+        "model.int8.onnx": {"val_accuracy": runtimes["model.onnx"]["val_accuracy"] - 0.004},
+    }
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "runtimes": worse}))
+    with pytest.raises(ValueError, match="float32 stays the default"):
+        set_default_runtime(folder, "onnx-int8")
+    set_default_runtime(folder, "onnx")
+    assert default_backend(folder) == "onnx"

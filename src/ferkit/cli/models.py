@@ -76,6 +76,15 @@ def add_bundle(subparsers: argparse._SubParsersAction) -> None:
         "the card and metrics.json under NAME (e.g. 'FER+ valid, majority labels=results/x'); "
         "repeat for several (default: none)",
     )
+    parser.add_argument(
+        "--default-runtime",
+        choices=("onnx", "onnx-int8"),
+        default=None,
+        help="the runtime 'predict' uses for this model unless --backend says otherwise; "
+        "onnx-int8 is accepted only if int8 stays within 0.3 points of float32 on the val "
+        "split (check the real photos too: 'ferkit benchmark photos --model "
+        "BUNDLE/model.int8.onnx'; default: float32 ONNX)",
+    )
     parser.set_defaults(handler=_run_bundle)
 
 
@@ -150,7 +159,7 @@ def _run_bundle(args: argparse.Namespace) -> int:
     if is_bundle(args.run):  # figures added to an existing bundle; its model stays
         from ferkit.release.bundle import add_evaluations_to_bundle
 
-        if not args.evaluation or args.card_notes or args.dest:
+        if not args.evaluation or args.card_notes or args.dest or args.default_runtime:
             raise ValueError(
                 f"{args.run} is a model bundle, not a run: give it only --evaluation NAME=DIR "
                 "to add figures to its card and metrics.json"
@@ -181,6 +190,10 @@ def _run_bundle(args: argparse.Namespace) -> int:
     # ONNX float32 and int8 copies, so prediction runs without TensorFlow; int8 is
     # calibrated on the run's own training faces.
     add_runtimes_to_bundle(dest, config["data"], val)
+    if args.default_runtime:
+        from ferkit.release.bundle import set_default_runtime
+
+        set_default_runtime(dest, args.default_runtime)
     print(f"bundled {args.run} into {dest}")
     print(card)
     return 0

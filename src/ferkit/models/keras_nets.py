@@ -303,3 +303,21 @@ def load_keras_weights(model: Any, path: str | Path) -> None:
                 f"the model wants {expected}"
             )
         layer.set_weights(arrays)
+
+
+def multiply_adds(model: Any) -> int:
+    """Multiply-adds of one face through ``model``'s convolutions and dense layers (what
+    its speed on a CPU follows; batch norm, pooling and activations are left out)."""
+    total = 0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in ("Conv2D", "DepthwiseConv2D"):
+            height, width, channels = layer.output.shape[1:]
+            window = int(np.prod(layer.kernel_size))
+            per_output = window * (layer.input.shape[-1] if kind == "Conv2D" else 1)
+            total += int(height) * int(width) * int(channels) * per_output
+        elif kind == "Dense":
+            total += int(layer.input.shape[-1]) * int(layer.units)
+        elif hasattr(layer, "layers") and kind != "Sequential":  # a nested model
+            total += multiply_adds(layer)
+    return total

@@ -23,6 +23,9 @@ from ferkit.outputs import swap_into_place
 
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 
+#: ``--default-runtime onnx-int8`` needs int8 within this of float32 on the val split.
+INT8_TOLERANCE = 0.003
+
 
 def bundle_run(
     run_dir: str | os.PathLike[str],
@@ -162,3 +165,36 @@ def add_evaluations_to_bundle(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return bundle
+
+
+def set_default_runtime(bundle_dir: str | os.PathLike[str], runtime: str) -> None:
+    """Make ``runtime`` the one ``predict`` uses for this bundle unless ``--backend``
+    says otherwise (``default_runtime`` in its ``metrics.json``; checksums renewed).
+
+    Raises:
+        ValueError: ``onnx-int8`` was asked for, but its val accuracy (``runtimes`` in
+            ``metrics.json``, from :func:`ferkit.release.export.add_runtimes_to_bundle`)
+            is more than :data:`INT8_TOLERANCE` under float32's, or was not measured.
+    """
+    bundle_dir = Path(bundle_dir)
+    metrics_path = bundle_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    if runtime == "onnx-int8":
+        runtimes = metrics.get("runtimes", {})
+        try:
+            float32 = runtimes["model.onnx"]["val_accuracy"]
+            int8 = runtimes["model.int8.onnx"]["val_accuracy"]
+        except KeyError:
+            raise ValueError(
+                f"{bundle_dir}: no val accuracy of both ONNX files in metrics.json; bundle "
+                "the run again"
+            ) from None
+        if int8 < float32 - INT8_TOLERANCE:
+            raise ValueError(
+                f"{bundle_dir}: int8 scores {int8:.2%} on val against float32's {float32:.2%}, "
+                f"more than {INT8_TOLERANCE * 100:.1f} points under; float32 stays the "
+                "default (--backend onnx-int8 still runs it)"
+            )
+    metrics["default_runtime"] = runtime
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_checksums(bundle_dir)
