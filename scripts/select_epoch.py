@@ -115,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoints = epoch_checkpoints(args.run)
     if not checkpoints:
-        print(f"{args.run}: no checkpoints/epoch_*.keras; train with keep_epoch_checkpoints")
+        print(
+            f"{args.run}: no checkpoints/epoch_*.keras or epoch_*.weights.npz; train with "
+            "keep_epoch_checkpoints"
+        )
+        return 2
+    if args.last < 0:
+        print("--last: give a number of epochs, 1 or more (0: every epoch)")
         return 2
     if args.last:
         checkpoints = checkpoints[-args.last :]
@@ -187,14 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             f" (the last epoch's weights interpolated with {args.interpolate}'s at alphas "
             f"{args.alphas})"
         )
-    last = f"the last {len(checkpoints)} " if args.last else ""
+    which = f"the last {len(checkpoints)} " if args.last else ""
     replaces = (
         f"replaces the baseline only if each is within {args.replaces_within} of the baseline's"
         if args.replaces_within is not None
         else "replaces the baseline only if that mean beats the baseline's"
     )
     rule = (
-        f"best mean of {', '.join(mean_of)} among {last}epochs{recalibrated} with "
+        f"best mean of {', '.join(mean_of)} among {which}epochs{recalibrated} with "
         f"fer2013_val >= {args.floor}; {replaces}"
     )
     chosen = None if eligible.empty else eligible.sort_values("mean").iloc[-1].to_dict()

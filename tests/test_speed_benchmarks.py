@@ -93,7 +93,8 @@ def test_benchmark_classifier_prints_each_runtime_with_the_peer_and_the_target(
     assert times > 0
     target = lines[-1]
     assert target.startswith("target: predict's default path (onnx) at >= 1.5x fer's")
-    assert ("NOT met" in target) == (times < 1.5), table
+    if abs(times - 1.5) > 0.01:  # the printed ratio is rounded
+        assert ("NOT met" in target) == (times < 1.5), table
     assert "fastest runtime within 0.3 points" in table
     assert "on 600 faces of" in lines[0]
 
@@ -110,13 +111,14 @@ def test_benchmark_crops_prints_the_baseline_and_the_target(tmp_path):
     table = benchmark_crops(folder, repeats=1, backends=("onnx-int8",), model="ferplus")
     lines = table.splitlines()
     assert "(96 files, decoding included)" in lines[0]
-    assert lines[2].startswith("default onnx") and lines[2].split()[-1] == "1.00"
-    assert lines[3].startswith("ferplus onnx-int8")
-    rates = [float(line.split()[-2].replace(",", "")) for line in lines[2:4]]
-    assert all(rate > 0 for rate in rates)
-    met = [rate >= CROPS_TARGET for rate in rates]
-    assert lines[-1].startswith(f"target: >= {CROPS_TARGET:,} faces/s as a whole command: ")
-    assert ("NOT met" in lines[-1]) == (not any(met))
+    assert lines[2].startswith("default onnx (baseline)") and lines[2].split()[-1] == "1.00"
+    assert lines[3].startswith("ferplus (its default: onnx)")
+    assert lines[4].startswith("ferplus onnx-int8")
+    rate = float(lines[3].split()[-2].replace(",", ""))
+    assert rate > 0 and all(float(line.split()[-2].replace(",", "")) > 0 for line in lines[2:5])
+    target = lines[-1]
+    assert target.startswith(f"target: ferplus's default path at >= {CROPS_TARGET:,} faces/s")
+    assert ("NOT met" in target) == (rate < CROPS_TARGET)
 
 
 def test_a_bundle_takes_int8_as_its_default_only_where_int8_keeps_accuracy(tmp_path):
@@ -131,15 +133,23 @@ def test_a_bundle_takes_int8_as_its_default_only_where_int8_keeps_accuracy(tmp_p
         >= runtimes["model.onnx"]["val_accuracy"] - 0.003
     )
     set_default_runtime(folder, "onnx-int8")
-    verify_checksums(folder)  # renewed after metrics.json changed
+    verify_checksums(folder)  # renewed after metrics.json and the card changed
     assert default_backend(folder) == "onnx-int8"
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "Prediction uses int8 ONNX Runtime by default" in card.split("## Runtimes")[1]
 
     worse = {
         **runtimes,
-        "model.int8.onnx": {"val_accuracy": runtimes["model.onnx"]["val_accuracy"] - 0.004},
+        "model.int8.onnx": {
+            **runtimes["model.int8.onnx"],
+            "val_accuracy": runtimes["model.onnx"]["val_accuracy"] - 0.004,
+        },
     }
     (folder / "metrics.json").write_text(json.dumps({**metrics, "runtimes": worse}))
     with pytest.raises(ValueError, match="float32 stays the default"):
         set_default_runtime(folder, "onnx-int8")
     set_default_runtime(folder, "onnx")
     assert default_backend(folder) == "onnx"
+    assert "Prediction uses ONNX Runtime by default" in (folder / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="choose one of"):
+        set_default_runtime(folder, "tflite")

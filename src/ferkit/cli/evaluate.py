@@ -187,10 +187,13 @@ def add_benchmark(subparsers: argparse._SubParsersAction) -> None:
             ]
         ),
         help="prepare: dataset preparation; models: training and inference speed per "
-        "architecture; classifier: the bundled model's faces/s per runtime; video: frames/s "
+        "architecture; classifier: a model's faces/s per runtime with each runtime's accuracy "
+        "(default: on the shared FER2013 val crops), the fer package's classifier timed in "
+        "the same run where it is installed, and the 1.5x target; video: frames/s "
         "of the full prediction pipeline; predict-video: frames/s of 'ferkit predict VIDEO' "
         "as a whole command, against detection on every frame, and their label agreement; "
-        "crops: faces/s of 'ferkit predict FOLDER --faces crop' per runtime (default folder: "
+        "crops: faces/s of 'ferkit predict FOLDER --faces crop' per runtime against the "
+        "default model's float32 ONNX, and the 2,000 faces/s target (default folder: "
         "the shared FER2013 train crops); ray: faces/s of --engine ray per worker count "
         "against the local engine; serve: requests/s, latency and memory of ferkit "
         "serve under a bounded load on loopback; colour: how often real colour faces keep "
@@ -208,13 +211,15 @@ def add_benchmark(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="prepare: dataset to prepare (default: the shared FER2013, "
         "$FERKIT_SHARED/datasets/fer2013); colour: photo, video or folder of them (default: "
-        "the shared samples); classifier: a prepared dataset, to add each runtime's accuracy "
-        "on its val split; crops, ray: folder of face crops",
+        "the shared samples); classifier: a prepared dataset (its val split) or a folder of "
+        "class folders of crops to score each runtime on (default: the shared FER2013 val "
+        "crops); crops, ray: folder of face crops",
     )
     parser.add_argument(
         "--backends",
         default="onnx,onnx-int8",
-        help="crops: classifier runtimes, comma-separated (the first is the baseline)",
+        help="crops: further runtimes of --model to time, comma-separated, beside its "
+        "default path and the baseline (the default model on float32 ONNX)",
     )
     parser.add_argument("--ray-workers", default="1,2", help="ray: worker counts, comma-separated")
     parser.add_argument(

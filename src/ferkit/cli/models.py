@@ -76,14 +76,17 @@ def add_bundle(subparsers: argparse._SubParsersAction) -> None:
         "the card and metrics.json under NAME (e.g. 'FER+ valid, majority labels=results/x'); "
         "repeat for several (default: none)",
     )
+    from ferkit.release.bundle import DEFAULT_RUNTIMES, INT8_TOLERANCE
+
     parser.add_argument(
         "--default-runtime",
-        choices=("onnx", "onnx-int8"),
+        choices=DEFAULT_RUNTIMES,
         default=None,
         help="the runtime 'predict' uses for this model unless --backend says otherwise; "
-        "onnx-int8 is accepted only if int8 stays within 0.3 points of float32 on the val "
-        "split (check the real photos too: 'ferkit benchmark photos --model "
-        "BUNDLE/model.int8.onnx'; default: float32 ONNX)",
+        f"onnx-int8 is accepted only if int8 stays within {INT8_TOLERANCE * 100:.1f} points "
+        "of float32 on the val split, checked before the bundle is written (check the real "
+        "photos too: 'ferkit benchmark photos --model BUNDLE/model.int8.onnx'; default: "
+        "float32 ONNX)",
     )
     parser.set_defaults(handler=_run_bundle)
 
@@ -186,14 +189,27 @@ def _run_bundle(args: argparse.Namespace) -> int:
         "selected_on": selected_on(args.run),
         "evaluations": evaluations,
     }
-    dest = bundle_run(args.run, dest_folder, model_card=card, extra_metrics=extra)
-    # ONNX float32 and int8 copies, so prediction runs without TensorFlow; int8 is
-    # calibrated on the run's own training faces.
-    add_runtimes_to_bundle(dest, config["data"], val)
-    if args.default_runtime:
-        from ferkit.release.bundle import set_default_runtime
+    # With --default-runtime the bundle is made beside its destination and moved there
+    # only once the runtime is accepted: a refusal leaves an earlier bundle as it was.
+    staging = dest_folder.parent / f".{dest_folder.name}.staging" if args.default_runtime else None
+    try:
+        dest = bundle_run(args.run, staging or dest_folder, model_card=card, extra_metrics=extra)
+        # ONNX float32 and int8 copies, so prediction runs without TensorFlow; int8 is
+        # calibrated on the run's own training faces.
+        add_runtimes_to_bundle(dest, config["data"], val)
+        if staging is not None:
+            from ferkit.outputs import swap_into_place
+            from ferkit.release.bundle import check_replaceable_bundle, set_default_runtime
 
-        set_default_runtime(dest, args.default_runtime)
+            set_default_runtime(staging, args.default_runtime)
+            check_replaceable_bundle(dest_folder)
+            swap_into_place(staging, dest_folder)
+            dest = dest_folder
+    finally:
+        if staging is not None and staging.exists():
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"bundled {args.run} into {dest}")
     print(card)
     return 0

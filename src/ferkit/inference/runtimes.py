@@ -190,7 +190,12 @@ def _auto_backend(folder: Path) -> str:
         chosen = json.loads((folder / "metrics.json").read_text()).get("default_runtime")
     except (OSError, ValueError, AttributeError):
         chosen = None
-    if chosen in names and chosen not in OPENVINO_FILES and (folder / names[chosen]).is_file():
+    if (
+        isinstance(chosen, str)
+        and chosen in names
+        and chosen not in OPENVINO_FILES
+        and (folder / names[chosen]).is_file()
+    ):
         return chosen
     return next((b for b, name in names.items() if (folder / name).is_file()), "keras")
 

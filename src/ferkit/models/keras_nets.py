@@ -306,8 +306,10 @@ def load_keras_weights(model: Any, path: str | Path) -> None:
 
 
 def multiply_adds(model: Any) -> int:
-    """Multiply-adds of one face through ``model``'s convolutions and dense layers (what
-    its speed on a CPU follows; batch norm, pooling and activations are left out)."""
+    """Multiply-adds of one face through ``model``'s ``Conv2D``, ``DepthwiseConv2D`` and
+    ``Dense`` layers, nested functional models included (what its speed on a CPU follows;
+    batch norm, pooling, activations and the training-only augmentation are left out;
+    grouped convolutions are not counted as such)."""
     total = 0
     for layer in model.layers:
         kind = type(layer).__name__

@@ -25,6 +25,8 @@ MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 
 #: ``--default-runtime onnx-int8`` needs int8 within this of float32 on the val split.
 INT8_TOLERANCE = 0.003
+#: The runtimes a bundle may name as its default (``ferkit bundle --default-runtime``).
+DEFAULT_RUNTIMES = ("onnx", "onnx-int8")
 
 
 def bundle_run(
@@ -53,7 +55,7 @@ def bundle_run(
     custom_layers()  # registered before loading the run's model
 
     run_dir, dest = Path(run_dir), Path(dest)
-    _check_replaceable_bundle(dest)
+    check_replaceable_bundle(dest)
     for needed in ("checkpoints/best.keras", "metrics.json", "labels.json", "config.yaml"):
         if not (run_dir / needed).is_file():
             raise FileNotFoundError(f"{run_dir / needed}: missing; bundle only a finished run")
@@ -80,7 +82,7 @@ def bundle_run(
         if model_card is not None:
             (staging / "MODEL_CARD.md").write_text(model_card)
         write_checksums(staging)
-        _check_replaceable_bundle(dest)  # again: something may have appeared meanwhile
+        check_replaceable_bundle(dest)  # again: something may have appeared meanwhile
         swap_into_place(staging, dest)  # readable by all: an installed package must be
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -88,7 +90,7 @@ def bundle_run(
     return dest
 
 
-def _check_replaceable_bundle(dest: Path) -> None:
+def check_replaceable_bundle(dest: Path) -> None:
     """A bundle replaces only an earlier bundle (its model file and checksums), never a
     folder of the user's.
 
@@ -171,12 +173,23 @@ def set_default_runtime(bundle_dir: str | os.PathLike[str], runtime: str) -> Non
     """Make ``runtime`` the one ``predict`` uses for this bundle unless ``--backend``
     says otherwise (``default_runtime`` in its ``metrics.json``; checksums renewed).
 
+    The model card's "Runtimes" section says which file runs by default.
+
     Raises:
-        ValueError: ``onnx-int8`` was asked for, but its val accuracy (``runtimes`` in
+        ValueError: ``runtime`` is not one of :data:`DEFAULT_RUNTIMES`, or its file is
+            missing; ``onnx-int8`` was asked for, but its val accuracy (``runtimes`` in
             ``metrics.json``, from :func:`ferkit.release.export.add_runtimes_to_bundle`)
             is more than :data:`INT8_TOLERANCE` under float32's, or was not measured.
     """
+    from ferkit.models.folder import RUNTIME_FILES
+
     bundle_dir = Path(bundle_dir)
+    if runtime not in DEFAULT_RUNTIMES:
+        raise ValueError(f"default runtime {runtime!r}: choose one of {DEFAULT_RUNTIMES}")
+    if not (bundle_dir / RUNTIME_FILES[runtime]).is_file():
+        raise ValueError(
+            f"{bundle_dir}: no {RUNTIME_FILES[runtime]}; bundle the run again to make it"
+        )
     metrics_path = bundle_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     if runtime == "onnx-int8":
@@ -193,8 +206,15 @@ def set_default_runtime(bundle_dir: str | os.PathLike[str], runtime: str) -> Non
             raise ValueError(
                 f"{bundle_dir}: int8 scores {int8:.2%} on val against float32's {float32:.2%}, "
                 f"more than {INT8_TOLERANCE * 100:.1f} points under; float32 stays the "
-                "default (--backend onnx-int8 still runs it)"
+                "default (--backend onnx-int8 still runs it), so bundle without "
+                "--default-runtime"
             )
     metrics["default_runtime"] = runtime
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    card = bundle_dir / "MODEL_CARD.md"
+    if card.is_file() and "runtimes" in metrics:
+        from ferkit.release.export import runtimes_section
+
+        text = card.read_text().split("\n## Runtimes\n")[0].rstrip("\n")
+        card.write_text(text + "\n\n" + runtimes_section(metrics["runtimes"], runtime))
     write_checksums(bundle_dir)
