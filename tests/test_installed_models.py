@@ -101,7 +101,7 @@ def test_names_resolve_to_installed_models_and_paths_stay_paths(tmp_path, monkey
     assert resolve_model(None) is None and resolve_model("default") is None
     assert resolve_model("ferplus") == FERPLUS_DIR
     assert resolve_model(Path("ferplus")) == Path("ferplus")  # a Path is always a path
-    with pytest.raises(FileNotFoundError, match="installed models: default, ferplus"):
+    with pytest.raises(FileNotFoundError, match="installed models: default, fast, ferplus"):
         resolve_model("ferplsu")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ferplus").mkdir()
@@ -122,12 +122,10 @@ def test_names_resolve_to_installed_models_and_paths_stay_paths(tmp_path, monkey
 def test_models_command_lists_every_installed_model(capsys):
     assert main(["models"]) == 0
     table = capsys.readouterr().out
-    header, default_row, ferplus_row = table.splitlines()[:3]
+    header, default_row, fast_row, ferplus_row = table.splitlines()[:4]
     assert header.split()[:2] == ["model", "classes"]
-    assert default_row.split()[:2] == ["default", "7"] and ferplus_row.split()[:2] == [
-        "ferplus",
-        "8",
-    ]
+    assert default_row.split()[:2] == ["default", "7"] and fast_row.split()[:2] == ["fast", "7"]
+    assert ferplus_row.split()[:2] == ["ferplus", "8"]
     assert "ferplus: " + ", ".join(EIGHT) in table
     assert "FER+ valid, majority labels: accuracy" in table
     # The headline figure names its labelling rule, beside the majority-label figure.
