@@ -7,7 +7,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +55,9 @@ def benchmark_prepare(source: str | os.PathLike[str], repeats: int = 3, workers:
     )
 
 
-def _median_rate(run, count: int, repeats: int) -> float:
+def median_rate(run: Callable[[], Any], count: int, repeats: int) -> float:
+    """Items a second of ``run`` (which handles ``count`` items), the median of
+    ``repeats`` timed calls."""
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -78,9 +82,9 @@ def _model_rates(
     for warm_up in (fit, predict_single, predict_batch):  # tracing and allocation
         warm_up()
     return (
-        _median_rate(fit, len(images), repeats),
-        _median_rate(predict_single, 50, repeats),
-        _median_rate(predict_batch, 256, repeats),
+        median_rate(fit, len(images), repeats),
+        median_rate(predict_single, 50, repeats),
+        median_rate(predict_batch, 256, repeats),
     )
 
 
@@ -172,7 +176,7 @@ def benchmark_video(
 
         run()  # warm up
         frames = len(counts)
-        rates[label] = _median_rate(run, frames, repeats)
+        rates[label] = median_rate(run, frames, repeats)
         found[label] = (sum(c >= 1 for c in counts), frames)
     baseline = rates[VIDEO_PIPELINES[3][0]]
     lines = [

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +25,6 @@ TARGET_TIMES_PEER = 1.5
 AIM_TIMES_PEER = 3.0
 BATCHES = (1, 64, 256)
 SINGLE_FACES = 200  # faces timed at batch 1
-
-
-def _median_rate(run: Callable[[], Any], count: int, repeats: int) -> float:
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        rates.append(count / (time.perf_counter() - started))
-    return statistics.median(rates)
 
 
 def labelled_faces(
@@ -126,7 +114,7 @@ def benchmark_classifier(
     crops, where present; else no accuracy column); ``limit``: that many of its faces
     only, spread evenly.
     """
-    from ferkit.evaluation.benchmark import shared_dir
+    from ferkit.evaluation.benchmark import median_rate, shared_dir
     from ferkit.evaluation.peer import PeerClassifier
     from ferkit.inference.runtimes import default_backend
 
@@ -146,7 +134,7 @@ def benchmark_classifier(
             for b in BATCHES:  # warm up: first calls at each batch size are not timed
                 runtime.predict_logits(faces[:b], batch_size=b)
             rates = [
-                _median_rate(
+                median_rate(
                     lambda r=runtime, b=b: r.predict_logits(faces[: _faces_at(b, n_faces)], b),
                     _faces_at(b, n_faces),
                     repeats,
