@@ -90,3 +90,67 @@ def test_missing_runtime_file_names_the_fix(tmp_path):
     shutil.copy(DEFAULT_MODEL_DIR / "labels.json", tmp_path / "labels.json")
     with pytest.raises(FileNotFoundError, match="ferkit export"):
         load_classifier(tmp_path, "onnx-int8")
+
+
+def _rescaled_conv_model(path):
+    """A small ONNX classifier as tf2onnx writes ferkit's: faces (N, 6, 6, 1) 0..255,
+    rescaled by scalar Mul and Add, then a convolution."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    constants = [
+        numpy_helper.from_array(np.array(1 / 127.5, dtype=np.float32), "rescale/scale"),
+        numpy_helper.from_array(np.array(-1.0, dtype=np.float32), "rescale/offset"),
+        numpy_helper.from_array(np.array([0, 3, 1, 2], dtype=np.int64), "perm"),
+        numpy_helper.from_array(rng.normal(size=(2, 1, 3, 3)).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["face", "rescale/scale"], ["rescale/mul:0"], name="m/rescale/mul"),
+        helper.make_node("Add", ["rescale/mul:0", "rescale/offset"], ["rescale/add:0"], name="m/rescale/add"),
+        helper.make_node("Transpose", ["rescale/add:0"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["nchw", "w"], ["logits"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "m",
+        [helper.make_tensor_value_info("face", TensorProto.FLOAT, ["n", 6, 6, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 2, 4, 4])],
+        constants,
+        value_info=[helper.make_tensor_value_info("rescale/mul:0", TensorProto.FLOAT, ["n", 6, 6, 1])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def test_flattened_input_rescale_gives_identical_outputs(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from ferkit.release.export import flatten_input_rescale
+
+    path = tmp_path / "m.onnx"
+    _rescaled_conv_model(path)
+    faces = np.random.default_rng(1).integers(0, 256, (5, 6, 6, 1)).astype(np.float32)
+
+    def run():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"face": faces})[0]
+
+    before = run()
+    assert flatten_input_rescale(path) is True
+    nodes = onnx.load(str(path)).graph.node
+    assert [n.op_type for n in nodes] == ["Reshape", "Mul", "Add", "Reshape", "Transpose", "Conv"]
+    assert np.array_equal(run(), before)
+    assert flatten_input_rescale(path) is False  # already rewritten: left as it is
+
+
+@pytest.mark.parametrize("name", ["default", "fast", "ferplus"])
+def test_installed_onnx_files_run_their_rescale_flattened(name):
+    import onnx
+
+    folder = DEFAULT_MODEL_DIR.parent / name
+    for file in ("model.onnx", "model.int8.onnx"):
+        graph = onnx.load(str(folder / file)).graph
+        first = next(n for n in graph.node if graph.input[0].name in n.input)
+        assert first.op_type == "Reshape", f"{name}/{file}"

@@ -49,7 +49,72 @@ def export_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
     tf2onnx.convert.from_function(
         function, input_signature=spec, opset=ONNX_OPSET, output_path=str(path)
     )
+    flatten_input_rescale(path)
     return Path(path)
+
+
+def flatten_input_rescale(path: str | os.PathLike[str]) -> bool:
+    """Rewrite an ONNX classifier in place so that its input rescaling (a chain of
+    ``Mul``/``Add``/``Sub``/``Div`` by scalar constants on the ``(N, H, W, C)`` faces)
+    runs on the faces flattened to one dimension, between two ``Reshape`` nodes.
+
+    The outputs are bit-identical; ONNX Runtime is faster: with one channel last, its
+    broadcasting walks the four-dimensional tensor a value at a time, which cost about a
+    fifth of the ``fast`` model's int8 time. Returns whether the file changed (False for a
+    file already rewritten or without such a chain).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    face = graph.input[0].name
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+
+    def scalar(name: str) -> bool:
+        return name in constants and int(np.prod(constants[name].dims)) == 1
+
+    chain, current = [], face
+    while True:
+        consumers = [node for node in graph.node if current in node.input]
+        if len(consumers) != 1 or consumers[0].op_type not in ("Mul", "Add", "Sub", "Div"):
+            break
+        node = consumers[0]
+        others = [name for name in node.input if name != current]
+        if len(others) != 1 or not scalar(others[0]):
+            break
+        chain.append(node)
+        current = node.output[0]
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[1:]]
+    if not chain or not all(dims):
+        return False
+    prefix = chain[0].name.rsplit("/", 1)[0] or "rescale"
+    flat_shape, face_shape = f"{prefix}/flat_shape", f"{prefix}/face_shape"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), flat_shape),
+        numpy_helper.from_array(np.array([-1, *dims], dtype=np.int64), face_shape),
+    ])  # fmt: skip
+    result = chain[-1].output[0]
+    stale = {node.output[0] for node in chain}
+    read, incoming = face, f"{prefix}/flat_faces"
+    for node in chain:  # each node reads the flat tensor before it and writes a flat one
+        node.input[list(node.input).index(read)] = incoming
+        read = node.output[0]
+        node.output[0] = incoming = f"{read}/flat"
+    kept = [info for info in graph.value_info if info.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    nodes = list(graph.node)
+    first, last = nodes.index(chain[0]), nodes.index(chain[-1])
+    graph.node.insert(last + 1, helper.make_node(
+        "Reshape", [chain[-1].output[0], face_shape], [result], name=f"{prefix}/unflatten"
+    ))  # fmt: skip
+    graph.node.insert(first, helper.make_node(
+        "Reshape", [face, flat_shape], [f"{prefix}/flat_faces"], name=f"{prefix}/flatten"
+    ))  # fmt: skip
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return True
 
 
 def export_tflite(model: Any, path: str | os.PathLike[str]) -> Path:
