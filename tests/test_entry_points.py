@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,8 +55,11 @@ def test_seed_workflow_prepares_trains_and_evaluates(tmp_path):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert set(manifest["splits"]) >= {"train", "val"}
+    config = tmp_path / "tiny.yaml"  # a tiny network: the workflow, not the model, is tested
+    config.write_text(yaml.safe_dump({"model": TINY_MODEL, "warmup_epochs": 0}))
     result = run("train_model.py", "--data", str(prepared), "--out", str(run_dir),
-                 "--epochs", "1", "--batch-size", "32", "--seed", "3")  # fmt: skip
+                 "--config", str(config), "--epochs", "1", "--batch-size", "32",
+                 "--seed", "3")  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 1 and metrics["val_faces"] > 0
