@@ -339,11 +339,11 @@ def test_images_in_batches_match_one_by_one_and_a_failed_batch_loses_only_itself
     calls = {"n": 0}
     classify = recognizer.classify_faces
 
-    def second_batch_fails(faces):
+    def second_batch_fails(faces, model=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("out of memory in the runtime")
-        return classify(faces)
+        return classify(faces, model)
 
     monkeypatch.setattr(recognizer, "classify_faces", second_batch_fails)
     summary = predict(inputs, tmp_path / "one_failed", progress=False, recognizer=recognizer)
