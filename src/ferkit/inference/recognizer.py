@@ -95,7 +95,7 @@ class EmotionRecognizer:
         self.model = load_classifier(model, backend, threads=threads)
         self.backend, self.threads = backend, threads
         self._model_given = model
-        self._models_on: dict[int, Any] = {}
+        self._models_on: dict[tuple[int | None, bool], Any] = {}
         self.classes = self.model.classes
         self.detector = make_detector(detector)
         self.margin = margin
@@ -117,26 +117,28 @@ class EmotionRecognizer:
     @property
     def batch_model(self) -> Any:
         """The classifier of image batches in ``predict``'s image loop, where reading,
-        decoding and face finding run on a thread of their own: the same model on the
-        other cores (one fewer than the machine has), unless ``threads`` was given. With
-        every core its own, its threads and the decoding thread fight over the cores:
-        over the FER2013 train crops on two cores, one thread took a quarter less CPU."""
-        return self._model_on(max(1, (os.cpu_count() or 1) - 1))
+        decoding and face finding run on a thread of their own: the same model with
+        ONNX Runtime's threads sleeping between calls instead of spinning, unless
+        ``threads`` was given. Spinning threads take the core the decoding thread needs:
+        over the FER2013 train crops on two cores, the fast model's run took a quarter
+        less CPU without them, and the default model, whose classification is most of
+        the work, keeps both cores for it (one thread halves its rate)."""
+        return self._model_on(None, spin=False)
 
-    def _model_on(self, threads: int) -> Any:
-        """The classifier on ``threads`` threads (ONNX Runtime's; other runtimes and a
-        recogniser given ``threads`` keep their own), loaded once per count."""
+    def _model_on(self, threads: int | None, spin: bool = True) -> Any:
+        """The classifier on ``threads`` threads of ONNX Runtime (None: one per core),
+        ``spin``: whether they spin between calls; loaded once per setting. Other
+        runtimes, and a recogniser given ``threads``, keep their own classifier."""
         from ferkit.inference.runtimes import OnnxModel
 
         if self.threads is not None or not isinstance(self.model, OnnxModel):
             return self.model
-        if threads not in self._models_on:
-            from ferkit.inference.runtimes import load_classifier
-
-            self._models_on[threads] = load_classifier(
-                self._model_given, self.backend, threads=threads, verify=False
+        if (threads, spin) not in self._models_on:
+            model = self.model
+            self._models_on[threads, spin] = OnnxModel(
+                model.source, model.classes, model.temperature, threads=threads, spin=spin
             )
-        return self._models_on[threads]
+        return self._models_on[threads, spin]
 
     def with_detector(
         self, detector: str | None = None, *, geometry: bool | None = None

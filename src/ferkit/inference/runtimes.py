@@ -43,11 +43,14 @@ class OnnxModel(Classifier):
         classes: list[str],
         temperature: float = 1.0,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
+        if not spin:  # threads sleep between calls, leaving the cores to other threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.source = Path(path)
         self.classes = list(classes)
