@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Quick start, part two (and CI): set up .venv with every extra, and .venv-core with the
 # core install only (a test predicts with it, without TensorFlow); lint, check
-# formatting, run every test in up to four worker processes, one more than the cores
-# (pytest-xdist, a test module per worker at a time; FERKIT_TEST_WORKERS=1 runs them in
-# one process). The browser tests of ferkit serve drive Debian's Chromium
-# (/usr/bin/chromium; .ci/run installs it) and are skipped where it is missing.
+# formatting, run every test on up to four cores at once (pytest-xdist, a test module per
+# worker at a time; FERKIT_TEST_WORKERS=1 runs them in one process). The browser tests of
+# ferkit serve drive Debian's Chromium (/usr/bin/chromium; .ci/run installs it) and are
+# skipped where it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FERKIT_EXTRAS=dev,all bash scripts/setup.sh
@@ -12,10 +12,7 @@ FERKIT_VENV=.venv-core FERKIT_EXTRAS= bash scripts/setup.sh
 [ -x /usr/bin/chromium ] || echo "test: /usr/bin/chromium is missing, so the browser tests of ferkit serve are skipped (apt-get install chromium)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# One worker more than the cores: tests also wait (on the processes, servers and browsers
-# they start), and the extra worker fills those waits (on 2 cores: 10.1 min against 11.1
-# with 2 workers).
-workers=${FERKIT_TEST_WORKERS:-$(( $(nproc) + 1 ))}
+workers=${FERKIT_TEST_WORKERS:-$(nproc)}
 if [ "$workers" -gt 4 ]; then
   workers=4
 fi

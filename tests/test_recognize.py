@@ -32,6 +32,23 @@ def test_default_uses_onnx_without_tensorflow(recognizer):
     assert recognizer.detector.name == "blazeface-full"
 
 
+def test_batch_and_frame_classifiers_are_the_same_model_with_their_own_threads(recognizer):
+    """predict's image loop classifies with ONNX Runtime threads that sleep between calls
+    (decoding has a thread of its own); video frames on one thread; both give the model's
+    probabilities. A recogniser given ``threads`` keeps its one classifier."""
+    faces = np.random.default_rng(3).integers(0, 256, (16, 48, 48, 1)).astype(np.uint8)
+    batch, frame = recognizer.batch_model, recognizer.frame_model
+    assert batch is recognizer.batch_model and batch is not recognizer.model
+    options = batch._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert frame._session.get_session_options().intra_op_num_threads == 1
+    for model in (batch, frame):
+        assert model.source == recognizer.model.source
+        assert np.allclose(model.predict_proba(faces), recognizer.model.predict_proba(faces))
+    given = EmotionRecognizer(threads=2)
+    assert given.batch_model is given.model and given.frame_model is given.model
+
+
 def test_one_smiling_face(any_detector, samples):
     recognizer = any_detector
     (face,) = recognizer.predict(samples / "justin.jpg")
