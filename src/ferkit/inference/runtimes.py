@@ -35,7 +35,10 @@ OPENVINO_FILES = {"openvino": "onnx", "openvino-int8": "onnx-int8"}
 
 
 class OnnxModel(Classifier):
-    """An exported ONNX classifier run by ONNX Runtime on the CPU."""
+    """An exported ONNX classifier run by ONNX Runtime on the CPU: ``threads`` of one
+    call (default: one per core); ``spin``: whether those threads spin between calls
+    (faster for back-to-back calls, but a spinning thread takes a core that another
+    thread of the program, decoding say, is waiting for)."""
 
     def __init__(
         self,
