@@ -428,7 +428,7 @@ def _classified(
 
     crops = [item[3][2] for item in batch if item[3] is not None]
     try:
-        model = getattr(recognizer, "batch_model", None)  # decoding has a core of its own
+        model = getattr(recognizer, "batch_model", None)  # leaves the decoding thread its core
         probabilities = recognizer.classify_faces(np.concatenate(crops), model) if crops else None
     except Exception as error:  # the batch's images are recorded as failed, the run goes on
         logger.debug("classifying a batch failed", exc_info=True)

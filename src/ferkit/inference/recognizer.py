@@ -94,7 +94,6 @@ class EmotionRecognizer:
             raise ValueError(f"threads must be at least 1, not {threads}")
         self.model = load_classifier(model, backend, threads=threads)
         self.backend, self.threads = backend, threads
-        self._model_given = model
         self._models_on: dict[tuple[int | None, bool], Any] = {}
         self.classes = self.model.classes
         self.detector = make_detector(detector)
@@ -417,7 +416,8 @@ class EmotionRecognizer:
         """Calibrated probabilities for face crops already cut out: ``(N, H, W, C)``
         ``uint8``, or ``(N, V, H, W, C)`` for V views of each face (test-time
         augmentation), whose probabilities are averaged. ``model``: the classifier to
-        run (default: :attr:`model`; :attr:`batch_model` is the same on fewer threads)."""
+        run (default: :attr:`model`; :attr:`batch_model` is the same model, its threads
+        sleeping between calls)."""
         model = self.model if model is None else model
         if faces.ndim == 5:
             count, views = faces.shape[:2]
