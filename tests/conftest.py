@@ -235,9 +235,9 @@ def ferplus_val_prepared(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundled_onnx_on_fer2013_val(fer2013_prepared, tmp_path_factory) -> np.ndarray:
-    """The bundled model's probabilities on every FER2013 val face, run by ONNX Runtime
-    (what ``ferkit predict`` uses by default) once per session: the reference that the
-    other runtimes and exports are compared with."""
+    """The bundled model's probabilities on every FER2013 val face, run by float32 ONNX
+    Runtime (the same outputs as Keras) once per session: the reference that the other
+    runtimes and exports are compared with."""
     from ferkit.data.dataset import load_split
     from ferkit.inference.runtimes import load_classifier
 

@@ -31,7 +31,10 @@ def test_bundled_onnx_equals_keras(keras_model, faces):
 
 
 def test_auto_backend(tmp_path):
-    assert isinstance(load_classifier(), OnnxModel)
+    """The bundled model runs its int8 LiteRT file (its default runtime); the ferplus
+    model, which names none, float32 ONNX."""
+    assert load_classifier().source.name == "model.int8.tflite"
+    assert isinstance(load_classifier("ferplus"), OnnxModel)
     with pytest.raises(ValueError, match="unknown backend"):
         load_classifier(None, "torch")
 
@@ -49,17 +52,39 @@ def test_cli_export_agrees_with_keras_and_loads(fmt, keras_model, faces, tmp_pat
     assert exported.temperature == keras_model.temperature
 
 
-def test_int8_needs_calibration_and_onnx(tmp_path):
-    assert main(["export", "--format", "onnx", "--quantize", "int8", "--out", str(tmp_path)]) == 2
-    with pytest.raises(ValueError, match="ONNX"):
-        from ferkit.release.export import export_model
+def test_int8_needs_calibration(tmp_path):
+    from ferkit.release.export import export_model
 
-        export_model(None, "tflite", tmp_path, quantize="int8", calibration_data=tmp_path)
+    assert main(["export", "--format", "onnx", "--quantize", "int8", "--out", str(tmp_path)]) == 2
+    with pytest.raises(ValueError, match="--calibration-data"):
+        export_model(None, "tflite", tmp_path / "out", quantize="int8")
+
+
+def test_int8_tflite_export_tracks_keras_and_loads_by_itself(drawn, drawn_run, tmp_path):
+    """An int8 LiteRT export of a trained run: float faces in, logits near Keras's out,
+    and its folder loads on LiteRT with no backend named."""
+    from ferkit.data.dataset import load_split
+
+    out = tmp_path / "int8"
+    argv = ["export", "--model", str(drawn_run), "--format", "tflite", "--quantize", "int8"]
+    assert main([*argv, "--calibration-data", str(drawn), "--out", str(out)]) == 0
+    details = json.loads((out / "export.json").read_text())
+    assert details["file"] == "model.int8.tflite" and details["calibration"]["faces"] > 0
+    exported = load_classifier(out)
+    assert isinstance(exported, TFLiteModel) and exported.source.name == "model.int8.tflite"
+    val = load_split(drawn, "val")
+    keras_logits = load_model(drawn_run).predict_logits(val.images)
+    int8_logits = exported.predict_logits(val.images)
+    spread = np.abs(keras_logits).max()
+    assert np.abs(int8_logits - keras_logits).max() < 0.1 * spread
+    # a one-epoch network's logits are close together, so a few labels flip
+    assert (int8_logits.argmax(axis=1) == keras_logits.argmax(axis=1)).mean() > 0.8
 
 
 @pytest.mark.real_data
 def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, bundled_onnx_on_fer2013_val, tmp_path):
-    """int8 from a fresh calibration, and the bundled int8 file, track float32 on val."""
+    """int8 from a fresh calibration, and the bundled int8 files (ONNX and LiteRT), track
+    float32 on val."""
     from ferkit.data.dataset import load_split
 
     _, result = fer2013_prepared
@@ -69,7 +94,8 @@ def test_int8_keeps_accuracy_on_real_faces(fer2013_prepared, bundled_onnx_on_fer
     val = load_split(result.out_dir, "val")
     images, labels = val.images[:1500], val.labels[:1500]
     reference = bundled_onnx_on_fer2013_val[:1500].argmax(axis=1)
-    for model in (load_classifier(out), load_classifier(None, "onnx-int8")):
+    bundled = (load_classifier(None, name) for name in ("onnx-int8", "tflite-int8"))
+    for model in (load_classifier(out), *bundled):
         predicted = model.predict_proba(images).argmax(axis=1)
         assert (predicted == reference).mean() > 0.93
         assert abs((predicted == labels).mean() - (reference == labels).mean()) < 0.015

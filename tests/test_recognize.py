@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def recognizer():
-    return EmotionRecognizer()  # bundled model (ONNX Runtime), BlazeFace full-range
+    return EmotionRecognizer()  # bundled model (its int8 LiteRT file), BlazeFace full-range
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +25,19 @@ def any_detector(request):
     return EmotionRecognizer(detector=request.param)
 
 
-def test_default_uses_onnx_without_tensorflow(recognizer):
-    from ferkit.inference.runtimes import OnnxModel
+def test_default_runs_without_tensorflow(recognizer):
+    from ferkit.inference.runtimes import TFLiteModel
 
-    assert isinstance(recognizer.model, OnnxModel)
+    assert isinstance(recognizer.model, TFLiteModel)
     assert recognizer.detector.name == "blazeface-full"
 
 
-def test_batch_and_frame_classifiers_are_the_same_model_with_their_own_threads(recognizer):
+def test_batch_and_frame_classifiers_are_the_same_model_with_their_own_threads():
     """predict's image loop classifies with ONNX Runtime threads that sleep between calls
     (decoding has a thread of its own); video frames on one thread; both give the model's
     probabilities. A recogniser given ``threads`` keeps its one classifier."""
     faces = np.random.default_rng(3).integers(0, 256, (16, 48, 48, 1)).astype(np.uint8)
+    recognizer = EmotionRecognizer(backend="onnx")
     batch, frame = recognizer.batch_model, recognizer.frame_model
     assert batch is recognizer.batch_model and batch is not recognizer.model
     options = batch._session.get_session_options()
@@ -47,6 +48,27 @@ def test_batch_and_frame_classifiers_are_the_same_model_with_their_own_threads(r
         assert np.allclose(model.predict_proba(faces), recognizer.model.predict_proba(faces))
     given = EmotionRecognizer(threads=2)
     assert given.batch_model is given.model and given.frame_model is given.model
+
+
+def test_the_default_runs_int8_litert_with_an_interpreter_per_thread(recognizer):
+    """The default model's default runtime is its int8 LiteRT file: batches on every
+    core, video frames on an interpreter of one thread, and each recogniser a server lends
+    to a thread has an interpreter of its own (one interpreter runs one call at a time)."""
+    from ferkit.inference.runtimes import TFLiteModel
+
+    faces = np.random.default_rng(3).integers(0, 256, (16, 48, 48, 1)).astype(np.uint8)
+    model = recognizer.model
+    assert isinstance(model, TFLiteModel) and model.source.name == "model.int8.tflite"
+    assert recognizer.batch_model is model
+    frame = recognizer.frame_model
+    assert isinstance(frame, TFLiteModel) and frame.threads == 1 and frame is not model
+    assert frame is recognizer.frame_model
+    twin = recognizer.with_detector()
+    assert twin.model is not model and twin.model.source == model.source
+    assert twin.frame_model is not frame
+    expected = model.predict_proba(faces)
+    for other in (frame, twin.model, twin.frame_model):
+        assert np.allclose(other.predict_proba(faces), expected, atol=1e-6)
 
 
 def test_one_smiling_face(any_detector, samples):

@@ -23,19 +23,27 @@ def _copy_of_default(tmp_path):
 
 
 def test_a_model_folder_chooses_its_default_runtime(tmp_path):
+    from ferkit.inference.runtimes import TFLiteModel
+
     folder = _copy_of_default(tmp_path)
-    assert default_backend(folder) == "onnx"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.pop("default_runtime", None)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert default_backend(folder) == "onnx"  # no choice: float32 ONNX
     assert load_classifier(folder, verify=False).source.name == "model.onnx"
 
-    metrics = json.loads((folder / "metrics.json").read_text())
-    (folder / "metrics.json").write_text(json.dumps({**metrics, "default_runtime": "onnx-int8"}))
-    assert default_backend(folder) == "onnx-int8"
-    chosen = load_classifier(folder, verify=False)
-    assert isinstance(chosen, OnnxModel) and chosen.source.name == "model.int8.onnx"
-    # --backend still decides
-    assert load_classifier(folder, "onnx", verify=False).source.name == "model.onnx"
+    for runtime, kind, file in (
+        ("onnx-int8", OnnxModel, "model.int8.onnx"),
+        ("tflite-int8", TFLiteModel, "model.int8.tflite"),
+    ):
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "default_runtime": runtime}))
+        assert default_backend(folder) == runtime
+        chosen = load_classifier(folder, verify=False)
+        assert isinstance(chosen, kind) and chosen.source.name == file
+        # --backend still decides
+        assert load_classifier(folder, "onnx", verify=False).source.name == "model.onnx"
 
-    (folder / "model.int8.onnx").unlink()  # a choice whose file is missing is ignored
+    (folder / "model.int8.tflite").unlink()  # a choice whose file is missing is ignored
     assert default_backend(folder) == "onnx"
     (folder / "metrics.json").write_text(json.dumps({**metrics, "default_runtime": "nonsense"}))
     assert default_backend(folder) == "onnx"
@@ -156,3 +164,9 @@ def test_a_bundle_takes_int8_as_its_default_only_where_int8_keeps_accuracy(tmp_p
     assert "Prediction uses ONNX Runtime by default" in (folder / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="choose one of"):
         set_default_runtime(folder, "tflite")
+    set_default_runtime(folder, "tflite-int8")  # the installed default's own choice
+    assert default_backend(folder) == "tflite-int8"
+    assert "Prediction uses int8 LiteRT" in (folder / "MODEL_CARD.md").read_text()
+    (folder / "model.int8.tflite").unlink()
+    with pytest.raises(ValueError, match=r"no model\.int8\.tflite"):
+        set_default_runtime(folder, "tflite-int8")

@@ -83,10 +83,10 @@ def add_bundle(subparsers: argparse._SubParsersAction) -> None:
         choices=DEFAULT_RUNTIMES,
         default=None,
         help="the runtime 'predict' uses for this model unless --backend says otherwise; "
-        f"onnx-int8 is accepted only if int8 stays within {INT8_TOLERANCE * 100:.1f} points "
-        "of float32 on the val split, checked before the bundle is written (check the real "
-        "photos too: 'ferkit benchmark photos --model BUNDLE/model.int8.onnx'; default: "
-        "float32 ONNX)",
+        f"onnx-int8 or tflite-int8 is accepted only if its int8 file stays within "
+        f"{INT8_TOLERANCE * 100:.1f} points of float32 on the val split, checked before the "
+        "bundle is written (check the real photos too: 'ferkit benchmark photos --model "
+        "BUNDLE/model.int8.tflite'; default: float32 ONNX)",
     )
     parser.set_defaults(handler=_run_bundle)
 
@@ -194,9 +194,11 @@ def _run_bundle(args: argparse.Namespace) -> int:
     staging = dest_folder.parent / f".{dest_folder.name}.staging" if args.default_runtime else None
     try:
         dest = bundle_run(args.run, staging or dest_folder, model_card=card, extra_metrics=extra)
-        # ONNX float32 and int8 copies, so prediction runs without TensorFlow; int8 is
-        # calibrated on the run's own training faces.
-        add_runtimes_to_bundle(dest, config["data"], val)
+        # ONNX float32 and int8 copies (and LiteRT int8 when it is to be the default), so
+        # prediction runs without TensorFlow; int8 is calibrated on the run's own
+        # training faces.
+        tflite_int8 = args.default_runtime == "tflite-int8"
+        add_runtimes_to_bundle(dest, config["data"], val, tflite_int8=tflite_int8)
         if staging is not None:
             from ferkit.outputs import swap_into_place
             from ferkit.release.bundle import check_replaceable_bundle, set_default_runtime
@@ -236,7 +238,11 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     overwrite_flag(parser, "export")
     parser.add_argument(
-        "--quantize", choices=["int8"], default=None, help="ONNX only (default: none, float32)"
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="int8 weights and activations, calibrated on --calibration-data (default: none, "
+        "float32)",
     )
     parser.add_argument(
         "--calibration-data",

@@ -10,9 +10,12 @@ The target: the path ``predict`` takes by default (the model's own runtime, see
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +85,8 @@ def spread(count: int, limit: int | None) -> np.ndarray:
 
 
 def _runtimes(model: str | os.PathLike[str] | None, scratch: Path) -> dict[str, Any]:
-    """Every runtime this install can run ``model`` on (LiteRT from a fresh export)."""
+    """Every runtime this install can run ``model`` on: the model folder's files, and
+    float32 LiteRT from a fresh export."""
     from ferkit.inference.runtimes import TFLiteModel, load_classifier
     from ferkit.release.export import export_tflite
 
@@ -93,6 +97,8 @@ def _runtimes(model: str | os.PathLike[str] | None, scratch: Path) -> dict[str, 
     keras_model = runtimes["keras"]
     path = export_tflite(keras_model.model, scratch / "model.tflite")
     runtimes["tflite"] = TFLiteModel(path, keras_model.classes, keras_model.temperature)
+    with contextlib.suppress(FileNotFoundError):  # a folder without an int8 LiteRT file
+        runtimes["tflite-int8"] = load_classifier(model, "tflite-int8")
     return runtimes
 
 
@@ -109,13 +115,14 @@ def benchmark_classifier(
     classifier timed in the same run; returns a printable table ending with the target.
 
     Speeds are medians of ``repeats`` timed passes over ``n_faces`` random faces (the cost
-    does not depend on the pixel values). Accuracy is on ``data``: a prepared dataset's
+    does not depend on the pixel values), the runtimes and the peer taking turns
+    (:func:`_interleaved_rates`). Accuracy is on ``data``: a prepared dataset's
     val split or a folder of class folders of crops (default: the shared FER2013 val
     crops, where present; else no accuracy column); ``limit``: that many of its faces
     only, spread evenly.
     """
-    from ferkit.evaluation.benchmark import median_rate, shared_dir
-    from ferkit.evaluation.peer import PeerClassifier
+    from ferkit.evaluation.benchmark import shared_dir
+    from ferkit.evaluation.peer import PeerClassifier, fer_inputs
     from ferkit.inference.runtimes import default_backend
 
     if data is None and (shared_dir() / "datasets" / "fer2013" / "val").is_dir():
@@ -129,33 +136,29 @@ def benchmark_classifier(
             scored = labelled_faces(data, list(reference.classes), side, channels, limit)
         faces = np.random.default_rng(0).integers(0, 256, (n_faces, side, side, channels))
         faces = faces.astype(np.uint8)
+        fer = PeerClassifier.load() if peer and channels == 1 else None
+        passes = {
+            name: lambda b, r=runtime: r.predict_logits(faces[: _faces_at(b, n_faces)], b)
+            for name, runtime in runtimes.items()
+        }
+        if fer is not None:
+            peer_name = f"fer {fer.version} Keras (peer)"
+            inputs = fer_inputs(faces)  # resizing to fer's 64x64 is not timed
+            passes[peer_name] = lambda b: fer.predict_inputs(inputs[: _faces_at(b, n_faces)], b)
+        rates = _interleaved_rates(passes, n_faces, repeats)
         rows: dict[str, tuple[list[float], float | None]] = {}
         for name, runtime in runtimes.items():
-            for b in BATCHES:  # warm up: first calls at each batch size are not timed
-                runtime.predict_logits(faces[:b], batch_size=b)
-            rates = [
-                median_rate(
-                    lambda r=runtime, b=b: r.predict_logits(faces[: _faces_at(b, n_faces)], b),
-                    _faces_at(b, n_faces),
-                    repeats,
-                )
-                for b in BATCHES
-            ]
             accuracy = None
             if scored is not None:
                 predicted = runtime.predict_proba(scored[0], batch_size=64).argmax(axis=1)
                 accuracy = float(np.mean(predicted == scored[1]))
-            rows[name] = (rates, accuracy)
-        fer = PeerClassifier.load() if peer and channels == 1 else None
+            rows[name] = (rates[name], accuracy)
         if fer is not None:
-            rates = [
-                fer.faces_per_second(faces[: _faces_at(b, n_faces)], b, repeats) for b in BATCHES
-            ]
             accuracy = None
             if scored is not None:
                 probabilities = fer.probabilities(scored[0], list(reference.classes))
                 accuracy = float(np.mean(probabilities.argmax(axis=1) == scored[1]))
-            rows[f"fer {fer.version} Keras (peer)"] = (rates, accuracy)
+            rows[peer_name] = (rates[peer_name], accuracy)
     if not peer:
         note = ""
     elif channels != 1:
@@ -169,6 +172,26 @@ def benchmark_classifier(
     else:
         note = ""
     return _table(rows, model, side, repeats, scored, default_backend(model), note)
+
+
+def _interleaved_rates(
+    passes: dict[str, Any], n_faces: int, repeats: int
+) -> dict[str, list[float]]:
+    """Faces/s of each ``passes[name](batch)`` at every batch size of :data:`BATCHES`: the
+    median of ``repeats`` rounds, each round timing every runtime once in turn, so that a
+    machine whose speed drifts over the minutes of the benchmark slows them all alike
+    rather than whichever ran during a slow spell."""
+    for run in passes.values():  # warm up: first calls at each batch size are not timed
+        for b in BATCHES:
+            run(b)
+    timed: dict[str, list[list[float]]] = {name: [[] for _ in BATCHES] for name in passes}
+    for _ in range(repeats):
+        for column, b in enumerate(BATCHES):
+            for name, run in passes.items():
+                started = time.perf_counter()
+                run(b)
+                timed[name][column].append(_faces_at(b, n_faces) / (time.perf_counter() - started))
+    return {name: [statistics.median(r) for r in columns] for name, columns in timed.items()}
 
 
 def _faces_at(batch: int, n_faces: int) -> int:

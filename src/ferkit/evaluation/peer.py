@@ -84,7 +84,9 @@ class PeerClassifier:
             found = "?"
         return cls(model=model, version=found, file=file)
 
-    def _run(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    def predict_inputs(self, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+        """fer's outputs on ``inputs`` as :func:`fer_inputs` makes them, in batches of
+        ``batch_size`` (``predict_on_batch``)."""
         return np.concatenate(
             [
                 np.asarray(self.model.predict_on_batch(inputs[start : start + batch_size]))
@@ -96,11 +98,11 @@ class PeerClassifier:
         """Median faces/s of ``predict_on_batch`` over ``faces`` in batches of
         ``batch_size``, after one untimed batch (resizing and scaling not timed)."""
         inputs = fer_inputs(faces)
-        self._run(inputs[:batch_size], batch_size)  # warm-up: tracing
+        self.predict_inputs(inputs[:batch_size], batch_size)  # warm-up: tracing
         rates = []
         for _ in range(repeats):
             started = time.perf_counter()
-            self._run(inputs, batch_size)
+            self.predict_inputs(inputs, batch_size)
             rates.append(len(inputs) / (time.perf_counter() - started))
         return statistics.median(rates)
 
@@ -109,7 +111,7 @@ class PeerClassifier:
         class fer lacks gets 0)."""
         from ferkit.classes import canonical_name
 
-        raw = self._run(fer_inputs(faces), 64)
+        raw = self.predict_inputs(fer_inputs(faces), 64)
         position = {name: i for i, name in enumerate(FER_CLASSES)}
         out = np.zeros((len(faces), len(classes)), dtype=np.float32)
         for column, name in enumerate(classes):

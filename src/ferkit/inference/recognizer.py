@@ -125,18 +125,25 @@ class EmotionRecognizer:
         return self._model_on(None, spin=False)
 
     def _model_on(self, threads: int | None, spin: bool = True) -> Any:
-        """The classifier on ``threads`` threads of ONNX Runtime (None: one per core),
-        ``spin``: whether they spin between calls; loaded once per setting. Other
-        runtimes, and a recogniser given ``threads``, keep their own classifier."""
-        from ferkit.inference.runtimes import OnnxModel
+        """The classifier on ``threads`` threads of ONNX Runtime or LiteRT (None: one per
+        core), ``spin``: whether ONNX Runtime's threads spin between calls; loaded once
+        per setting. Keras, and a recogniser given ``threads``, keep their own
+        classifier."""
+        from ferkit.inference.runtimes import OnnxModel, TFLiteModel
 
-        if self.threads is not None or not isinstance(self.model, OnnxModel):
-            return self.model
+        model = self.model
+        if self.threads is not None or not isinstance(model, OnnxModel | TFLiteModel):
+            return model
+        if isinstance(model, TFLiteModel) and threads is None:
+            return model  # LiteRT's threads are the model's own: one per core
         if (threads, spin) not in self._models_on:
-            model = self.model
-            self._models_on[threads, spin] = OnnxModel(
-                model.source, model.classes, model.temperature, threads=threads, spin=spin
-            )
+            if isinstance(model, TFLiteModel):
+                made: Any = TFLiteModel(model.source, model.classes, model.temperature, threads)
+            else:
+                made = OnnxModel(
+                    model.source, model.classes, model.temperature, threads=threads, spin=spin
+                )
+            self._models_on[threads, spin] = made
         return self._models_on[threads, spin]
 
     def with_detector(
@@ -144,13 +151,20 @@ class EmotionRecognizer:
     ) -> EmotionRecognizer:
         """A recogniser that shares this one's classifier and settings and finds faces
         with a new ``detector`` instance (default: one like its own). Detectors keep
-        state between calls, so each thread needs its own; the classifier runtimes are
-        safe to share. ``geometry``: whether it computes face geometry (default: as this
+        state between calls, so each thread needs its own; so does a LiteRT classifier
+        (its interpreter runs one call at a time), while the other runtimes are shared.
+        ``geometry``: whether it computes face geometry (default: as this
         one does).
         """
+        from ferkit.inference.runtimes import TFLiteModel
+
         twin = copy.copy(self)
         twin.detector = make_detector(detector or self.detector.name)
         twin._geometry_estimator = None  # LiteRT interpreters are not shared across threads
+        if isinstance(self.model, TFLiteModel):  # one interpreter a thread, not taking turns
+            model = self.model
+            twin.model = TFLiteModel(model.source, model.classes, model.temperature, self.threads)
+            twin._models_on = {}
         if geometry is not None:
             twin.geometry = bool(geometry)
         return twin

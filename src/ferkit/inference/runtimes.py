@@ -1,17 +1,21 @@
-"""Run a classifier without Keras: ONNX Runtime (float32 or int8) or LiteRT.
+"""Run a classifier without Keras: ONNX Runtime (float32 or int8) or LiteRT (float32 or
+int8).
 
-The bundled model ships with ``model.onnx`` and ``model.int8.onnx`` beside
-``model.keras`` (all checksummed), so prediction needs neither TensorFlow's import time
-(about 4 s) nor its per-call overhead. :func:`load_classifier` picks the runtime:
+The bundled model ships with ``model.onnx``, ``model.int8.onnx`` and
+``model.int8.tflite`` beside ``model.keras`` (all checksummed), so prediction needs
+neither TensorFlow's import time (about 4 s) nor its per-call overhead.
+:func:`load_classifier` picks the runtime:
 
-- ``auto``: ONNX float32 when the model folder has it (same predictions as Keras to
-  about 1e-6), else Keras.
-- ``onnx-int8``: int8 ONNX, about three times the batched throughput of float32 on this
-  CPU for a fraction of a point of accuracy (see the model card).
+- ``auto``: the runtime the model folder names as its default (``default_runtime`` in
+  its ``metrics.json``: an int8 file that kept float32's accuracy), else ONNX float32
+  when the folder has it (same predictions as Keras to about 1e-6), else Keras.
+- ``onnx-int8``: int8 ONNX Runtime, about two and a half times the batched throughput of
+  float32 on a 2-core AVX-512 CPU for a fraction of a point of accuracy (see the model
+  card).
+- ``tflite-int8``: the int8 LiteRT file (XNNPACK's int8 kernels), faster again than
+  int8 ONNX Runtime on such a CPU.
 - ``keras``, ``onnx``, ``tflite``: that runtime, or an error saying what is missing.
-- ``openvino``, ``openvino-int8``: the ONNX files run by OpenVINO (an optional extra);
-  on a 2-core AVX-512 CPU the int8 file runs about 1.3 times as fast as under ONNX
-  Runtime, the float32 one about as fast.
+- ``openvino``, ``openvino-int8``: the ONNX files run by OpenVINO (an optional extra).
 
 Every runtime is a :class:`ferkit.models.folder.Classifier` (``predict_logits``,
 ``predict_proba``), as the Keras :class:`ferkit.models.folder.LoadedModel` is.
@@ -28,7 +32,12 @@ import numpy as np
 from ferkit.extras import native_stderr_silenced
 from ferkit.models.folder import Classifier, ModelLoadError, error_summary, read_metadata
 
-BACKENDS = ("auto", "keras", "onnx", "onnx-int8", "tflite", "openvino", "openvino-int8")
+BACKENDS = (
+    "auto", "keras", "onnx", "onnx-int8", "tflite", "tflite-int8", "openvino", "openvino-int8"
+)  # fmt: skip
+
+#: The backends that run a LiteRT file.
+TFLITE_BACKENDS = ("tflite", "tflite-int8")
 
 #: OpenVINO runs the model's ONNX files (``pip install -e '.[openvino]'``).
 OPENVINO_FILES = {"openvino": "onnx", "openvino-int8": "onnx-int8"}
@@ -94,7 +103,8 @@ class TFLiteModel(Classifier):
         self.classes = list(classes)
         self.temperature = float(temperature)
         try:
-            self._interpreter = Interpreter(str(path), num_threads=threads or os.cpu_count() or 1)
+            self.threads = threads or os.cpu_count() or 1
+            self._interpreter = Interpreter(str(path), num_threads=self.threads)
         except Exception as error:
             raise ModelLoadError(
                 f"{path}: not a loadable TensorFlow Lite model ({error_summary(error)}); export "
@@ -272,7 +282,7 @@ def load_classifier(
             return load_model(model, verify=verify)
         file = folder / names[backend]
         if not file.is_file():
-            export = "--format tflite" if backend == "tflite" else "--format onnx"
+            export = "--format tflite" if backend in TFLITE_BACKENDS else "--format onnx"
             if backend.endswith("-int8"):
                 export += " --quantize int8 --calibration-data PREPARED_DIR"
             raise FileNotFoundError(
@@ -283,7 +293,7 @@ def load_classifier(
     if verify:
         verify_or_warn(folder)
     classes, temperature = read_metadata(folder)
-    if backend == "tflite":
+    if backend in TFLITE_BACKENDS:
         return TFLiteModel(file, classes, temperature, threads=threads)
     if backend in OPENVINO_FILES:
         return OpenVinoModel(file, classes, temperature, threads=threads)

@@ -406,10 +406,14 @@ ONNX_INT8_FILE = "model.int8.onnx"
 TFLITE_FILE = "model.tflite"
 
 
+TFLITE_INT8_FILE = "model.int8.tflite"
+
+
 #: Each classifier runtime and the file a model folder needs for it.
 RUNTIME_FILES = {
     "keras": MODEL_FILE,
     "onnx": ONNX_FILE,
     "onnx-int8": ONNX_INT8_FILE,
     "tflite": TFLITE_FILE,
+    "tflite-int8": TFLITE_INT8_FILE,
 }

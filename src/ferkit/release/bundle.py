@@ -23,10 +23,11 @@ from ferkit.outputs import swap_into_place
 
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
 
-#: ``--default-runtime onnx-int8`` needs int8 within this of float32 on the val split.
+#: ``--default-runtime onnx-int8`` (or ``tflite-int8``) needs that int8 file within this
+#: of float32 on the val split.
 INT8_TOLERANCE = 0.003
 #: The runtimes a bundle may name as its default (``ferkit bundle --default-runtime``).
-DEFAULT_RUNTIMES = ("onnx", "onnx-int8")
+DEFAULT_RUNTIMES = ("onnx", "onnx-int8", "tflite-int8")
 
 
 def bundle_run(
@@ -177,7 +178,7 @@ def set_default_runtime(bundle_dir: str | os.PathLike[str], runtime: str) -> Non
 
     Raises:
         ValueError: ``runtime`` is not one of :data:`DEFAULT_RUNTIMES`, or its file is
-            missing; ``onnx-int8`` was asked for, but its val accuracy (``runtimes`` in
+            missing; an int8 runtime was asked for, but its file's val accuracy (``runtimes`` in
             ``metrics.json``, from :func:`ferkit.release.export.add_runtimes_to_bundle`)
             is more than :data:`INT8_TOLERANCE` under float32's, or was not measured.
     """
@@ -192,21 +193,22 @@ def set_default_runtime(bundle_dir: str | os.PathLike[str], runtime: str) -> Non
         )
     metrics_path = bundle_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
-    if runtime == "onnx-int8":
+    if runtime != "onnx":
+        int8_file = RUNTIME_FILES[runtime]
         runtimes = metrics.get("runtimes", {})
         try:
             float32 = runtimes["model.onnx"]["val_accuracy"]
-            int8 = runtimes["model.int8.onnx"]["val_accuracy"]
+            int8 = runtimes[int8_file]["val_accuracy"]
         except KeyError:
             raise ValueError(
-                f"{bundle_dir}: no val accuracy of both ONNX files in metrics.json; bundle "
-                "the run again"
+                f"{bundle_dir}: no val accuracy of model.onnx and {int8_file} in "
+                "metrics.json; bundle the run again"
             ) from None
         if int8 < float32 - INT8_TOLERANCE:
             raise ValueError(
-                f"{bundle_dir}: int8 scores {int8:.2%} on val against float32's {float32:.2%}, "
-                f"more than {INT8_TOLERANCE * 100:.1f} points under; float32 stays the "
-                "default (--backend onnx-int8 still runs it), so bundle without "
+                f"{bundle_dir}: {int8_file} scores {int8:.2%} on val against float32's "
+                f"{float32:.2%}, more than {INT8_TOLERANCE * 100:.1f} points under; float32 "
+                f"stays the default (--backend {runtime} still runs it), so bundle without "
                 "--default-runtime"
             )
     metrics["default_runtime"] = runtime

@@ -1,4 +1,4 @@
-"""Export a model for deployment: ONNX (float32 or int8) and TensorFlow Lite.
+"""Export a model for deployment: ONNX and TensorFlow Lite, each float32 or int8.
 
 ``ferkit export --format onnx|tflite [--quantize int8]`` writes a folder that describes
 itself, as a run folder does: the model file, ``labels.json``, ``calibration.json`` and
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ferkit.models.folder import ONNX_FILE, ONNX_INT8_FILE, TFLITE_FILE
+from ferkit.models.folder import ONNX_FILE, ONNX_INT8_FILE, TFLITE_FILE, TFLITE_INT8_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,35 @@ def export_tflite(model: Any, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def quantize_tflite(
+    model: Any, path: str | os.PathLike[str], calibration_faces: np.ndarray, batch_size: int = 32
+) -> Path:
+    """Write a Keras model as an int8 TensorFlow Lite flatbuffer: per-channel int8
+    weights and int8 activations calibrated on ``calibration_faces`` (real faces
+    ``(N, H, W, C)``; a thousand from the training split is plenty), float32 faces in
+    and float32 logits out, so it runs wherever the float file does. LiteRT runs it with
+    XNNPACK's int8 kernels."""
+    import tensorflow as tf
+
+    faces = np.asarray(calibration_faces, dtype=np.float32)
+    if len(faces) == 0:
+        raise ValueError("int8 quantization needs calibration faces; none were given")
+
+    def batches():
+        for start in range(0, len(faces), batch_size):
+            yield [faces[start : start + batch_size]]
+
+    function, _ = _inference_function(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], model
+    )
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = batches
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    Path(path).write_bytes(converter.convert())
+    return Path(path)
+
+
 def quantize_onnx(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -217,7 +246,7 @@ def export_model(
 
     Args:
         fmt: ``onnx`` or ``tflite``.
-        quantize: ``None`` or ``"int8"`` (ONNX only; needs ``calibration_data``).
+        quantize: ``None`` or ``"int8"`` (needs ``calibration_data``).
         calibration_data: a prepared dataset folder whose train faces calibrate int8.
         overwrite: replace an earlier export in ``out`` (see :mod:`ferkit.outputs`).
 
@@ -229,8 +258,6 @@ def export_model(
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}, not {fmt!r}")
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', not {quantize!r}")
-    if quantize and fmt != "onnx":
-        raise ValueError("int8 quantization is offered for ONNX; use --format onnx")
     if quantize and calibration_data is None:
         raise ValueError(
             "int8 needs real faces to calibrate: pass --calibration-data PREPARED_DIR "
@@ -275,6 +302,12 @@ def _export_into(
             path = quantize_onnx(float_path, out / ONNX_INT8_FILE, faces)
             details["calibration"] = {"data": str(calibration_data), "faces": len(faces)}
         exported: Any = OnnxModel(path, loaded.classes, loaded.temperature)
+    elif quantize:
+        faces = calibration_faces_from(calibration_data, n_calibration, seed)
+        check_faces = faces[:32]
+        path = quantize_tflite(loaded.model, out / TFLITE_INT8_FILE, faces)
+        details["calibration"] = {"data": str(calibration_data), "faces": len(faces)}
+        exported = TFLiteModel(path, loaded.classes, loaded.temperature)
     else:
         path = export_tflite(loaded.model, out / TFLITE_FILE)
         exported = TFLiteModel(path, loaded.classes, loaded.temperature)
@@ -289,39 +322,75 @@ def _export_into(
     logger.info("exported %s to %s", loaded.source, path)
 
 
+#: The int8 files a bundle carries, what runs each, and the backend that names it.
+INT8_FILES = {
+    ONNX_INT8_FILE: ("int8 ONNX Runtime", "onnx-int8"),
+    TFLITE_INT8_FILE: ("int8 LiteRT (XNNPACK's int8 kernels)", "tflite-int8"),
+}
+
+#: How the int8 files are quantized, as the model card says it.
+INT8_METHOD = (
+    "statically quantized: per-channel int8 weights, 8-bit activations calibrated on "
+    "1,024 training faces"
+)
+
+
 def runtimes_section(runtimes: dict[str, dict[str, float]], default: str = "onnx") -> str:
-    """The model card's "Runtimes" section: each ONNX file's val accuracy, and which one
-    ``predict`` uses by default (``default``: ``onnx`` or ``onnx-int8``)."""
-    if default == "onnx-int8":
+    """The model card's "Runtimes" section: each exported file's val accuracy (and its
+    accuracy and ECE on real photos, where ``runtimes`` has them), and which one
+    ``predict`` uses by default (``default``: ``onnx``, ``onnx-int8`` or
+    ``tflite-int8``)."""
+    from ferkit.models.folder import RUNTIME_FILES
+
+    file = RUNTIME_FILES[default]
+    photos = any("photos_accuracy" in values for values in runtimes.values())
+    if file in INT8_FILES:
+        kept = "on val and on the real photos, as well calibrated" if photos else "on val"
         lead = (
-            "Prediction uses int8 ONNX Runtime by default (`model.int8.onnx`, statically "
-            "quantized: per-channel int8 weights, uint8 activations calibrated on 1,024 "
-            "training faces), since it keeps float32's val accuracy within 0.3 points; "
-            "`--backend onnx` runs `model.onnx` (same outputs as Keras)"
+            f"Prediction uses {INT8_FILES[file][0]} by default (`{file}`, {INT8_METHOD}): "
+            f"it keeps float32's accuracy within 0.3 points {kept}; `--backend onnx` runs "
+            "`model.onnx` (same outputs as Keras)"
         )
     else:
-        lead = (
-            "Prediction uses ONNX Runtime by default (`model.onnx`, same outputs as Keras); "
-            "`model.int8.onnx` is statically quantized (per-channel int8 weights, uint8 "
-            "activations calibrated on 1,024 training faces) for about three times the "
-            "batched throughput"
-        )
-    rows = "\n".join(
-        f"| `{name}` | {values['val_accuracy']:.4f} | {values['max_abs_logit_difference']:.1e} |"
-        for name, values in runtimes.items()
+        others = [f"`{name}` on {what[0]}" for name, what in INT8_FILES.items() if name in runtimes]
+        lead = "Prediction uses ONNX Runtime by default (`model.onnx`, same outputs as Keras)"
+        if others:
+            lead += f"; int8 ({INT8_METHOD}) runs faster: {', '.join(others)}"
+    header = "| file | val accuracy | max abs logit difference from Keras |"
+    rule = "|---|---|---|"
+    if photos:
+        header += " real photos, end to end | photos ECE |"
+        rule += "---|---|"
+    rows = []
+    for name, values in runtimes.items():
+        row = f"| `{name}` | {values['val_accuracy']:.4f} | {values['max_abs_logit_difference']:.1e} |"
+        if photos and "photos_accuracy" in values:
+            row += f" {values['photos_accuracy']:.2%} | {values['photos_ece']:.3f} |"
+        elif photos:
+            row += " | |"
+        rows.append(row)
+    note = (
+        "\nReal photos: `ferkit benchmark photos --model FILE` over the 623 taiwanese "
+        "photos (the default detector with its fitted framing).\n"
+        if photos
+        else ""
     )
     return (
         "## Runtimes\n"
-        f"{lead} (`ferkit benchmark classifier`).\n\n"
-        "| file | val accuracy | max abs logit difference from Keras |\n|---|---|---|\n"
-        f"{rows}\n"
+        f"{lead}. Speeds: `ferkit benchmark classifier`.\n\n"
+        f"{header}\n{rule}\n" + "\n".join(rows) + "\n" + note
     )
 
 
 def add_runtimes_to_bundle(
-    bundle_dir: str | os.PathLike[str], calibration_data: str, val_split: Any = None
+    bundle_dir: str | os.PathLike[str],
+    calibration_data: str,
+    val_split: Any = None,
+    tflite_int8: bool = False,
 ) -> dict:
-    """Put float32 and int8 ONNX copies of a bundled model beside it, with checksums.
+    """Put float32 and int8 ONNX copies of a bundled model beside it (and an int8 LiteRT
+    one with ``tflite_int8``), with checksums; int8 is calibrated on
+    ``calibration_data``'s train faces.
 
     With ``val_split`` (a :class:`ferkit.data.dataset.Split`), each file's accuracy on it goes
     into the bundle's ``metrics.json`` under ``runtimes``.
@@ -329,16 +398,17 @@ def add_runtimes_to_bundle(
     Returns:
         ``export.json`` of each file, keyed by file name.
     """
-    from ferkit.inference.runtimes import OnnxModel
+    from ferkit.inference.runtimes import load_classifier
     from ferkit.models.folder import write_checksums
 
     bundle_dir = Path(bundle_dir)
     records = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for quantize in (None, "int8"):
-            folder = Path(scratch) / (quantize or "float")
+        exports = [("onnx", None), ("onnx", "int8")] + [("tflite", "int8")] * tflite_int8
+        for fmt, quantize in exports:
+            folder = Path(scratch) / f"{fmt}-{quantize or 'float'}"
             export_model(
-                bundle_dir, "onnx", folder, quantize=quantize, calibration_data=calibration_data
+                bundle_dir, fmt, folder, quantize=quantize, calibration_data=calibration_data
             )
             details = json.loads((folder / "export.json").read_text())
             shutil.copy2(folder / details["file"], bundle_dir / details["file"])
@@ -348,7 +418,7 @@ def add_runtimes_to_bundle(
         metrics = json.loads(metrics_path.read_text())
         runtimes = {}
         for name, details in records.items():
-            model = OnnxModel(bundle_dir / name, details["classes"])
+            model = load_classifier(bundle_dir / name, verify=False)
             predicted = model.predict_logits(val_split.images).argmax(axis=1)
             runtimes[name] = {
                 "val_accuracy": float((predicted == val_split.labels).mean()),
