@@ -77,7 +77,7 @@ def test_core_install_predicts_on_the_samples(tmp_path):
     assert by_name["justin.jpg"]["labels"] == ["happy"]
     assert by_name["no-faces.jpg"]["status"] == "no_face"
     assert by_name["woman2.mp4"]["frames"] == 60 and by_name["woman2.mp4"]["faces"] > 0
-    assert summary["model"].endswith("model.onnx")
+    assert summary["model"].endswith("model.int8.tflite")  # the default model's runtime
 
 
 @pytest.mark.real_data
@@ -123,7 +123,7 @@ def test_core_install_evaluates_the_bundled_model(tmp_path):
                   str(out), "--quiet")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["faces"] > 0 and metrics["model"]["runtime"] == "OnnxModel"
+    assert metrics["faces"] > 0 and metrics["model"]["runtime"] == "TFLiteModel"
     assert metrics["plots"] == {} and "pip install -e '.[report]'" in metrics["plots_skipped"]
     assert "'.[report]'" in result.stderr
     assert "No plots" in (out / "report.html").read_text()

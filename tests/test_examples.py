@@ -124,7 +124,7 @@ def test_evaluate_model_on_drawn_faces(tmp_path):
     assert number_after("accuracy", process.stdout) == pytest.approx(metrics["accuracy"], abs=1e-4)
     assert number_after("macro-F1", process.stdout) == pytest.approx(metrics["macro_f1"], abs=1e-4)
     assert metrics["classes"]["covered"] == ["angry", "happy", "sad", "surprise"]
-    assert metrics["model"]["runtime"] == "OnnxModel"  # the bundled model, on ONNX Runtime
+    assert metrics["model"]["runtime"] == "TFLiteModel"  # the bundled model's default: LiteRT
     assert (tmp_path / "eval" / "report.html").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["eval"]
 
@@ -135,9 +135,11 @@ def test_evaluate_model_reproduces_the_bundled_models_val_accuracy(tmp_path):
     val = require_shared("datasets", "fer2013", "val")
     process = run_example("evaluate_model.py", "--data", str(val), cwd=tmp_path)
     assert "split all" in process.stdout  # a folder without splits is scored whole
-    from ferkit.models.folder import DEFAULT_MODEL_DIR
+    from ferkit.models.folder import DEFAULT_MODEL_DIR, RUNTIME_FILES
 
-    stated = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())["val_accuracy"]
+    metrics = json.loads((DEFAULT_MODEL_DIR / "metrics.json").read_text())
+    default_file = RUNTIME_FILES[metrics["default_runtime"]]  # what evaluate runs
+    stated = metrics["runtimes"][default_file]["val_accuracy"]
     assert number_after("accuracy", process.stdout) == pytest.approx(stated, abs=5e-4)
     assert list(tmp_path.iterdir()) == []  # the evaluation went to a temporary folder
 

@@ -54,9 +54,11 @@ class EmotionRecognizer:
             framings (zoomed 0.9, 1 and 1.1) and their mirror images and the
             probabilities averaged (:data:`ferkit.framing.TTA_VIEWS`); about six times
             the classifier's work per face. Video frames never use it.
-        backend: classifier runtime (``auto``, ``keras``, ``onnx``, ``onnx-int8``,
-            ``tflite``); ``auto`` uses ONNX Runtime when the model has an ONNX file, so
-            the bundled model predicts without importing TensorFlow.
+        backend: classifier runtime (one of
+            :data:`ferkit.inference.runtimes.BACKENDS`); ``auto`` uses the runtime the
+            model folder names as its default (the bundled model's int8 LiteRT file),
+            else ONNX Runtime when the model has an ONNX file, so the installed models
+            predict without importing TensorFlow.
         faces: ``auto`` (small, roughly square images are taken as ready-cut face crops,
             others go through the detector), ``crop`` (every image is one face) or
             ``detect`` (always run the detector).
