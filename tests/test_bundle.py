@@ -227,3 +227,28 @@ def test_model_card_names_the_dataset_it_was_trained_on(fer2013_prepared, ferplu
         manifest = json.loads((fixture[1].out_dir / "manifest.json").read_text())
         assert dataset_title(manifest) == title
     assert dataset_title({"format": "folder", "source": "/data/my_faces"}) == "my_faces"
+
+
+def test_bundle_with_the_litert_default_makes_its_int8_file_and_applies_the_rule(
+    finished_run, tmp_path, capsys
+):
+    """--default-runtime tflite-int8 bundles model.int8.tflite (calibrated on the run's
+    training faces) and scores it on val: the bundle takes it as its default only if it
+    keeps float32's accuracy within 0.3 points, and otherwise nothing is bundled."""
+    from ferkit.inference.runtimes import TFLiteModel, default_backend, load_classifier
+
+    run, _ = finished_run
+    dest = tmp_path / "b"
+    code = main(["bundle", str(run), "--dest", str(dest), "--default-runtime", "tflite-int8"])
+    err = capsys.readouterr().err
+    if code == 0:
+        runtimes = json.loads((dest / "metrics.json").read_text())["runtimes"]
+        int8 = runtimes["model.int8.tflite"]["val_accuracy"]
+        assert int8 >= runtimes["model.onnx"]["val_accuracy"] - 0.003
+        assert default_backend(dest) == "tflite-int8"
+        assert isinstance(load_classifier(dest), TFLiteModel)
+        assert "Prediction uses int8 LiteRT" in (dest / "MODEL_CARD.md").read_text()
+    else:
+        assert code == 2 and "model.int8.tflite scores" in err, err
+        assert "float32 stays the default" in err and not dest.exists()
+    assert not any(path.name.startswith(".b") for path in tmp_path.iterdir())  # no staging

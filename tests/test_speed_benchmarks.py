@@ -132,6 +132,29 @@ def test_benchmark_crops_prints_the_baseline_and_the_target(tmp_path):
     assert ("NOT met" in target) == (rate < CROPS_TARGET)
 
 
+def test_benchmark_predict_video_times_float32_beside_the_default_path():
+    """The default model's int8 LiteRT path and float32 ONNX, each as a whole command on a
+    real video, and the verdict that the default is no slower."""
+    from ferkit.evaluation.throughput import benchmark_predict_video
+
+    video = require_shared("samples", "test.mp4")
+    table = benchmark_predict_video(video, repeats=1)
+    lines = table.splitlines()
+    rows = {line[:32].strip(): line.split() for line in lines[2:5]}
+    assert set(rows) == {
+        "default (--detect-every auto)",
+        "--detect-every 1 (baseline)",
+        "--backend onnx (float32)",
+    }, table
+    rates = {label: float(values[-2]) for label, values in rows.items()}
+    assert all(rate > 0 for rate in rates.values())
+    target = lines[-1]
+    assert target.startswith("target: the default path (tflite-int8) no slower than float32")
+    times = rates["default (--detect-every auto)"] / rates["--backend onnx (float32)"]
+    if abs(times - 1) > 0.01:  # the printed ratio is rounded
+        assert ("NOT met" in target) == (times < 1), table
+
+
 def test_a_bundle_takes_int8_as_its_default_only_where_int8_keeps_accuracy(tmp_path):
     from ferkit.models.folder import verify_checksums
     from ferkit.release.bundle import set_default_runtime
