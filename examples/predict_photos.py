@@ -41,7 +41,7 @@ def main() -> None:
     photos = args.photos or sorted(str(path) for path in SAMPLES.glob("*.jpg"))
 
     # Step 1: a recogniser. With no `model` it loads the model that ships with ferkit
-    # (checksums verified) on ONNX Runtime, and the chosen face detector.
+    # (checksums verified) on its default runtime, int8 LiteRT, and the chosen detector.
     recognizer = EmotionRecognizer(detector=args.detector)
     print(f"classes: {', '.join(recognizer.classes)}")
 

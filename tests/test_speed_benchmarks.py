@@ -190,6 +190,16 @@ def test_a_bundle_takes_int8_as_its_default_only_where_int8_keeps_accuracy(tmp_p
     set_default_runtime(folder, "tflite-int8")  # the installed default's own choice
     assert default_backend(folder) == "tflite-int8"
     assert "Prediction uses int8 LiteRT" in (folder / "MODEL_CARD.md").read_text()
+    lost = {
+        **runtimes,
+        "model.int8.tflite": {
+            **runtimes["model.int8.tflite"],
+            "val_accuracy": runtimes["model.onnx"]["val_accuracy"] - 0.004,
+        },
+    }
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "runtimes": lost}))
+    with pytest.raises(ValueError, match=r"model\.int8\.tflite scores .* float32 stays"):
+        set_default_runtime(folder, "tflite-int8")
     (folder / "model.int8.tflite").unlink()
     with pytest.raises(ValueError, match=r"no model\.int8\.tflite"):
         set_default_runtime(folder, "tflite-int8")

@@ -86,7 +86,7 @@ def add_bundle(subparsers: argparse._SubParsersAction) -> None:
         f"onnx-int8 or tflite-int8 is accepted only if its int8 file stays within "
         f"{INT8_TOLERANCE * 100:.1f} points of float32 on the val split, checked before the "
         "bundle is written (check the real photos too: 'ferkit benchmark photos --model "
-        "BUNDLE/model.int8.tflite'; default: float32 ONNX)",
+        "BUNDLE/INT8_FILE'; default: float32 ONNX)",
     )
     parser.set_defaults(handler=_run_bundle)
 
@@ -222,7 +222,7 @@ def add_export(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "export",
-        help="export a model to ONNX (float32 or int8) or TensorFlow Lite",
+        help="export a model to ONNX or TensorFlow Lite, float32 or int8",
         formatter_class=HelpFormatter,
         description=(
             "Write the bundled model (or --model) for deployment, with labels.json, "

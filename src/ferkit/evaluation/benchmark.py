@@ -135,7 +135,7 @@ def benchmark_models(
 
 VIDEO_PIPELINES = (
     # (label, detector, backend, detect_every, max_frames)
-    ("blazeface-full + onnx (default)", "blazeface-full", "onnx", 1, None),
+    ("blazeface-full + onnx", "blazeface-full", "onnx", 1, None),
     ("blazeface + onnx", "blazeface", "onnx", 1, None),
     ("blazeface-full + onnx, detect every 3rd", "blazeface-full", "onnx", 3, None),
     ("haar + keras (fer-style baseline)", "haar", "keras", 1, None),

@@ -177,21 +177,24 @@ def benchmark_classifier(
 def _interleaved_rates(
     passes: dict[str, Any], n_faces: int, repeats: int
 ) -> dict[str, list[float]]:
-    """Faces/s of each ``passes[name](batch)`` at every batch size of :data:`BATCHES`: the
-    median of ``repeats`` rounds, each round timing every runtime once in turn, so that a
-    machine whose speed drifts over the minutes of the benchmark slows them all alike
-    rather than whichever ran during a slow spell."""
-    for run in passes.values():  # warm up: first calls at each batch size are not timed
-        for b in BATCHES:
-            run(b)
-    timed: dict[str, list[list[float]]] = {name: [[] for _ in BATCHES] for name in passes}
-    for _ in range(repeats):
-        for column, b in enumerate(BATCHES):
+    """Faces/s of each ``passes[name](batch)`` at every batch size of :data:`BATCHES`: at
+    each batch size, the median of ``repeats`` rounds, each round timing every runtime
+    once in turn, so that a machine whose speed drifts over the minutes of the benchmark
+    slows them all alike rather than whichever ran during a slow spell. Each runtime's
+    first call at a batch size is not timed (LiteRT sizes its tensors there)."""
+    timed: dict[str, list[float]] = {name: [] for name in passes}
+    for b in BATCHES:
+        for run in passes.values():
+            run(b)  # warm up at this batch size
+        rounds: dict[str, list[float]] = {name: [] for name in passes}
+        for _ in range(repeats):
             for name, run in passes.items():
                 started = time.perf_counter()
                 run(b)
-                timed[name][column].append(_faces_at(b, n_faces) / (time.perf_counter() - started))
-    return {name: [statistics.median(r) for r in columns] for name, columns in timed.items()}
+                rounds[name].append(_faces_at(b, n_faces) / (time.perf_counter() - started))
+        for name, rates in rounds.items():
+            timed[name].append(statistics.median(rates))
+    return timed
 
 
 def _faces_at(batch: int, n_faces: int) -> int:

@@ -9,11 +9,11 @@ neither TensorFlow's import time (about 4 s) nor its per-call overhead.
 - ``auto``: the runtime the model folder names as its default (``default_runtime`` in
   its ``metrics.json``: an int8 file that kept float32's accuracy), else ONNX float32
   when the folder has it (same predictions as Keras to about 1e-6), else Keras.
-- ``onnx-int8``: int8 ONNX Runtime, about two and a half times the batched throughput of
+- ``onnx-int8``: int8 ONNX Runtime, about three to four times the batched throughput of
   float32 on a 2-core AVX-512 CPU for a fraction of a point of accuracy (see the model
   card).
-- ``tflite-int8``: the int8 LiteRT file (XNNPACK's int8 kernels), faster again than
-  int8 ONNX Runtime on such a CPU.
+- ``tflite-int8``: the int8 LiteRT file (XNNPACK's int8 kernels): about as fast as int8
+  ONNX Runtime in batches on such a CPU and faster one face at a time.
 - ``keras``, ``onnx``, ``tflite``: that runtime, or an error saying what is missing.
 - ``openvino``, ``openvino-int8``: the ONNX files run by OpenVINO (an optional extra).
 
@@ -108,7 +108,8 @@ class TFLiteModel(Classifier):
         except Exception as error:
             raise ModelLoadError(
                 f"{path}: not a loadable TensorFlow Lite model ({error_summary(error)}); export "
-                "it again with 'ferkit export --format tflite'"
+                "it again with 'ferkit export --format tflite' (with '--quantize int8 "
+                "--calibration-data PREPARED_DIR' for an int8 file)"
             ) from None
         detail = self._interpreter.get_input_details()[0]
         self._input = detail["index"]

@@ -336,19 +336,16 @@ INT8_METHOD = (
 
 
 def runtimes_section(runtimes: dict[str, dict[str, float]], default: str = "onnx") -> str:
-    """The model card's "Runtimes" section: each exported file's val accuracy (and its
-    accuracy and ECE on real photos, where ``runtimes`` has them), and which one
-    ``predict`` uses by default (``default``: ``onnx``, ``onnx-int8`` or
+    """The model card's "Runtimes" section: each exported file's val accuracy, and which
+    one ``predict`` uses by default (``default``: ``onnx``, ``onnx-int8`` or
     ``tflite-int8``)."""
     from ferkit.models.folder import RUNTIME_FILES
 
     file = RUNTIME_FILES[default]
-    photos = any("photos_accuracy" in values for values in runtimes.values())
     if file in INT8_FILES:
-        kept = "on val and on the real photos, as well calibrated" if photos else "on val"
         lead = (
-            f"Prediction uses {INT8_FILES[file][0]} by default (`{file}`, {INT8_METHOD}): "
-            f"it keeps float32's accuracy within 0.3 points {kept}; `--backend onnx` runs "
+            f"Prediction uses {INT8_FILES[file][0]} by default (`{file}`, {INT8_METHOD}), "
+            "since it keeps float32's val accuracy within 0.3 points; `--backend onnx` runs "
             "`model.onnx` (same outputs as Keras)"
         )
     else:
@@ -356,29 +353,15 @@ def runtimes_section(runtimes: dict[str, dict[str, float]], default: str = "onnx
         lead = "Prediction uses ONNX Runtime by default (`model.onnx`, same outputs as Keras)"
         if others:
             lead += f"; int8 ({INT8_METHOD}) runs faster: {', '.join(others)}"
-    header = "| file | val accuracy | max abs logit difference from Keras |"
-    rule = "|---|---|---|"
-    if photos:
-        header += " real photos, end to end | photos ECE |"
-        rule += "---|---|"
-    rows = []
-    for name, values in runtimes.items():
-        row = f"| `{name}` | {values['val_accuracy']:.4f} | {values['max_abs_logit_difference']:.1e} |"
-        if photos and "photos_accuracy" in values:
-            row += f" {values['photos_accuracy']:.2%} | {values['photos_ece']:.3f} |"
-        elif photos:
-            row += " | |"
-        rows.append(row)
-    note = (
-        "\nReal photos: `ferkit benchmark photos --model FILE` over the 623 taiwanese "
-        "photos (the default detector with its fitted framing).\n"
-        if photos
-        else ""
+    rows = "\n".join(
+        f"| `{name}` | {values['val_accuracy']:.4f} | {values['max_abs_logit_difference']:.1e} |"
+        for name, values in runtimes.items()
     )
     return (
         "## Runtimes\n"
         f"{lead}. Speeds: `ferkit benchmark classifier`.\n\n"
-        f"{header}\n{rule}\n" + "\n".join(rows) + "\n" + note
+        "| file | val accuracy | max abs logit difference from Keras |\n|---|---|---|\n"
+        f"{rows}\n"
     )
 
 
