@@ -12,8 +12,8 @@ neither TensorFlow's import time (about 4 s) nor its per-call overhead.
 - ``onnx-int8``: int8 ONNX Runtime, about three to four times the batched throughput of
   float32 on a 2-core AVX-512 CPU for a fraction of a point of accuracy (see the model
   card).
-- ``tflite-int8``: the int8 LiteRT file (XNNPACK's int8 kernels): about as fast as int8
-  ONNX Runtime in batches on such a CPU and faster one face at a time.
+- ``tflite-int8``: the int8 LiteRT file (XNNPACK's int8 kernels): on such a CPU about
+  1.5 times int8 ONNX Runtime's faces/s in batches and twice one face at a time.
 - ``keras``, ``onnx``, ``tflite``: that runtime, or an error saying what is missing.
 - ``openvino``, ``openvino-int8``: the ONNX files run by OpenVINO (an optional extra).
 
