@@ -16,8 +16,6 @@ the same network, classifies one face per call). The package itself is never imp
 from __future__ import annotations
 
 import importlib.util
-import statistics
-import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -56,8 +54,8 @@ def fer_inputs(faces: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PeerClassifier:
-    """fer's Keras classifier, loaded once; :meth:`faces_per_second` and
-    :meth:`probabilities` take ferkit's 48x48 grey faces."""
+    """fer's Keras classifier, loaded once: :meth:`probabilities` takes ferkit's 48x48
+    grey faces, :meth:`predict_inputs` the 64x64 inputs :func:`fer_inputs` makes of them."""
 
     model: Any
     version: str
@@ -93,18 +91,6 @@ class PeerClassifier:
                 for start in range(0, len(inputs), batch_size)
             ]
         )
-
-    def faces_per_second(self, faces: np.ndarray, batch_size: int, repeats: int) -> float:
-        """Median faces/s of ``predict_on_batch`` over ``faces`` in batches of
-        ``batch_size``, after one untimed batch (resizing and scaling not timed)."""
-        inputs = fer_inputs(faces)
-        self.predict_inputs(inputs[:batch_size], batch_size)  # warm-up: tracing
-        rates = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            self.predict_inputs(inputs, batch_size)
-            rates.append(len(inputs) / (time.perf_counter() - started))
-        return statistics.median(rates)
 
     def probabilities(self, faces: np.ndarray, classes: list[str]) -> np.ndarray:
         """fer's probabilities on ``faces``, as columns in the order of ``classes`` (a

@@ -139,13 +139,7 @@ class EmotionRecognizer:
         if isinstance(model, TFLiteModel) and threads is None:
             return model  # LiteRT's threads are the model's own: one per core
         if (threads, spin) not in self._models_on:
-            if isinstance(model, TFLiteModel):
-                made: Any = TFLiteModel(model.source, model.classes, model.temperature, threads)
-            else:
-                made = OnnxModel(
-                    model.source, model.classes, model.temperature, threads=threads, spin=spin
-                )
-            self._models_on[threads, spin] = made
+            self._models_on[threads, spin] = model.with_threads(threads, spin)
         return self._models_on[threads, spin]
 
     def with_detector(
@@ -164,8 +158,7 @@ class EmotionRecognizer:
         twin.detector = make_detector(detector or self.detector.name)
         twin._geometry_estimator = None  # LiteRT interpreters are not shared across threads
         if isinstance(self.model, TFLiteModel):  # one interpreter a thread, not taking turns
-            model = self.model
-            twin.model = TFLiteModel(model.source, model.classes, model.temperature, self.threads)
+            twin.model = self.model.with_threads(self.threads)
             twin._models_on = {}
         if geometry is not None:
             twin.geometry = bool(geometry)

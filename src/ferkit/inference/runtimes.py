@@ -82,6 +82,10 @@ class OnnxModel(Classifier):
         outputs = self._session.get_outputs()[0].shape
         self.check_outputs(outputs[-1] if outputs and isinstance(outputs[-1], int) else None)
 
+    def with_threads(self, threads: int | None, spin: bool = True) -> OnnxModel:
+        """The same file in a session of its own on ``threads`` threads."""
+        return OnnxModel(self.source, self.classes, self.temperature, threads, spin)
+
     def _run(self, faces: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: faces})[0]
 
@@ -119,6 +123,11 @@ class TFLiteModel(Classifier):
         self.check_outputs(int(output["shape"][-1]))
         self._batch = -1
         self._lock = threading.Lock()
+
+    def with_threads(self, threads: int | None, spin: bool = True) -> TFLiteModel:
+        """The same file in an interpreter of its own on ``threads`` threads (LiteRT's
+        thread pool has no spinning setting, so ``spin`` changes nothing)."""
+        return TFLiteModel(self.source, self.classes, self.temperature, threads)
 
     def _run(self, faces: np.ndarray) -> np.ndarray:
         with self._lock:

@@ -117,43 +117,32 @@ def flatten_input_rescale(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def export_tflite(model: Any, path: str | os.PathLike[str]) -> Path:
-    """Write a Keras model as a float32 TensorFlow Lite flatbuffer."""
-    import tensorflow as tf
-
-    function, _ = _inference_function(model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], model
-    )
-    Path(path).write_bytes(converter.convert())
-    return Path(path)
-
-
-def quantize_tflite(
-    model: Any, path: str | os.PathLike[str], calibration_faces: np.ndarray, batch_size: int = 32
+def export_tflite(
+    model: Any,
+    path: str | os.PathLike[str],
+    calibration_faces: np.ndarray | None = None,
+    batch_size: int = 32,
 ) -> Path:
-    """Write a Keras model as an int8 TensorFlow Lite flatbuffer: per-channel int8
-    weights and int8 activations calibrated on ``calibration_faces`` (real faces
-    ``(N, H, W, C)``; a thousand from the training split is plenty), float32 faces in
-    and float32 logits out, so it runs wherever the float file does. LiteRT runs it with
-    XNNPACK's int8 kernels."""
+    """Write a Keras model as a TensorFlow Lite flatbuffer: float32, or int8 when
+    ``calibration_faces`` are given (real faces ``(N, H, W, C)``; a thousand from the
+    training split is plenty): per-channel int8 weights and int8 activations calibrated
+    on them, float32 faces in and float32 logits out, so it runs wherever the float file
+    does. LiteRT runs the int8 file with XNNPACK's int8 kernels."""
     import tensorflow as tf
-
-    faces = np.asarray(calibration_faces, dtype=np.float32)
-    if len(faces) == 0:
-        raise ValueError("int8 quantization needs calibration faces; none were given")
-
-    def batches():
-        for start in range(0, len(faces), batch_size):
-            yield [faces[start : start + batch_size]]
 
     function, _ = _inference_function(model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [function.get_concrete_function()], model
     )
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = batches
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if calibration_faces is not None:
+        faces = np.asarray(calibration_faces, dtype=np.float32)
+        if len(faces) == 0:
+            raise ValueError("int8 quantization needs calibration faces; none were given")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [faces[start : start + batch_size]] for start in range(0, len(faces), batch_size)
+        )
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     Path(path).write_bytes(converter.convert())
     return Path(path)
 
@@ -292,24 +281,19 @@ def _export_into(
         "classes": loaded.classes,
         "image_shape": list(loaded.image_shape),
     }
-    if fmt == "onnx":
-        float_path = out / ONNX_FILE
-        export_onnx(loaded.model, float_path)
-        path = float_path
-        if quantize:
-            faces = calibration_faces_from(calibration_data, n_calibration, seed)
-            check_faces = faces[:32]
-            path = quantize_onnx(float_path, out / ONNX_INT8_FILE, faces)
-            details["calibration"] = {"data": str(calibration_data), "faces": len(faces)}
-        exported: Any = OnnxModel(path, loaded.classes, loaded.temperature)
-    elif quantize:
+    faces = None
+    if quantize:
         faces = calibration_faces_from(calibration_data, n_calibration, seed)
         check_faces = faces[:32]
-        path = quantize_tflite(loaded.model, out / TFLITE_INT8_FILE, faces)
         details["calibration"] = {"data": str(calibration_data), "faces": len(faces)}
-        exported = TFLiteModel(path, loaded.classes, loaded.temperature)
+    if fmt == "onnx":
+        path = export_onnx(loaded.model, out / ONNX_FILE)
+        if faces is not None:
+            path = quantize_onnx(path, out / ONNX_INT8_FILE, faces)
+        exported: Any = OnnxModel(path, loaded.classes, loaded.temperature)
     else:
-        path = export_tflite(loaded.model, out / TFLITE_FILE)
+        name = TFLITE_FILE if faces is None else TFLITE_INT8_FILE
+        path = export_tflite(loaded.model, out / name, faces)
         exported = TFLiteModel(path, loaded.classes, loaded.temperature)
     details["file"] = path.name
     details["max_abs_logit_difference"] = max_abs_difference(exported, loaded.model, check_faces)
@@ -387,7 +371,9 @@ def add_runtimes_to_bundle(
     bundle_dir = Path(bundle_dir)
     records = {}
     with tempfile.TemporaryDirectory() as scratch:
-        exports = [("onnx", None), ("onnx", "int8")] + [("tflite", "int8")] * tflite_int8
+        exports = [("onnx", None), ("onnx", "int8")]
+        if tflite_int8:
+            exports.append(("tflite", "int8"))
         for fmt, quantize in exports:
             folder = Path(scratch) / f"{fmt}-{quantize or 'float'}"
             export_model(
