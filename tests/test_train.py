@@ -323,7 +323,8 @@ from ferkit.training.config import TrainConfig
 from ferkit.training.trainer import train
 from ferkit.training.keras_engine import _strategy
 import json
-config = TrainConfig(data={str(drawn)!r}, model={TINY_MODEL!r}, epochs=1, batch_size=32, distribute="mirrored")
+config = TrainConfig(data={str(drawn)!r}, model={TINY_MODEL!r}, epochs=1, batch_size=32,
+                     limit_train=128, distribute="mirrored")
 assert _strategy(config).num_replicas_in_sync == 2
 result = train(config, {str(tmp_path / "run")!r}, verbose=0)
 print(json.dumps(result.metrics["epochs_trained"]))
@@ -424,3 +425,27 @@ def test_short_run_on_real_fer2013_beats_the_majority_class(fer2013_prepared, tm
     majority_rate = np.bincount(val_labels).max() / len(val_labels)
     print("short run val accuracy", result.metrics["val_accuracy"], "majority", majority_rate)
     assert result.metrics["val_accuracy"] > majority_rate + 0.08, (result.metrics, majority_rate)
+
+
+def test_yaml_numbers_are_read_as_numbers_and_wrong_types_name_the_setting(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string; a settings file with it trains at 0.001, and a
+    value of the wrong type is refused with the file and the setting named."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "learning_rate: 1e-3\nepochs: 3.0\nbatch_size: '64'\nsoft_labels: true\n"
+        "model: {dropout_rate: 5e-1, widths: [8, 16], augment: {zoom: 1e-1}}\n"
+    )
+    settings = TrainConfig.from_yaml(config)
+    assert settings.learning_rate == 0.001 and isinstance(settings.learning_rate, float)
+    assert (settings.epochs, settings.batch_size, settings.soft_labels) == (3, 64, True)
+    assert settings.model == {"dropout_rate": 0.5, "widths": [8, 16], "augment": {"zoom": 0.1}}
+    for line, words in [
+        ("learning_rate: fast", "learning_rate must be a number, not 'fast'"),
+        ("epochs: 2.5", "epochs must be a whole number, not 2.5"),
+        ("soft_labels: 1", "soft_labels must be true or false, not 1"),
+        ("model: {blocks_per_stage: two}", "model: blocks_per_stage must be a whole number"),
+        ("model: {augment: {flip: 'no'}}", "model: augment: flip must be true or false"),
+    ]:
+        config.write_text(line + "\n")
+        with pytest.raises(ValueError, match=f"config.yaml: {words}"):
+            TrainConfig.from_yaml(config)

@@ -53,6 +53,42 @@ def check_choices(config: Any) -> None:
             raise ValueError(f"{field.name} must be one of {allowed}, not {value!r}")
 
 
+def typed_values(owner: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Settings read from a file, checked against dataclass ``owner``'s field types:
+    numbers as YAML 1.1 reads them (``1e-3`` is a string there, ``1.0e-3`` a float) become
+    numbers; a value of the wrong type is a ValueError naming ``where`` and the setting.
+    Fields of other types, and names ``owner`` lacks, pass unchanged."""
+    kinds = {field.name: field.type for field in dataclasses.fields(owner)}
+    return {name: _typed(kinds.get(name), name, value, where) for name, value in values.items()}
+
+
+_KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
+def _typed(kind: Any, name: str, value: Any, where: str) -> Any:
+    if value is None or kind not in _KIND_WORDS:
+        return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if kind == "float":
+                return number
+            if number.is_integer():
+                return int(number)
+    elif not isinstance(value, bool) and isinstance(value, int | float):
+        if kind == "float":
+            return float(value)
+        if float(value).is_integer():
+            return int(value)
+    raise ValueError(f"{where}: {name} must be {_KIND_WORDS[kind]}, not {value!r}")
+
+
 def add_option(
     parser: argparse.ArgumentParser,
     owner: Any,

@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from ferkit.settings import check_choices, setting
+from ferkit.models.config import AugmentConfig, ModelConfig
+from ferkit.settings import check_choices, setting, typed_values
 
 #: The training engines (see :mod:`ferkit.training.trainer`).
 ENGINES = ("keras", "torch")
@@ -94,6 +95,13 @@ class TrainConfig:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+        values = typed_values(cls, values, str(path))
+        if isinstance(values.get("model"), dict):
+            model = typed_values(ModelConfig, values["model"], f"{path}: model")
+            if isinstance(model.get("augment"), dict):
+                where = f"{path}: model: augment"
+                model["augment"] = typed_values(AugmentConfig, model["augment"], where)
+            values["model"] = model
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
 
