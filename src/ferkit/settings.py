@@ -58,7 +58,7 @@ def typed_values(owner: Any, values: dict[str, Any], where: str) -> dict[str, An
     numbers as YAML 1.1 reads them (``1e-3`` is a string there, ``1.0e-3`` a float) become
     numbers; a value of the wrong type is a ValueError naming ``where`` and the setting.
     Fields of other types, and names ``owner`` lacks, pass unchanged."""
-    kinds = {field.name: field.type for field in dataclasses.fields(owner)}
+    kinds = {f.name: getattr(f.type, "__name__", f.type) for f in dataclasses.fields(owner)}
     return {name: _typed(kinds.get(name), name, value, where) for name, value in values.items()}
 
 
