@@ -428,7 +428,7 @@ def test_short_run_on_real_fer2013_beats_the_majority_class(fer2013_prepared, tm
 
 
 def test_yaml_numbers_are_read_as_numbers_and_wrong_types_name_the_setting(tmp_path):
-    """YAML 1.1 reads ``1e-3`` as a string; a settings file with it trains at 0.001, and a
+    """YAML 1.1 reads ``1e-3`` as a string; a settings file with it sets 0.001, and a
     value of the wrong type is refused with the file and the setting named."""
     config = tmp_path / "config.yaml"
     config.write_text(
