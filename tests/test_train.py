@@ -433,16 +433,21 @@ def test_yaml_numbers_are_read_as_numbers_and_wrong_types_name_the_setting(tmp_p
     config = tmp_path / "config.yaml"
     config.write_text(
         "learning_rate: 1e-3\nepochs: 3.0\nbatch_size: '64'\nsoft_labels: true\n"
+        "seed: '9007199254740993'\n"
         "model: {dropout_rate: 5e-1, widths: [8, 16], augment: {zoom: 1e-1}}\n"
     )
     settings = TrainConfig.from_yaml(config)
     assert settings.learning_rate == 0.001 and isinstance(settings.learning_rate, float)
     assert (settings.epochs, settings.batch_size, settings.soft_labels) == (3, 64, True)
+    assert settings.seed == 9007199254740993  # exactly: whole numbers are not floats
     assert settings.model == {"dropout_rate": 0.5, "widths": [8, 16], "augment": {"zoom": 0.1}}
     for line, words in [
         ("learning_rate: fast", "learning_rate must be a number, not 'fast'"),
         ("epochs: 2.5", "epochs must be a whole number, not 2.5"),
         ("soft_labels: 1", "soft_labels must be true or false, not 1"),
+        ("epochs:", "epochs must be a whole number, not None"),
+        ("learning_rate: nan", "learning_rate must be a number, not 'nan'"),
+        ("learning_rate: .inf", "learning_rate must be a number, not inf"),
         ("model: {blocks_per_stage: two}", "model: blocks_per_stage must be a whole number"),
         ("model: {augment: {flip: 'no'}}", "model: augment: flip must be true or false"),
     ]:

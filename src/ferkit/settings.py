@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,10 +55,12 @@ def check_choices(config: Any) -> None:
 
 
 def typed_values(owner: Any, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Settings read from a file, checked against dataclass ``owner``'s field types:
-    numbers as YAML 1.1 reads them (``1e-3`` is a string there, ``1.0e-3`` a float) become
-    numbers; a value of the wrong type is a ValueError naming ``where`` and the setting.
-    Fields of other types, and names ``owner`` lacks, pass unchanged."""
+    """Settings read from a file, checked against dataclass ``owner``'s whole-number,
+    number and true/false fields: numbers written as text (YAML 1.1 reads ``1e-3`` as
+    text; ``'64'`` is quoted) become numbers; an empty value where the setting has no
+    "none", a number that is not finite, or a value of another type is a ValueError
+    naming ``where`` and the setting. Other fields, and names ``owner`` lacks, pass
+    unchanged."""
     kinds = {f.name: getattr(f.type, "__name__", f.type) for f in dataclasses.fields(owner)}
     return {name: _typed(kinds.get(name), name, value, where) for name, value in values.items()}
 
@@ -66,27 +69,45 @@ _KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or fa
 
 
 def _typed(kind: Any, name: str, value: Any, where: str) -> Any:
-    if value is None or kind not in _KIND_WORDS:
+    if kind not in _KIND_WORDS:
         return value
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-    elif isinstance(value, str):
+    if value is not None:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+        elif kind == "int":
+            whole = _whole_number(value)
+            if whole is not None:
+                return whole
+        else:
+            number = _finite_number(value)
+            if number is not None:
+                return number
+    raise ValueError(f"{where}: {name} must be {_KIND_WORDS[kind]}, not {value!r}")
+
+
+def _whole_number(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
         try:
-            number = float(value)
+            return int(value.strip())
         except ValueError:
             pass
-        else:
-            if kind == "float":
-                return number
-            if number.is_integer():
-                return int(number)
-    elif not isinstance(value, bool) and isinstance(value, int | float):
-        if kind == "float":
-            return float(value)
-        if float(value).is_integer():
-            return int(value)
-    raise ValueError(f"{where}: {name} must be {_KIND_WORDS[kind]}, not {value!r}")
+    number = _finite_number(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _finite_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def add_option(
