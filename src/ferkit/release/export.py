@@ -306,10 +306,10 @@ def _export_into(
     logger.info("exported %s to %s", loaded.source, path)
 
 
-#: The int8 files a bundle carries, what runs each, and the backend that names it.
+#: The int8 files a bundle carries, and what runs each.
 INT8_FILES = {
-    ONNX_INT8_FILE: ("int8 ONNX Runtime", "onnx-int8"),
-    TFLITE_INT8_FILE: ("int8 LiteRT (XNNPACK's int8 kernels)", "tflite-int8"),
+    ONNX_INT8_FILE: "int8 ONNX Runtime",
+    TFLITE_INT8_FILE: "int8 LiteRT (XNNPACK's int8 kernels)",
 }
 
 #: How the int8 files are quantized, as the model card says it.
@@ -328,12 +328,12 @@ def runtimes_section(runtimes: dict[str, dict[str, float]], default: str = "onnx
     file = RUNTIME_FILES[default]
     if file in INT8_FILES:
         lead = (
-            f"Prediction uses {INT8_FILES[file][0]} by default (`{file}`, {INT8_METHOD}), "
+            f"Prediction uses {INT8_FILES[file]} by default (`{file}`, {INT8_METHOD}), "
             "since it keeps float32's val accuracy within 0.3 points; `--backend onnx` runs "
             "`model.onnx` (same outputs as Keras)"
         )
     else:
-        others = [f"`{name}` on {what[0]}" for name, what in INT8_FILES.items() if name in runtimes]
+        others = [f"`{name}` on {what}" for name, what in INT8_FILES.items() if name in runtimes]
         lead = "Prediction uses ONNX Runtime by default (`model.onnx`, same outputs as Keras)"
         if others:
             lead += f"; int8 ({INT8_METHOD}) runs faster: {', '.join(others)}"
