@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ferkit import images
 from ferkit.images import (
     MAX_JPEG_SCANS,
     ImageReadError,
@@ -214,7 +215,7 @@ def test_jpegs_within_the_scan_limit_decode():
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     # Restart markers and 0xFF00 stuffing in the entropy data are not markers.
     progressive = _jpeg(Image.fromarray(noise), progressive=True, restart_marker_blocks=1)
-    assert count_jpeg_scans(progressive) == (10, 64 * 64)
+    assert count_jpeg_scans(progressive) == (10, 64 * 64, True)
     assert count_jpeg_scans(_jpeg(Image.fromarray(noise))).count == 1
     # A segment's content is skipped by its length: an embedded thumbnail's scans (here
     # a comment full of SOS bytes) are not the image's.
@@ -223,6 +224,47 @@ def test_jpegs_within_the_scan_limit_decode():
     with_comment = progressive[:2] + comment + progressive[2:]
     assert count_jpeg_scans(with_comment).count == 10
     assert decode_image(with_comment).shape == (64, 64, 3)
+
+
+def _decoded_by_pillow(data: bytes, color: bool, monkeypatch) -> np.ndarray:
+    with monkeypatch.context() as patch:
+        patch.setattr("ferkit.images._decode_plain_jpeg", lambda *args: None)
+        return decode_image(data, color=color)
+
+
+def test_plain_jpegs_decode_by_opencv_to_pillows_pixels(monkeypatch):
+    """Plain 8-bit gray and YCbCr JPEGs, baseline or progressive, take OpenCV's one-call
+    decoder and come out as the very pixels of Pillow's; a JPEG with EXIF (its
+    orientation), an Adobe transform (CMYK), no end marker, or gray wanted of a colour
+    file is decoded by Pillow."""
+    rng = np.random.default_rng(1)
+    colour = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    gray = Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    calls = []
+    real = images._decode_plain_jpeg
+    monkeypatch.setattr(images, "_decode_plain_jpeg", lambda *args: calls.append(1) or real(*args))
+    for image in (colour, gray):
+        for options in ({}, {"progressive": True}, {"subsampling": 0, "quality": 95}):
+            data = _jpeg(image, **options)
+            assert count_jpeg_scans(data).plain
+            for color in (True, False):
+                calls.clear()
+                decoded = decode_image(data, color=color)
+                assert calls == [1]
+                expected = _decoded_by_pillow(data, color, monkeypatch)
+                assert decoded.dtype == np.uint8
+                np.testing.assert_array_equal(decoded, expected)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    not_plain = {
+        "exif": _jpeg(colour, exif=exif),
+        "cmyk": _jpeg(colour.convert("CMYK")),
+        "truncated": _jpeg(colour)[:-2],
+    }
+    for name, data in not_plain.items():
+        assert not count_jpeg_scans(data).plain, name
+    assert decode_image(not_plain["exif"]).shape == (53, 37, 3)  # turned, by Pillow
+    assert decode_image(not_plain["cmyk"]).shape == (37, 53, 3)
 
 
 def test_the_scan_count_survives_garbage_cheaply():
