@@ -233,38 +233,73 @@ def _decoded_by_pillow(data: bytes, color: bool, monkeypatch) -> np.ndarray:
 
 
 def test_plain_jpegs_decode_by_opencv_to_pillows_pixels(monkeypatch):
-    """Plain 8-bit gray and YCbCr JPEGs, baseline or progressive, take OpenCV's one-call
-    decoder and come out as the very pixels of Pillow's; a JPEG with EXIF (its
-    orientation), an Adobe transform (CMYK), no end marker, or gray wanted of a colour
-    file is decoded by Pillow."""
+    """Plain 8-bit gray and YCbCr JPEGs, baseline or progressive, are decoded by OpenCV
+    (in one call) to the very pixels of Pillow's; gray wanted of a colour file goes to
+    Pillow, whose luma is not the file's own."""
     rng = np.random.default_rng(1)
     colour = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
     gray = Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8))
-    calls = []
-    real = images._decode_plain_jpeg
-    monkeypatch.setattr(images, "_decode_plain_jpeg", lambda *args: calls.append(1) or real(*args))
     for image in (colour, gray):
         for options in ({}, {"progressive": True}, {"subsampling": 0, "quality": 95}):
             data = _jpeg(image, **options)
             assert count_jpeg_scans(data).plain
             for color in (True, False):
-                calls.clear()
+                by_opencv = images._decode_plain_jpeg(data, color)
+                assert (by_opencv is None) == (image is colour and not color)
                 decoded = decode_image(data, color=color)
-                assert calls == [1]
-                expected = _decoded_by_pillow(data, color, monkeypatch)
                 assert decoded.dtype == np.uint8
-                np.testing.assert_array_equal(decoded, expected)
+                np.testing.assert_array_equal(decoded, _decoded_by_pillow(data, color, monkeypatch))
+                if by_opencv is not None:
+                    np.testing.assert_array_equal(decoded, by_opencv)
+
+
+def test_jpegs_that_are_not_plain_are_left_to_pillow(monkeypatch):
+    """What OpenCV would read otherwise than Pillow goes to Pillow: an orientation (EXIF
+    or XMP), a colour transform (Adobe, CMYK), a missing end, and malformed structure
+    that libjpeg passes over but Pillow refuses."""
+    rng = np.random.default_rng(2)
+    colour = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    good = _jpeg(colour)
+    body = good[:-2]  # without its end-of-image marker
     exif = Image.Exif()
     exif[0x0112] = 6
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+        b'22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/">'
+        b"<tiff:Orientation>8</tiff:Orientation></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    sos = body[body.index(b"\xff\xda") :][:14]  # a scan header
     not_plain = {
         "exif": _jpeg(colour, exif=exif),
+        "xmp": _jpeg(colour, xmp=xmp),
         "cmyk": _jpeg(colour.convert("CMYK")),
-        "truncated": _jpeg(colour)[:-2],
+        "no end": body,
+        "TEM in the header": good[:2] + b"\xff\x01" + good[2:],
+        "short JFIF": good[:2] + b"\xff\xe0\x00\x07JFIF\x00" + good[2:],
+        "reserved marker after the scan": body + b"\xff\x02\x00\x02\xff\xd9",
+        "second scan of a baseline frame": body + sos + b"\xff\xd9",
+        "start of image in the scan": body + b"\xff\xd8\xff\xd9",
     }
     for name, data in not_plain.items():
-        assert not count_jpeg_scans(data).plain, name
-    assert decode_image(not_plain["exif"]).shape == (53, 37, 3)  # turned, by Pillow
-    assert decode_image(not_plain["cmyk"]).shape == (37, 53, 3)
+        scans = count_jpeg_scans(data)
+        assert scans is not None and not scans.plain, name
+        try:
+            expected = _decoded_by_pillow(data, True, monkeypatch)
+        except ImageReadError as error:
+            with pytest.raises(ImageReadError) as caught:
+                decode_image(data)
+            assert str(caught.value) == str(error), name
+        else:
+            np.testing.assert_array_equal(decode_image(data), expected)
+    assert decode_image(not_plain["exif"]).shape == (53, 37, 3)  # turned
+    assert decode_image(not_plain["xmp"]).shape == (53, 37, 3)
+    with pytest.raises(ImageReadError, match="corrupt"):
+        decode_image(not_plain["TEM in the header"])
+    # Over Pillow's decompression-bomb limit a plain JPEG is refused as Pillow refuses it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)
+    with pytest.raises(ImageReadError, match="1961 pixels") as caught:
+        decode_image(good)
+    assert caught.value.kind == "too_large"
 
 
 def test_the_scan_count_survives_garbage_cheaply():

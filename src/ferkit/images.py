@@ -151,7 +151,13 @@ def normalise_mode(image: Image.Image, color: bool) -> Image.Image:
 #: (0xD0-0xD7), SOI (0xD8, met again only in a broken file) or a fill byte (0xFF). In
 #: entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker.
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\x01\xd0-\xd8\xff]")
-_EOI, _SOS, _APP1, _APP14 = 0xD9, 0xDA, 0xE1, 0xEE
+_EOI, _SOS, _APP0, _DHT, _SOF_PROGRESSIVE = 0xD9, 0xDA, 0xE0, 0xC4, 0xC2
+#: The segments a plain JPEG (:attr:`JpegScans.plain`) has before its first scan: JFIF
+#: (APP0, whole), quantisation and Huffman tables, restart interval, comments, its one
+#: baseline, extended or progressive frame header, and the scan. No other application
+#: segment: EXIF and XMP carry an orientation, ICC a profile, Adobe's a colour transform.
+_PLAIN_HEADER = frozenset({_APP0, 0xDB, _DHT, 0xDD, 0xFE, 0xC0, 0xC1, _SOF_PROGRESSIVE, _SOS})
+_JFIF_LENGTH = 16
 #: Start-of-frame markers (0xC0-0xCF but DHT, JPG and DAC): they give the image's size.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -161,9 +167,11 @@ class JpegScans(NamedTuple):
 
     count: int  #: scans (start-of-scan segments)
     pixels: int  #: of the frame at full resolution; 0 when no frame header was read
-    #: Whether the file is a plain 8-bit gray or YCbCr JPEG, read to its end-of-image
-    #: marker, with no EXIF (so no orientation to apply) and no Adobe colour transform:
-    #: one that OpenCV decodes to the very pixels Pillow gives (:func:`decode_image`).
+    #: Whether the file is a plain 8-bit gray or YCbCr JPEG: one baseline or progressive
+    #: frame, a header of only the segments of :data:`_PLAIN_HEADER` one after another,
+    #: only Huffman tables between its scans, and its end-of-image marker; no EXIF or XMP
+    #: (so no orientation to apply), no colour profile or transform. OpenCV decodes one
+    #: to the very pixels Pillow gives, and fails where Pillow fails (:func:`decode_image`).
     plain: bool = False
 
 
@@ -180,32 +188,37 @@ def count_jpeg_scans(data: bytes) -> JpegScans | None:
         :data:`MAX_JPEG_SEGMENTS` marker segments (no encoder writes that many).
     """
     scans = pixels = frames = 0
-    position, end, simple, ended = 2, len(data), True, False
+    position, end = 2, len(data)
+    plain, progressive, ended = True, False, False
     for _ in range(MAX_JPEG_SEGMENTS):
         marker = _JPEG_MARKER.search(data, position)
         if marker is None:
             break
         at, code = marker.end(), data[marker.end() - 1]
+        if scans:  # a marker after entropy-coded data, which holds no stray start of image
+            plain &= data.find(b"\xff\xd8", position, marker.start()) < 0
         if code == _EOI or at + 2 > end:
             ended = code == _EOI
             break
         length = int.from_bytes(data[at : at + 2], "big")
         if length < 2:  # malformed: the decoder names it
             break
+        if not scans:  # the header: segment after segment, each of a plain kind
+            plain &= marker.start() == position and code in _PLAIN_HEADER
+            plain &= code != _APP0 or length >= _JFIF_LENGTH
+        else:  # between the scans of a progressive JPEG: Huffman tables and scans only
+            plain &= progressive and code in (_DHT, _SOS)
         scans += code == _SOS
         if code in _SOF and at + 8 <= end:  # length, precision, height, width, components
             height = int.from_bytes(data[at + 3 : at + 5], "big")
             pixels = max(pixels, height * int.from_bytes(data[at + 5 : at + 7], "big"))
             frames += 1
-            simple &= data[at + 2] == 8 and data[at + 7] in (1, 3)
-        elif code == _APP1:
-            simple &= not data[at + 2 : at + 6].startswith(b"Exif")
-        elif code == _APP14:  # Adobe: the colour transform is the decoder's guess
-            simple = False
+            plain &= data[at + 2] == 8 and data[at + 7] in (1, 3)
+            progressive = code == _SOF_PROGRESSIVE
         position = at + length
     else:
         return None
-    return JpegScans(scans, pixels, simple and ended and frames == 1 and scans > 0)
+    return JpegScans(scans, pixels, plain and ended and frames == 1 and scans > 0)
 
 
 def _check_jpeg_scans(data: bytes, source: str | os.PathLike[str], max_pixels: int) -> JpegScans:
@@ -285,7 +298,11 @@ def decode_memory(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
             width, height, mode = image.width, image.height, image.mode
-    except Exception:  # decode_image says what is wrong with it
+    except Exception:  # decode_image says what is wrong with it; a plain JPEG, which
+        # OpenCV decodes, is counted from its markers whatever Pillow makes of it
+        scans = count_jpeg_scans(data) if data.startswith(b"\xff\xd8\xff") else None
+        if scans is not None and scans.plain:
+            return min(scans.pixels, max_pixels) * _DECODE_BYTES_PER_PIXEL_OTHER
         return 0
     per_pixel = _DECODE_BYTES_PER_PIXEL.get(mode, _DECODE_BYTES_PER_PIXEL_OTHER)
     return min(width * height, max_pixels) * per_pixel
@@ -316,7 +333,7 @@ def decode_image(
         raise ImageReadError(source, "empty file (0 bytes): re-download or delete it")
     if data.startswith(b"\xff\xd8\xff"):
         scans = _check_jpeg_scans(data, source, max_pixels)
-        if scans.plain and scans.pixels <= max_pixels:
+        if scans.plain and scans.pixels <= min(max_pixels, _pillow_pixel_limit()):
             array = _decode_plain_jpeg(data, color)
             if array is not None:
                 return array
@@ -363,6 +380,16 @@ def decode_image(
     return array
 
 
+def _pillow_pixel_limit() -> int:
+    """The most pixels Pillow decodes (over twice ``Image.MAX_IMAGE_PIXELS`` it refuses a
+    file as a decompression bomb), within OpenCV's own limit of 2**30."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return min(2 * limit, _OPENCV_MAX_PIXELS) if limit else _OPENCV_MAX_PIXELS
+
+
+_OPENCV_MAX_PIXELS = 1 << 30
+
+
 def _decode_plain_jpeg(data: bytes, color: bool) -> np.ndarray | None:
     """A plain JPEG (:attr:`JpegScans.plain`) decoded by OpenCV in one call that
     releases the GIL, about ten times faster than Pillow on a small face crop; the same
@@ -371,8 +398,10 @@ def _decode_plain_jpeg(data: bytes, color: bool) -> np.ndarray | None:
     :func:`decode_image` then decodes with Pillow."""
     import cv2
 
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)  # no EXIF applied
+    try:
+        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
     if array is None or array.size == 0 or array.dtype != np.uint8:
         return None
     if array.ndim == 2:
