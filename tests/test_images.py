@@ -215,7 +215,7 @@ def test_jpegs_within_the_scan_limit_decode():
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     # Restart markers and 0xFF00 stuffing in the entropy data are not markers.
     progressive = _jpeg(Image.fromarray(noise), progressive=True, restart_marker_blocks=1)
-    assert count_jpeg_scans(progressive) == (10, 64 * 64, True)
+    assert count_jpeg_scans(progressive) == (10, 64 * 64, True, 3)
     assert count_jpeg_scans(_jpeg(Image.fromarray(noise))).count == 1
     # A segment's content is skipped by its length: an embedded thumbnail's scans (here
     # a comment full of SOS bytes) are not the image's.
@@ -239,18 +239,27 @@ def test_plain_jpegs_decode_by_opencv_to_pillows_pixels(monkeypatch):
     rng = np.random.default_rng(1)
     colour = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
     gray = Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    calls, real = [], images._decode_plain_jpeg
+
+    def recorded(data: bytes) -> np.ndarray | None:
+        array = real(data)
+        calls.append(array is not None)
+        return array
+
     for image in (colour, gray):
         for options in ({}, {"progressive": True}, {"subsampling": 0, "quality": 95}):
             data = _jpeg(image, **options)
-            assert count_jpeg_scans(data).plain
+            scans = count_jpeg_scans(data)
+            assert scans.plain and scans.components == (3 if image is colour else 1)
+            assert images._decode_plain_jpeg(data) is not None
             for color in (True, False):
-                by_opencv = images._decode_plain_jpeg(data, color)
-                assert (by_opencv is None) == (image is colour and not color)
-                decoded = decode_image(data, color=color)
+                calls.clear()
+                with monkeypatch.context() as patch:
+                    patch.setattr(images, "_decode_plain_jpeg", recorded)
+                    decoded = decode_image(data, color=color)
+                assert calls == ([] if image is colour and not color else [True])
                 assert decoded.dtype == np.uint8
                 np.testing.assert_array_equal(decoded, _decoded_by_pillow(data, color, monkeypatch))
-                if by_opencv is not None:
-                    np.testing.assert_array_equal(decoded, by_opencv)
 
 
 def test_jpegs_that_are_not_plain_are_left_to_pillow(monkeypatch):

@@ -173,6 +173,7 @@ class JpegScans(NamedTuple):
     #: (so no orientation to apply), no colour profile or transform. OpenCV decodes one
     #: to the very pixels Pillow gives, and fails where Pillow fails (:func:`decode_image`).
     plain: bool = False
+    components: int = 0  #: of the frame: 1 gray, 3 colour; 0 when no frame header was read
 
 
 def count_jpeg_scans(data: bytes) -> JpegScans | None:
@@ -187,7 +188,7 @@ def count_jpeg_scans(data: bytes) -> JpegScans | None:
         The scans and pixels, or None when the file has more than
         :data:`MAX_JPEG_SEGMENTS` marker segments (no encoder writes that many).
     """
-    scans = pixels = frames = 0
+    scans = pixels = frames = components = 0
     position, end = 2, len(data)
     plain, progressive, ended = True, False, False
     for _ in range(MAX_JPEG_SEGMENTS):
@@ -212,13 +213,14 @@ def count_jpeg_scans(data: bytes) -> JpegScans | None:
         if code in _SOF and at + 8 <= end:  # length, precision, height, width, components
             height = int.from_bytes(data[at + 3 : at + 5], "big")
             pixels = max(pixels, height * int.from_bytes(data[at + 5 : at + 7], "big"))
-            frames += 1
-            plain &= data[at + 2] == 8 and data[at + 7] in (1, 3)
+            frames, components = frames + 1, data[at + 7]
+            plain &= data[at + 2] == 8 and components in (1, 3)
             progressive = code == _SOF_PROGRESSIVE
         position = at + length
     else:
         return None
-    return JpegScans(scans, pixels, plain and ended and frames == 1 and scans > 0)
+    plain &= ended and frames == 1 and scans > 0
+    return JpegScans(scans, pixels, plain, components)
 
 
 def _check_jpeg_scans(data: bytes, source: str | os.PathLike[str], max_pixels: int) -> JpegScans:
@@ -331,12 +333,27 @@ def decode_image(
     """
     if len(data) == 0:
         raise ImageReadError(source, "empty file (0 bytes): re-download or delete it")
+    array = None
     if data.startswith(b"\xff\xd8\xff"):
         scans = _check_jpeg_scans(data, source, max_pixels)
-        if scans.plain and scans.pixels <= min(max_pixels, _pillow_pixel_limit()):
-            array = _decode_plain_jpeg(data, color)
-            if array is not None:
-                return array
+        # Gray wanted of a colour file is Pillow's: its luma is not the file's own Y.
+        wanted = color or scans.components == 1
+        if scans.plain and wanted and scans.pixels <= min(max_pixels, _pillow_pixel_limit()):
+            array = _decode_plain_jpeg(data)
+    if array is None:
+        array = _decode_with_pillow(data, color, source, max_pixels)
+    if array.size == 0:
+        raise ImageReadError(source, "image has no pixels")
+    if color and array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return array
+
+
+def _decode_with_pillow(
+    data: bytes, color: bool, source: str | os.PathLike[str], max_pixels: int
+) -> np.ndarray:
+    """Any image Pillow reads, as ``uint8`` RGB or gray (gray files stay gray: the
+    caller expands them), the EXIF orientation applied (see :func:`decode_image`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings are not our business
@@ -371,13 +388,11 @@ def decode_image(
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageReadError(source, f"corrupt or truncated image ({error})") from None
-    array = np.asarray(image, dtype=np.uint8)
-    del image
-    if array.size == 0:
-        raise ImageReadError(source, "image has no pixels")
-    if color and array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return array
+    return np.asarray(image, dtype=np.uint8)
+
+
+#: The most pixels OpenCV decodes (``CV_IO_MAX_IMAGE_PIXELS``).
+_OPENCV_MAX_PIXELS = 1 << 30
 
 
 def _pillow_pixel_limit() -> int:
@@ -387,15 +402,11 @@ def _pillow_pixel_limit() -> int:
     return min(2 * limit, _OPENCV_MAX_PIXELS) if limit else _OPENCV_MAX_PIXELS
 
 
-_OPENCV_MAX_PIXELS = 1 << 30
-
-
-def _decode_plain_jpeg(data: bytes, color: bool) -> np.ndarray | None:
+def _decode_plain_jpeg(data: bytes) -> np.ndarray | None:
     """A plain JPEG (:attr:`JpegScans.plain`) decoded by OpenCV in one call that
     releases the GIL, about ten times faster than Pillow on a small face crop; the same
-    libjpeg-turbo decoding gives the same pixels. None when OpenCV cannot decode it, or
-    for gray wanted of a colour file (Pillow's luma differs from the file's own Y), which
-    :func:`decode_image` then decodes with Pillow."""
+    libjpeg-turbo decoding gives the same pixels: gray ``(H, W)`` or RGB ``(H, W, 3)``.
+    None when OpenCV cannot decode it, and :func:`decode_image` then asks Pillow."""
     import cv2
 
     try:
@@ -405,10 +416,8 @@ def _decode_plain_jpeg(data: bytes, color: bool) -> np.ndarray | None:
     if array is None or array.size == 0 or array.dtype != np.uint8:
         return None
     if array.ndim == 2:
-        return np.repeat(array[:, :, None], 3, axis=2) if color else array
-    if not color or array.shape[2] != 3:
-        return None
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+        return array
+    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB) if array.shape[2] == 3 else None
 
 
 def read_image(
